@@ -1,0 +1,77 @@
+//! The command line. Doc comments here are the `--help` text.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Hears every service start and stop the moment it happens and says when one is crash-looping.
+///
+/// crashwatch subscribes to systemd over D-Bus (no polling), counts starts, crashes and restarts
+/// per unit, flags a unit that restarts THRESHOLD times within WINDOW, and exports it all to
+/// Prometheus (/metrics), StatsD and a JSON-lines event record.
+#[derive(Debug, Parser)]
+#[command(name = "crashwatch", version, about, long_about)]
+pub struct Cli {
+    /// Log level for messages on stderr: error, warn, info, debug or trace.
+    #[arg(long, global = true, default_value = "info", env = "CRASHWATCH_LOG")]
+    pub log_level: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Watch units and export what happens to them (the daemon).
+    Run(RunArgs),
+    /// Check a configuration file and exit: 0 if it is valid, 2 with the problem if not.
+    CheckConfig {
+        /// The TOML file to check.
+        file: PathBuf,
+    },
+}
+
+/// Options of `crashwatch run`. Each replaces its counterpart in the configuration file.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// TOML configuration file (see the README for every key).
+    #[arg(long, short = 'c', value_name = "FILE", env = "CRASHWATCH_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Address to serve /metrics on [default: 127.0.0.1:9863].
+    #[arg(long, value_name = "IP:PORT")]
+    pub listen: Option<String>,
+
+    /// Send StatsD metrics to this UDP address.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub statsd: Option<String>,
+
+    /// Prefix of every StatsD metric name [default: crashwatch].
+    #[arg(long, value_name = "PREFIX")]
+    pub statsd_prefix: Option<String>,
+
+    /// Append every transition and crash loop as a JSON line to FILE, or to stdout with "-".
+    #[arg(long, value_name = "FILE")]
+    pub events: Option<String>,
+
+    /// Restarts within the window that make a crash loop [default: 3].
+    #[arg(long, value_name = "N")]
+    pub threshold: Option<u32>,
+
+    /// The sliding window, e.g. 30s, 5m, 1h [default: 5m].
+    #[arg(long, value_name = "DURATION")]
+    pub window: Option<String>,
+
+    /// Watch only units matching this glob; repeatable; replaces the file's list [default: *.service].
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+
+    /// Never watch units matching this glob; repeatable; added to the file's list.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+
+    /// Most units with series of their own; the rest are counted in crashwatch_units_overflow_total [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub max_units: Option<usize>,
+}

@@ -1,0 +1,493 @@
+//! The configuration file: what is watched, how loops are judged, and where results go.
+//!
+//! The file is TOML with every key optional; a missing file section means the defaults. Unknown
+//! keys are errors, not warnings: a misspelt `windw` silently ignored is a detector that never
+//! fires. Every error is one line naming the file, the line and the problem, so it reads well
+//! after `crashwatch: `.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::detect::{Policy, MAX_RESTARTS_HELD};
+use crate::glob::{Glob, UnitFilter};
+use crate::sink::events::EventsTarget;
+
+/// The address `/metrics` is served on unless told otherwise: loopback only, port 9863.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9863";
+/// The StatsD prefix unless told otherwise.
+pub const DEFAULT_STATSD_PREFIX: &str = "crashwatch";
+/// The most units with series of their own unless told otherwise.
+pub const DEFAULT_MAX_UNITS: usize = 10_000;
+
+/// A configuration that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or a key is unknown or of the wrong type.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What and where, on one line.
+        message: String,
+    },
+    /// A value is out of range or malformed.
+    #[error("{origin}: {message}")]
+    Invalid {
+        /// The file, or `command line`.
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The file as written. Every field is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `[source]`.
+    #[serde(default)]
+    pub source: SourceSection,
+    /// `[detect]`.
+    #[serde(default)]
+    pub detect: DetectSection,
+    /// `[sink]`.
+    #[serde(default)]
+    pub sink: SinkSection,
+    /// `[limits]`.
+    #[serde(default)]
+    pub limits: LimitsSection,
+}
+
+/// `[source]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSection {
+    /// `[source.systemd]`.
+    #[serde(default)]
+    pub systemd: SystemdSection,
+}
+
+/// `[source.systemd]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SystemdSection {
+    /// Globs of units to watch; none except these. Default: `["*.service"]`.
+    pub unit_include: Option<Vec<String>>,
+    /// Globs of units never to watch; all except these. Default: none.
+    pub unit_exclude: Option<Vec<String>>,
+}
+
+/// `[detect]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectSection {
+    /// Restarts within the window that make a crash loop. Default 3.
+    pub threshold: Option<u32>,
+    /// The sliding window, e.g. `"5m"`. Default 5 minutes.
+    pub window: Option<String>,
+    /// Per-unit policies, the first matching glob wins.
+    #[serde(default, rename = "override")]
+    pub overrides: Vec<OverrideSection>,
+}
+
+/// One `[[detect.override]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverrideSection {
+    /// The glob of units this applies to.
+    pub units: String,
+    /// Replaces the threshold for these units.
+    pub threshold: Option<u32>,
+    /// Replaces the window for these units.
+    pub window: Option<String>,
+}
+
+/// `[sink]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkSection {
+    /// `[sink.prometheus]`.
+    #[serde(default)]
+    pub prometheus: PrometheusSection,
+    /// `[sink.statsd]`.
+    #[serde(default)]
+    pub statsd: StatsdSection,
+    /// `[sink.events]`.
+    #[serde(default)]
+    pub events: EventsSection,
+}
+
+/// `[sink.prometheus]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusSection {
+    /// Address to serve `/metrics` on. Default `127.0.0.1:9863`.
+    pub listen: Option<String>,
+}
+
+/// `[sink.statsd]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsdSection {
+    /// `host:port` of the StatsD server; unset means no StatsD.
+    pub address: Option<String>,
+    /// Prepended to every metric name. Default `crashwatch`.
+    pub prefix: Option<String>,
+}
+
+/// `[sink.events]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsSection {
+    /// File to append JSON lines to, or `-` for standard output; unset means no record.
+    pub path: Option<String>,
+}
+
+/// `[limits]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Units that get series of their own; beyond it they are counted in
+    /// `crashwatch_units_overflow_total`. Default 10000.
+    pub max_units: Option<usize>,
+}
+
+/// Values given on the command line; each replaces its file counterpart.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--listen`.
+    pub listen: Option<String>,
+    /// `--statsd`.
+    pub statsd: Option<String>,
+    /// `--statsd-prefix`.
+    pub statsd_prefix: Option<String>,
+    /// `--events`.
+    pub events: Option<String>,
+    /// `--threshold`.
+    pub threshold: Option<u32>,
+    /// `--window`.
+    pub window: Option<String>,
+    /// `--include` (replaces the file's list when given).
+    pub include: Vec<String>,
+    /// `--exclude` (added to the file's list).
+    pub exclude: Vec<String>,
+    /// `--max-units`.
+    pub max_units: Option<usize>,
+}
+
+/// Where StatsD output goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatsdTarget {
+    /// `host:port`.
+    pub address: String,
+    /// The metric prefix, already sanitized.
+    pub prefix: String,
+}
+
+/// A checked configuration, ready to run.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Which units are watched.
+    pub filter: UnitFilter,
+    /// The include globs as written, for messages.
+    pub include: Vec<String>,
+    /// The default detection policy.
+    pub policy: Policy,
+    /// Per-unit policies, first match wins.
+    pub overrides: Vec<(Glob, Policy)>,
+    /// Where `/metrics` is served.
+    pub listen: SocketAddr,
+    /// StatsD output, if any.
+    pub statsd: Option<StatsdTarget>,
+    /// The event record, if any.
+    pub events: Option<EventsTarget>,
+    /// The cap on units with series of their own.
+    pub max_units: usize,
+}
+
+impl Config {
+    /// Reads and checks `path`.
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        parse_file(&text, path)
+    }
+
+    /// Checks a parsed file plus command-line values. `origin` names the file for messages.
+    pub fn resolve(file: FileConfig, cli: Overrides, origin: &str) -> Result<Config, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            message,
+        };
+        let include = if cli.include.is_empty() {
+            file.source
+                .systemd
+                .unit_include
+                .unwrap_or_else(|| vec!["*.service".to_owned()])
+        } else {
+            cli.include
+        };
+        let mut exclude = file.source.systemd.unit_exclude.unwrap_or_default();
+        exclude.extend(cli.exclude);
+        let globs = |patterns: &[String]| -> Result<Vec<Glob>, ConfigError> {
+            patterns
+                .iter()
+                .map(|p| Glob::new(p).map_err(|e| invalid(format!("bad unit pattern: {e}"))))
+                .collect()
+        };
+        let filter = UnitFilter::new(globs(&include)?, globs(&exclude)?);
+
+        let threshold = cli.threshold.or(file.detect.threshold).unwrap_or(3);
+        let window = match cli.window.as_deref().or(file.detect.window.as_deref()) {
+            Some(text) => {
+                parse_duration(text).map_err(|e| invalid(format!("detect.window: {e}")))?
+            }
+            None => Duration::from_secs(300),
+        };
+        let policy =
+            check_policy(threshold, window).map_err(|e| invalid(format!("detect: {e}")))?;
+        let mut overrides = Vec::new();
+        for (i, o) in file.detect.overrides.into_iter().enumerate() {
+            let at = format!("detect.override[{}] ({})", i + 1, o.units);
+            let glob = Glob::new(&o.units).map_err(|e| invalid(format!("{at}: {e}")))?;
+            let window = match o.window.as_deref() {
+                Some(text) => {
+                    parse_duration(text).map_err(|e| invalid(format!("{at}: window: {e}")))?
+                }
+                None => policy.window,
+            };
+            let threshold = o.threshold.unwrap_or(policy.threshold);
+            let p = check_policy(threshold, window).map_err(|e| invalid(format!("{at}: {e}")))?;
+            overrides.push((glob, p));
+        }
+
+        let listen_text = cli
+            .listen
+            .or(file.sink.prometheus.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            invalid(format!(
+                "listen address {listen_text:?} is not IP:PORT (e.g. {DEFAULT_LISTEN})"
+            ))
+        })?;
+
+        let statsd = match cli.statsd.or(file.sink.statsd.address) {
+            Some(address) => {
+                if !address.contains(':') {
+                    return Err(invalid(format!(
+                        "statsd address {address:?} is not HOST:PORT"
+                    )));
+                }
+                let prefix = cli
+                    .statsd_prefix
+                    .or(file.sink.statsd.prefix)
+                    .unwrap_or_else(|| DEFAULT_STATSD_PREFIX.to_owned());
+                Some(StatsdTarget {
+                    address,
+                    prefix: crate::sink::statsd::sanitize_prefix(&prefix),
+                })
+            }
+            None => None,
+        };
+        let events = cli
+            .events
+            .or(file.sink.events.path)
+            .map(|p| EventsTarget::parse(&p));
+        let max_units = cli
+            .max_units
+            .or(file.limits.max_units)
+            .unwrap_or(DEFAULT_MAX_UNITS);
+        if max_units == 0 {
+            return Err(invalid("limits.max_units must be at least 1".to_owned()));
+        }
+        Ok(Config {
+            filter,
+            include,
+            policy,
+            overrides,
+            listen,
+            statsd,
+            events,
+            max_units,
+        })
+    }
+}
+
+fn check_policy(threshold: u32, window: Duration) -> Result<Policy, String> {
+    if threshold == 0 || threshold as usize > MAX_RESTARTS_HELD {
+        return Err(format!(
+            "threshold must be between 1 and {MAX_RESTARTS_HELD}, not {threshold}"
+        ));
+    }
+    if window.is_zero() {
+        return Err("window must be longer than zero".to_owned());
+    }
+    Ok(Policy { threshold, window })
+}
+
+/// Parses TOML text, turning the parser's multi-line report into one line with the line number.
+pub fn parse_file(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+        let message = e.message().trim().replace('\n', " ");
+        ConfigError::Parse {
+            path: path.to_owned(),
+            message: match line {
+                Some(line) => format!("{message} at line {line}"),
+                None => message,
+            },
+        }
+    })
+}
+
+/// Parses `100ms`, `5s`, `5m`, `1h`, `1h30m`, `2d`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    let bad = || format!("{text:?} is not a duration (e.g. 100ms, 30s, 5m, 1h30m)");
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(bad());
+        }
+        let number: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let part = match unit {
+            "ms" => Duration::from_millis(number),
+            "s" => Duration::from_secs(number),
+            "m" => Duration::from_secs(number.saturating_mul(60)),
+            "h" => Duration::from_secs(number.saturating_mul(3600)),
+            "d" => Duration::from_secs(number.saturating_mul(86_400)),
+            _ => return Err(bad()),
+        };
+        total = total.saturating_add(part);
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(text: &str) -> Result<Config, ConfigError> {
+        let path = Path::new("crashwatch.toml");
+        Config::resolve(
+            parse_file(text, path)?,
+            Overrides::default(),
+            "crashwatch.toml",
+        )
+    }
+
+    #[test]
+    fn an_empty_file_gives_the_defaults() {
+        let config = resolve("").expect("defaults");
+        assert_eq!(config.policy, Policy::default());
+        assert_eq!(config.listen, DEFAULT_LISTEN.parse().expect("address"));
+        assert!(config.filter.allows("nginx.service"));
+        assert!(!config.filter.allows("dbus.socket"));
+        assert!(config.statsd.is_none() && config.events.is_none());
+    }
+
+    #[test]
+    fn a_full_file_is_read() {
+        let config = resolve(
+            r#"
+            [source.systemd]
+            unit_include = ["*.service", "*.socket"]
+            unit_exclude = ["noisy*"]
+            [detect]
+            threshold = 4
+            window = "10m"
+            [[detect.override]]
+            units = "slow*.service"
+            threshold = 2
+            [sink.prometheus]
+            listen = "0.0.0.0:9999"
+            [sink.statsd]
+            address = "127.0.0.1:8125"
+            prefix = "node.cw"
+            [sink.events]
+            path = "-"
+            [limits]
+            max_units = 50
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(config.policy.threshold, 4);
+        assert_eq!(config.policy.window, Duration::from_secs(600));
+        assert_eq!(
+            config.overrides[0].1,
+            Policy {
+                threshold: 2,
+                window: Duration::from_secs(600)
+            }
+        );
+        assert!(config.filter.allows("dbus.socket"));
+        assert!(!config.filter.allows("noisy.service"));
+        assert_eq!(config.statsd.expect("statsd").prefix, "node.cw");
+        assert_eq!(config.events, Some(EventsTarget::Stdout));
+        assert_eq!(config.max_units, 50);
+    }
+
+    #[test]
+    fn every_bad_file_is_one_line_naming_it() {
+        let cases = [
+            ("[detect]\nwindw = \"5m\"\n", "unknown field"),
+            ("[detect]\nwindow = \"5 parsecs\"\n", "not a duration"),
+            ("[detect]\nthreshold = 0\n", "threshold"),
+            ("[detect]\nthreshold = -1\n", "line 2"),
+            ("[detect\n", "line 1"),
+            ("[sink.prometheus]\nlisten = \"localhost\"\n", "IP:PORT"),
+            (
+                "[source.systemd]\nunit_include = [\"a[b\"]\n",
+                "bad unit pattern",
+            ),
+            (
+                "[[detect.override]]\nunits = \"x*\"\nwindow = \"0s\"\n",
+                "longer than zero",
+            ),
+            ("[sink.statsd]\naddress = \"nohost\"\n", "HOST:PORT"),
+        ];
+        for (text, expected) in cases {
+            let message = resolve(text).expect_err(text).to_string();
+            assert!(message.starts_with("crashwatch.toml"), "{message}");
+            assert!(message.contains(expected), "{text:?}: {message}");
+            assert!(!message.contains('\n'), "{message}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("42"), Ok(Duration::from_secs(42)));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("m").is_err());
+    }
+}

@@ -1,0 +1,199 @@
+//! The detector task: owns every unit's window and hands each event to every sink.
+//!
+//! One task holds all detector state, so nothing needs a lock. It wakes for a transition or for
+//! the detector's next deadline (a restart leaving its window, a loop ending), and for nothing
+//! else: an idle node costs no wake-ups. Units beyond the configured cap are still written to the
+//! event record but get no series and no window of their own, so a flood of unit names cannot
+//! grow memory or the scrape without bound.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::detect::{Detector, LoopChange, Observation, Update};
+use crate::event::{Event, LoopEvent, SourceKind, Transition, TransitionKind};
+use crate::internal_events::UnitOverflow;
+use crate::sink::{prometheus, ThreadedSink};
+use crate::source::systemd::now_micros;
+
+/// The sinks that run on threads of their own.
+#[derive(Default)]
+pub struct Sinks {
+    /// StatsD, when configured.
+    pub statsd: Option<ThreadedSink>,
+    /// The event record, when configured.
+    pub events: Option<ThreadedSink>,
+}
+
+impl Sinks {
+    fn send(&self, event: &Event) {
+        prometheus::record(event);
+        if let Some(statsd) = &self.statsd {
+            statsd.send(event);
+        }
+        if let Some(events) = &self.events {
+            events.send(event);
+        }
+    }
+
+    /// Waits for every threaded sink to write out what it holds.
+    pub fn finish(self) {
+        for sink in [self.statsd, self.events].into_iter().flatten() {
+            sink.finish();
+        }
+    }
+}
+
+/// What the task keeps per unit besides its window.
+struct UnitBook {
+    source: SourceKind,
+    restarts: u64,
+}
+
+/// Turns transitions into events until the channel closes or `shutdown` is cancelled; then
+/// drains what is queued and flushes the sinks.
+pub async fn run(
+    mut transitions: mpsc::Receiver<Transition>,
+    mut detector: Detector,
+    sinks: Sinks,
+    max_units: usize,
+    shutdown: CancellationToken,
+) {
+    let mut dispatcher = Dispatcher {
+        detector: &mut detector,
+        sinks: &sinks,
+        units: HashMap::new(),
+        max_units,
+    };
+    loop {
+        let sleep = dispatcher.detector.next_deadline().map(|deadline| {
+            let now = now_micros();
+            Duration::from_micros(deadline.saturating_sub(now))
+        });
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            received = transitions.recv() => match received {
+                Some(t) => dispatcher.transition(t),
+                None => break,
+            },
+            _ = tokio::time::sleep(sleep.unwrap_or(Duration::ZERO)), if sleep.is_some() => {
+                dispatcher.advance(now_micros());
+            }
+        }
+    }
+    transitions.close();
+    while let Ok(t) = transitions.try_recv() {
+        dispatcher.transition(t);
+    }
+    drop(dispatcher);
+    sinks.finish();
+}
+
+struct Dispatcher<'a> {
+    detector: &'a mut Detector,
+    sinks: &'a Sinks,
+    units: HashMap<String, UnitBook>,
+    max_units: usize,
+}
+
+impl Dispatcher<'_> {
+    fn transition(&mut self, t: Transition) {
+        if !self.units.contains_key(&t.unit) {
+            if self.units.len() >= self.max_units {
+                UnitOverflow {
+                    unit: &t.unit,
+                    max_units: self.max_units,
+                }
+                .emit();
+                if let Some(events) = &self.sinks.events {
+                    events.send(&Event::Transition {
+                        transition: t,
+                        restarts: 0,
+                    });
+                }
+                return;
+            }
+            prometheus::register_unit(&t.unit, t.source);
+            self.units.insert(
+                t.unit.clone(),
+                UnitBook {
+                    source: t.source,
+                    restarts: 0,
+                },
+            );
+        }
+        let book = self.units.get_mut(&t.unit);
+        let restarts = match book {
+            Some(book) => {
+                if t.kind == TransitionKind::Restart {
+                    book.restarts += 1;
+                }
+                book.restarts
+            }
+            None => 0,
+        };
+        let observation = observation(&t);
+        let (unit, source, at) = (t.unit.clone(), t.source, t.timestamp);
+        self.sinks.send(&Event::Transition {
+            transition: t,
+            restarts,
+        });
+        if let Some(observation) = observation {
+            if let Some(update) = self.detector.observe(&unit, observation, at) {
+                self.update(update, source);
+            }
+        }
+    }
+
+    fn advance(&mut self, now: u64) {
+        for update in self.detector.advance(now) {
+            let source = self
+                .units
+                .get(&update.unit)
+                .map(|b| b.source)
+                .unwrap_or(SourceKind::Systemd);
+            self.update(update, source);
+        }
+    }
+
+    fn update(&mut self, update: Update, source: SourceKind) {
+        if let Some(change) = update.loop_change {
+            let ended = match change {
+                LoopChange::Started => None,
+                LoopChange::Ended(outcome) => Some(outcome),
+            };
+            self.sinks.send(&Event::Loop(LoopEvent {
+                unit: update.unit.clone(),
+                source,
+                timestamp: update.at,
+                ended,
+                restarts_in_window: update.restarts_in_window,
+                threshold: update.policy.threshold,
+                window_seconds: update.policy.window.as_secs_f64(),
+            }));
+        }
+        self.sinks.send(&Event::Window {
+            unit: update.unit,
+            source,
+            restarts_in_window: update.restarts_in_window,
+        });
+    }
+}
+
+/// What a transition tells the detector.
+fn observation(t: &Transition) -> Option<Observation> {
+    if t.gave_up {
+        return Some(Observation::GaveUp);
+    }
+    if t.crash.is_some() {
+        return Some(Observation::Crashed);
+    }
+    match t.kind {
+        TransitionKind::Restart => Some(Observation::Restart),
+        TransitionKind::Started => Some(Observation::Up),
+        TransitionKind::Stopped if !t.inferred => Some(Observation::Stopped),
+        _ => None,
+    }
+}

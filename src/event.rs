@@ -1,0 +1,270 @@
+//! The records that flow from sources through the detector to the sinks.
+//!
+//! Every source, whatever it listens to, reduces what it hears to [`Transition`]s: one record
+//! per lifecycle step of one unit, stamped with the source's own clock. The detector task turns
+//! them into [`Event`]s, which every sink consumes. Nothing here knows D-Bus or Upstart, so
+//! sinks and the detector work the same for every source.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// Microseconds since the Unix epoch (realtime clock), the resolution systemd reports.
+pub type Micros = u64;
+
+/// Which kind of init system a transition came from. Used as the `source` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// systemd, heard over D-Bus.
+    Systemd,
+    /// Upstart, heard over D-Bus or from its job hook.
+    Upstart,
+}
+
+impl SourceKind {
+    /// The label value for this source.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Systemd => "systemd",
+            SourceKind::Upstart => "upstart",
+        }
+    }
+}
+
+impl fmt::Display for SourceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One lifecycle step of a unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransitionKind {
+    /// A new run of the unit began (systemd: a new InvocationID).
+    Starting,
+    /// The unit reached its running state.
+    Started,
+    /// The unit is on its way down.
+    Stopping,
+    /// The unit stopped (cleanly, or with `crash` set when nobody asked it to).
+    Stopped,
+    /// The unit entered a failed state.
+    Failed,
+    /// A start that follows a crash of the same unit, whoever started it.
+    Restart,
+}
+
+impl TransitionKind {
+    /// Every kind, in lifecycle order; used to pre-register series.
+    pub const ALL: [TransitionKind; 6] = [
+        TransitionKind::Starting,
+        TransitionKind::Started,
+        TransitionKind::Stopping,
+        TransitionKind::Stopped,
+        TransitionKind::Failed,
+        TransitionKind::Restart,
+    ];
+
+    /// The label value for this kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransitionKind::Starting => "starting",
+            TransitionKind::Started => "started",
+            TransitionKind::Stopping => "stopping",
+            TransitionKind::Stopped => "stopped",
+            TransitionKind::Failed => "failed",
+            TransitionKind::Restart => "restart",
+        }
+    }
+}
+
+/// Who brought a unit back after a crash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RestartCause {
+    /// The init system's own restart policy (systemd `Restart=`, Upstart `respawn`).
+    Automatic,
+    /// Anyone else: an operator, a cron job, a keepalive script.
+    External,
+}
+
+/// How the main process ended, as the init system reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ExitCause {
+    /// `exited`, `killed` or `dumped`.
+    pub code: ExitCode,
+    /// The exit status for `exited`, the signal number otherwise.
+    pub status: i32,
+}
+
+/// The kind of ending of a main process (systemd's `ExecMainCode`, from waitid's `si_code`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExitCode {
+    /// It called exit(); the status is its exit code.
+    Exited,
+    /// A signal killed it; the status is the signal number.
+    Killed,
+    /// A signal killed it and it dumped core.
+    Dumped,
+}
+
+impl ExitCode {
+    /// Maps a `CLD_*` code; other values carry no exit information.
+    pub fn from_cld(code: i32) -> Option<ExitCode> {
+        match code {
+            1 => Some(ExitCode::Exited),
+            2 => Some(ExitCode::Killed),
+            3 => Some(ExitCode::Dumped),
+            _ => None,
+        }
+    }
+}
+
+/// A unit's state as the source names it (systemd: ActiveState and SubState).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct UnitState {
+    /// The coarse state: active, inactive, failed, activating, deactivating, ...
+    pub active: String,
+    /// The fine state: running, dead, auto-restart, exited, ...
+    pub sub: String,
+}
+
+impl UnitState {
+    /// A state from its two names.
+    pub fn new(active: impl Into<String>, sub: impl Into<String>) -> UnitState {
+        UnitState {
+            active: active.into(),
+            sub: sub.into(),
+        }
+    }
+}
+
+/// One lifecycle step of one unit, as a source reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transition {
+    /// The unit's full name, e.g. `nginx.service` or `tty (tty1)`.
+    pub unit: String,
+    /// The source that heard it.
+    pub source: SourceKind,
+    /// When it happened, by the source's clock; receive time only when the source gives none.
+    pub timestamp: Micros,
+    /// What happened.
+    pub kind: TransitionKind,
+    /// The state before.
+    pub from: UnitState,
+    /// The state after.
+    pub to: UnitState,
+    /// The source's verdict on the last run (systemd `Result`: success, exit-code, signal, ...).
+    pub result: Option<String>,
+    /// How the main process ended, when known.
+    pub exit: Option<ExitCause>,
+    /// The run this belongs to (systemd InvocationID, hex).
+    pub invocation_id: Option<String>,
+    /// The init system's own automatic-restart counter (systemd NRestarts).
+    pub n_restarts: Option<u32>,
+    /// Set when this step is a crash: a stop nobody asked for. Holds the reason (from Result).
+    pub crash: Option<String>,
+    /// For [`TransitionKind::Restart`]: who started the unit again.
+    pub restart_cause: Option<RestartCause>,
+    /// The init system will not restart the unit again by itself (start limit, respawn limit).
+    pub gave_up: bool,
+    /// Reconstructed from counters after signals were merged or missed, not heard as it happened.
+    pub inferred: bool,
+}
+
+impl Transition {
+    /// A transition with no exit details, for sources to fill in.
+    pub fn new(
+        unit: impl Into<String>,
+        source: SourceKind,
+        timestamp: Micros,
+        kind: TransitionKind,
+        from: UnitState,
+        to: UnitState,
+    ) -> Transition {
+        Transition {
+            unit: unit.into(),
+            source,
+            timestamp,
+            kind,
+            from,
+            to,
+            result: None,
+            exit: None,
+            invocation_id: None,
+            n_restarts: None,
+            crash: None,
+            restart_cause: None,
+            gave_up: false,
+            inferred: false,
+        }
+    }
+}
+
+/// How a crash loop ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoopOutcome {
+    /// The unit stayed up for a full window.
+    Recovered,
+    /// Someone stopped it on purpose.
+    Stopped,
+    /// The init system stopped restarting it, or it stayed down for a full window.
+    GaveUp,
+}
+
+impl LoopOutcome {
+    /// The label and JSON value for this outcome.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoopOutcome::Recovered => "recovered",
+            LoopOutcome::Stopped => "stopped",
+            LoopOutcome::GaveUp => "gave_up",
+        }
+    }
+}
+
+/// A crash loop started or ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoopEvent {
+    /// The unit's full name.
+    pub unit: String,
+    /// The source of the unit.
+    pub source: SourceKind,
+    /// When the detector decided.
+    pub timestamp: Micros,
+    /// `None` when the loop starts; how it ended otherwise.
+    pub ended: Option<LoopOutcome>,
+    /// Restarts within the window at that moment.
+    pub restarts_in_window: u32,
+    /// The threshold in force for the unit.
+    pub threshold: u32,
+    /// The window in force for the unit, in seconds.
+    pub window_seconds: f64,
+}
+
+/// What the detector task hands to every sink.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// A transition, with crashwatch's running restart count for its unit.
+    Transition {
+        /// The transition as the source reported it.
+        transition: Transition,
+        /// Restarts counted for the unit since crashwatch started.
+        restarts: u64,
+    },
+    /// A crash loop started or ended.
+    Loop(LoopEvent),
+    /// The number of restarts within a unit's window changed (a restart entered it, or one left).
+    Window {
+        /// The unit's full name.
+        unit: String,
+        /// The source of the unit.
+        source: SourceKind,
+        /// Restarts within the window now.
+        restarts_in_window: u32,
+    },
+}

@@ -1,0 +1,293 @@
+//! Every runtime failure or drop, as a named event that is counted and logged at a bounded rate.
+//!
+//! After start-up nothing is fatal: a bad signal, a lost bus or a dead StatsD server is counted in
+//! `crashwatch_errors_total{component,error_type}` and logged, but a flood of one failure must not
+//! flood the log, so each kind prints its first occurrence and then at most one line per
+//! [`LOG_INTERVAL`] saying how many were suppressed. Call sites stay one line: `X { .. }.emit()`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use metrics::counter;
+
+/// How often one kind of failure may reach the log.
+pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+struct Limit {
+    last: Instant,
+    suppressed: u64,
+}
+
+static LIMITS: Mutex<Option<HashMap<&'static str, Limit>>> = Mutex::new(None);
+
+/// Whether a log line of kind `key` may be written now; returns how many were held back before it.
+fn may_log(key: &'static str) -> Option<u64> {
+    let mut guard = LIMITS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let limits = guard.get_or_insert_with(HashMap::new);
+    let now = Instant::now();
+    match limits.get_mut(key) {
+        None => {
+            limits.insert(
+                key,
+                Limit {
+                    last: now,
+                    suppressed: 0,
+                },
+            );
+            Some(0)
+        }
+        Some(limit) if now.duration_since(limit.last) >= LOG_INTERVAL => {
+            let suppressed = limit.suppressed;
+            limit.last = now;
+            limit.suppressed = 0;
+            Some(suppressed)
+        }
+        Some(limit) => {
+            limit.suppressed += 1;
+            None
+        }
+    }
+}
+
+/// Logs a warning at most once per [`LOG_INTERVAL`] for the call site's `key`.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! warn_limited {
+    ($key:expr, $($arg:tt)+) => {
+        if let Some(suppressed) = $crate::internal_events::may_log_pub($key) {
+            if suppressed > 0 {
+                tracing::warn!(suppressed, $($arg)+);
+            } else {
+                tracing::warn!($($arg)+);
+            }
+        }
+    };
+}
+
+#[doc(hidden)]
+pub fn may_log_pub(key: &'static str) -> Option<u64> {
+    may_log(key)
+}
+
+fn count(component: &'static str, error_type: &'static str) {
+    counter!("crashwatch_errors_total", "component" => component, "error_type" => error_type)
+        .increment(1);
+}
+
+/// The bus connection closed under the source; it reconnects and resyncs.
+pub struct BusDisconnected<'a> {
+    /// The source's name.
+    pub source: &'static str,
+    /// Why, as far as known.
+    pub reason: &'a str,
+}
+
+impl BusDisconnected<'_> {
+    /// Counts and logs it.
+    pub fn emit(self) {
+        count(self.source, "bus_disconnected");
+        warn_limited!(
+            "bus_disconnected",
+            source = self.source,
+            reason = self.reason,
+            "Lost the bus; reconnecting."
+        );
+    }
+}
+
+/// A reconnect attempt failed; the next one waits longer.
+pub struct BusConnectError<'a> {
+    /// The source's name.
+    pub source: &'static str,
+    /// The error, as text.
+    pub error: &'a str,
+}
+
+impl BusConnectError<'_> {
+    /// Counts and logs it.
+    pub fn emit(self) {
+        count(self.source, "bus_connect_failed");
+        warn_limited!(
+            "bus_connect_failed",
+            source = self.source,
+            error = self.error,
+            "Could not reach the bus; retrying."
+        );
+    }
+}
+
+/// A signal whose body could not be decoded (wrong signature, wrong property type).
+pub struct SignalDecodeError<'a> {
+    /// The source's name.
+    pub source: &'static str,
+    /// Which signal.
+    pub member: &'a str,
+    /// What was wrong.
+    pub detail: &'a str,
+}
+
+impl SignalDecodeError<'_> {
+    /// Counts and logs it.
+    pub fn emit(self) {
+        count(self.source, "signal_decode_failed");
+        warn_limited!(
+            "signal_decode_failed",
+            source = self.source,
+            member = self.member,
+            detail = self.detail,
+            "Ignored a malformed signal."
+        );
+    }
+}
+
+/// A signal from a sender that is not the init system we watch.
+pub struct SignalFromStranger<'a> {
+    /// The source's name.
+    pub source: &'static str,
+    /// The sender's unique name.
+    pub sender: &'a str,
+}
+
+impl SignalFromStranger<'_> {
+    /// Counts and logs it.
+    pub fn emit(self) {
+        count(self.source, "signal_from_stranger");
+        warn_limited!(
+            "signal_from_stranger",
+            source = self.source,
+            sender = self.sender,
+            "Ignored a signal from a sender that is not the init system."
+        );
+    }
+}
+
+/// A call during a snapshot failed; the unit is skipped until its next signal.
+pub struct SnapshotCallError<'a> {
+    /// The source's name.
+    pub source: &'static str,
+    /// Which unit.
+    pub unit: &'a str,
+    /// The error, as text.
+    pub error: &'a str,
+}
+
+impl SnapshotCallError<'_> {
+    /// Counts and logs it.
+    pub fn emit(self) {
+        count(self.source, "snapshot_call_failed");
+        warn_limited!(
+            "snapshot_call_failed",
+            source = self.source,
+            unit = self.unit,
+            error = self.error,
+            "A snapshot call failed."
+        );
+    }
+}
+
+/// Signals arrived faster than the source could take them; the source resyncs from a snapshot.
+pub struct SignalsDropped {
+    /// The source's name.
+    pub source: &'static str,
+    /// How many.
+    pub count: u64,
+}
+
+impl SignalsDropped {
+    /// Counts and logs it.
+    pub fn emit(self) {
+        counter!("crashwatch_signals_dropped_total", "source" => self.source).increment(self.count);
+        count(self.source, "signals_dropped");
+        warn_limited!(
+            "signals_dropped",
+            source = self.source,
+            count = self.count,
+            "Fell behind the bus; resyncing from a snapshot."
+        );
+    }
+}
+
+/// A sink could not keep up or could not write; the event was dropped for that sink only.
+pub struct SinkDropped<'a> {
+    /// The sink's name.
+    pub sink: &'static str,
+    /// Why.
+    pub reason: &'a str,
+}
+
+impl SinkDropped<'_> {
+    /// Counts and logs it.
+    pub fn emit(self) {
+        counter!("crashwatch_sink_events_dropped_total", "sink" => self.sink).increment(1);
+        count(self.sink, "event_dropped");
+        warn_limited!(
+            "sink_dropped",
+            sink = self.sink,
+            reason = self.reason,
+            "A sink dropped an event."
+        );
+    }
+}
+
+/// A sink failed to deliver (write error, send error).
+pub struct SinkWriteError<'a> {
+    /// The sink's name.
+    pub sink: &'static str,
+    /// The error, as text.
+    pub error: &'a str,
+}
+
+impl SinkWriteError<'_> {
+    /// Counts and logs it.
+    pub fn emit(self) {
+        count(self.sink, "write_failed");
+        warn_limited!(
+            "sink_write_failed",
+            sink = self.sink,
+            error = self.error,
+            "A sink failed to write."
+        );
+    }
+}
+
+/// A unit beyond the configured cap was seen; it is counted but gets no series of its own.
+pub struct UnitOverflow<'a> {
+    /// The unit's name.
+    pub unit: &'a str,
+    /// The cap in force.
+    pub max_units: usize,
+}
+
+impl UnitOverflow<'_> {
+    /// Counts and logs it.
+    pub fn emit(self) {
+        counter!("crashwatch_units_overflow_total").increment(1);
+        warn_limited!(
+            "unit_overflow",
+            unit = self.unit,
+            max_units = self.max_units,
+            "Too many units; not exporting series for this one."
+        );
+    }
+}
+
+/// An HTTP client sent something that is not a request we serve, or was too slow.
+pub struct HttpRequestError<'a> {
+    /// What went wrong.
+    pub reason: &'a str,
+}
+
+impl HttpRequestError<'_> {
+    /// Counts and logs it.
+    pub fn emit(self) {
+        count("http", "bad_request");
+        warn_limited!(
+            "http_bad_request",
+            reason = self.reason,
+            "Dropped an HTTP connection."
+        );
+    }
+}

@@ -1,0 +1,147 @@
+//! crashwatch: event-driven crash-loop detection for services.
+//!
+//! Data flows one way: sources → one channel of [`event::Transition`]s → the detector task
+//! ([`dispatch`]) → sinks. [`run`] wires them together for a node agent to embed; it installs
+//! nothing global, so the embedder chooses the `metrics` recorder and passes its handle in.
+
+pub mod cli;
+pub mod config;
+pub mod detect;
+pub mod dispatch;
+pub mod event;
+pub mod glob;
+pub(crate) mod internal_events;
+pub mod sink;
+pub mod source;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use config::Config;
+use detect::Detector;
+use dispatch::Sinks;
+use sink::ThreadedSink;
+use source::systemd::{SystemdError, SystemdSettings, SystemdSource};
+
+/// Transitions queued between the sources and the detector task.
+const TRANSITION_QUEUE: usize = 65_536;
+
+/// Why crashwatch could not start. After start-up nothing is fatal.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The metrics address could not be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        /// The address.
+        address: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The event record could not be opened.
+    #[error("cannot open the event record {path}: {source}")]
+    Events {
+        /// The path.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The StatsD address could not be resolved or no socket could be made.
+    #[error("cannot set up StatsD for {address}: {message}")]
+    Statsd {
+        /// The address.
+        address: String,
+        /// Why.
+        message: String,
+    },
+    /// The systemd source could not start.
+    #[error(transparent)]
+    Systemd(#[from] SystemdError),
+    /// A sink thread could not be started.
+    #[error("cannot start a sink thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The unit crashwatch itself runs in, from its cgroup, so it never reports on itself.
+pub fn own_unit() -> Option<String> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    cgroups
+        .lines()
+        .filter_map(|line| line.rsplit(':').next())
+        .flat_map(|path| path.rsplit('/'))
+        .find(|segment| segment.ends_with(".service"))
+        .map(str::to_owned)
+}
+
+/// Runs crashwatch until `shutdown` is cancelled. `metrics` is the handle of the Prometheus
+/// recorder the caller installed; with `None`, no `/metrics` is served. Calls `ready` once the
+/// source is subscribed and its snapshot taken, with the number of units watched.
+pub async fn run(
+    mut config: Config,
+    metrics: Option<PrometheusHandle>,
+    shutdown: CancellationToken,
+    ready: impl FnOnce(usize),
+) -> Result<(), RunError> {
+    sink::prometheus::describe();
+    if let Some(own) = own_unit() {
+        config.filter = config.filter.excluding(&own);
+    }
+
+    let listener = match &metrics {
+        Some(_) => Some(
+            sink::prometheus::bind(config.listen)
+                .await
+                .map_err(|source| RunError::Listen {
+                    address: config.listen,
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    let mut sinks = Sinks::default();
+    if let Some(target) = &config.events {
+        let out = sink::events::open(target).map_err(|source| RunError::Events {
+            path: format!("{target:?}"),
+            source,
+        })?;
+        sinks.events = Some(
+            ThreadedSink::spawn("events", move |events| sink::events::run(out, events))
+                .map_err(RunError::Thread)?,
+        );
+    }
+    if let Some(target) = &config.statsd {
+        let client = statsd::Client::new(target.address.as_str(), &target.prefix).map_err(|e| {
+            RunError::Statsd {
+                address: target.address.clone(),
+                message: e.to_string(),
+            }
+        })?;
+        sinks.statsd = Some(
+            ThreadedSink::spawn("statsd", move |events| sink::statsd::run(client, events))
+                .map_err(RunError::Thread)?,
+        );
+    }
+
+    let source = SystemdSource::connect(SystemdSettings {
+        filter: config.filter.clone(),
+        max_backoff: std::time::Duration::from_secs(30),
+    })
+    .await?;
+    ready(source.watched_units());
+
+    let (tx, rx) = mpsc::channel(TRANSITION_QUEUE);
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(source.run(tx, shutdown.child_token()));
+    if let (Some(listener), Some(handle)) = (listener, metrics) {
+        tasks.spawn(sink::prometheus::serve(
+            listener,
+            handle,
+            shutdown.child_token(),
+        ));
+    }
+    let detector = Detector::new(config.policy, config.overrides.clone());
+    dispatch::run(rx, detector, sinks, config.max_units, shutdown.clone()).await;
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}

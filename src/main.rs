@@ -1,0 +1,136 @@
+//! The crashwatch binary: parses the command line, reads the configuration, installs the
+//! Prometheus recorder and runs the daemon. Every failure ends here as one line on stderr:
+//! exit 2 for bad usage or a bad configuration, 1 for anything else.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::str::FromStr;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use crashwatch::cli::{Cli, Command, RunArgs};
+use crashwatch::config::{Config, FileConfig, Overrides};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match tracing::Level::from_str(&cli.log_level) {
+        Ok(level) => level,
+        Err(_) => {
+            eprintln!(
+                "crashwatch: --log-level {:?} is not one of error, warn, info, debug, trace",
+                cli.log_level
+            );
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+
+    match cli.command {
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Run(args) => run(args),
+    }
+}
+
+fn check_config(file: &Path) -> ExitCode {
+    let origin = file.display().to_string();
+    match Config::load(file).and_then(|f| Config::resolve(f, Overrides::default(), &origin)) {
+        Ok(_) => {
+            println!("{origin}: ok");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("crashwatch: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let (file, origin) = match &args.config {
+        Some(path) => match Config::load(path) {
+            Ok(file) => (file, path.display().to_string()),
+            Err(e) => {
+                eprintln!("crashwatch: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => (FileConfig::default(), "command line".to_owned()),
+    };
+    let overrides = Overrides {
+        listen: args.listen,
+        statsd: args.statsd,
+        statsd_prefix: args.statsd_prefix,
+        events: args.events,
+        threshold: args.threshold,
+        window: args.window,
+        include: args.include,
+        exclude: args.exclude,
+        max_units: args.max_units,
+    };
+    let config = match Config::resolve(file, overrides, &origin) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("crashwatch: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let handle = match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+        Ok(handle) => handle,
+        Err(e) => {
+            eprintln!("crashwatch: cannot install the metrics recorder: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("crashwatch: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let listen = config.listen;
+    let result = runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        crashwatch::run(config, Some(handle), shutdown, |units| {
+            tracing::info!(units, %listen, "Watching {units} units on the systemd system bus; metrics on http://{listen}/metrics.");
+        })
+        .await
+    });
+    match result {
+        Ok(()) => {
+            tracing::info!("Stopped.");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("crashwatch: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGINT and SIGTERM end the run cleanly: sources stop, sinks flush, exit 0.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("Cannot listen for SIGTERM/SIGINT; stop crashwatch with SIGKILL.");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("Shutting down.");
+    shutdown.cancel();
+}

@@ -1,0 +1,70 @@
+//! Where events go: Prometheus (pulled), StatsD (pushed) and the JSON-lines event record.
+//!
+//! Every sink consumes the same [`Event`](crate::event::Event)s. Prometheus is updated in place
+//! through the `metrics` facade, which never blocks. StatsD and the event record do I/O, so each
+//! runs on a thread of its own behind a bounded queue: the detector hands an event over with a
+//! `try_send` and a sink that is slow or dead costs a counted drop, never a stalled event path.
+
+pub mod events;
+pub mod prometheus;
+pub mod statsd;
+
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::thread::JoinHandle;
+
+use crate::event::Event;
+use crate::internal_events::SinkDropped;
+
+/// Events a threaded sink may hold before it drops new ones.
+pub const QUEUE_CAPACITY: usize = 16_384;
+
+/// The sending side of a sink that runs on its own thread.
+pub struct ThreadedSink {
+    name: &'static str,
+    queue: Option<SyncSender<Event>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ThreadedSink {
+    /// Starts `body` on a thread named after the sink; it receives events until the queue closes.
+    pub fn spawn(
+        name: &'static str,
+        body: impl FnOnce(Receiver<Event>) + Send + 'static,
+    ) -> std::io::Result<ThreadedSink> {
+        let (queue, events) = sync_channel(QUEUE_CAPACITY);
+        let thread = std::thread::Builder::new()
+            .name(format!("crashwatch-{name}"))
+            .spawn(move || body(events))?;
+        Ok(ThreadedSink {
+            name,
+            queue: Some(queue),
+            thread: Some(thread),
+        })
+    }
+
+    /// Hands an event over without waiting; a full queue drops it and counts the drop.
+    pub fn send(&self, event: &Event) {
+        let Some(queue) = &self.queue else { return };
+        match queue.try_send(event.clone()) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => SinkDropped {
+                sink: self.name,
+                reason: "queue full",
+            }
+            .emit(),
+            Err(TrySendError::Disconnected(_)) => SinkDropped {
+                sink: self.name,
+                reason: "sink stopped",
+            }
+            .emit(),
+        }
+    }
+
+    /// Closes the queue and waits for the sink to write out what it holds.
+    pub fn finish(mut self) {
+        self.queue.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,686 @@
+//! The systemd source: hears unit changes over D-Bus as they happen and emits transitions.
+//!
+//! It owns its connection. On connect it adds match rules for the unit PropertiesChanged signals
+//! and the Manager signals, calls `Subscribe()` (without a subscriber systemd sends no unit
+//! signals at all), then takes a snapshot (`ListUnits`, then `NRestarts` and `InvocationID` of
+//! each watched unit) so that what happened before is not counted. Signals that arrive during the
+//! snapshot wait in a queue and are applied after it; the [`tracker`] is idempotent on absolute
+//! values, so a change seen both ways counts once.
+//!
+//! zbus stalls the whole connection when a message stream is not read, so one task does nothing
+//! but move messages from the stream into a bounded queue. If that queue ever overflows the
+//! signals are dropped, counted, and the source resyncs from a fresh snapshot so counts stay
+//! exact. When the bus goes away the source marks itself down, reconnects with capped backoff,
+//! subscribes again and reconciles against a snapshot: restarts that happened while it was away
+//! are counted from `NRestarts` and `InvocationID`.
+//!
+//! Only signals from the current owner of `org.freedesktop.systemd1` are believed: a signal sent
+//! directly to crashwatch passes its match rules whatever the sender.
+
+pub mod props;
+pub mod tracker;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::{counter, gauge};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use zbus::message::Type as MessageType;
+use zbus::{Connection, Message, MessageStream, Variant};
+
+use crate::event::{Micros, Transition};
+use crate::glob::UnitFilter;
+use crate::internal_events::{
+    BusConnectError, BusDisconnected, SignalDecodeError, SignalFromStranger, SignalsDropped,
+    SnapshotCallError,
+};
+use tracker::{ServiceProps, Snapshot, Tracker};
+
+const SOURCE: &str = "systemd";
+const SYSTEMD_NAME: &str = "org.freedesktop.systemd1";
+const MANAGER_PATH: &str = "/org/freedesktop/systemd1";
+const MANAGER_IFACE: &str = "org.freedesktop.systemd1.Manager";
+const UNIT_IFACE: &str = "org.freedesktop.systemd1.Unit";
+const SERVICE_IFACE: &str = "org.freedesktop.systemd1.Service";
+const PROPERTIES_IFACE: &str = "org.freedesktop.DBus.Properties";
+const DBUS_NAME: &str = "org.freedesktop.DBus";
+
+/// The signals crashwatch needs, each as a match rule so the bus filters for it.
+const MATCH_RULES: [&str; 3] = [
+    "type='signal',sender='org.freedesktop.systemd1',interface='org.freedesktop.DBus.Properties',member='PropertiesChanged',path_namespace='/org/freedesktop/systemd1/unit'",
+    "type='signal',sender='org.freedesktop.systemd1',interface='org.freedesktop.systemd1.Manager',path='/org/freedesktop/systemd1'",
+    "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',member='NameOwnerChanged',arg0='org.freedesktop.systemd1'",
+];
+
+/// Signals held between the stream reader and the tracker. Large enough for systemd's bursts
+/// (it pauses at 1024 queued messages of its own); beyond it the source resyncs.
+const QUEUE_CAPACITY: usize = 65_536;
+
+/// Calls in flight during a snapshot; dbus-daemon refuses more than 128 unanswered per connection.
+const SNAPSHOT_CONCURRENCY: usize = 32;
+
+/// How long one bus call may take before it counts as failed.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What can stop the systemd source from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum SystemdError {
+    /// The bus could not be reached.
+    #[error("cannot connect to the system bus{}: {source}", address_hint())]
+    Connect {
+        /// The underlying error.
+        source: zbus::Error,
+    },
+    /// The bus answered but nobody owns `org.freedesktop.systemd1` on it.
+    #[error(
+        "no systemd on the system bus{}: org.freedesktop.systemd1 has no owner",
+        address_hint()
+    )]
+    NoSystemd,
+    /// A call systemd must answer failed.
+    #[error("systemd did not answer {call}: {source}")]
+    Call {
+        /// Which call.
+        call: &'static str,
+        /// The underlying error.
+        source: zbus::Error,
+    },
+    /// A call took longer than [`CALL_TIMEOUT`].
+    #[error("systemd did not answer {call} within {}s", CALL_TIMEOUT.as_secs())]
+    Timeout {
+        /// Which call.
+        call: &'static str,
+    },
+}
+
+fn address_hint() -> String {
+    match std::env::var("DBUS_SYSTEM_BUS_ADDRESS") {
+        Ok(address) => format!(" at {address}"),
+        Err(_) => " at unix:path=/run/dbus/system_bus_socket".to_owned(),
+    }
+}
+
+/// Settings of the systemd source.
+#[derive(Clone, Debug)]
+pub struct SystemdSettings {
+    /// Which units to watch.
+    pub filter: UnitFilter,
+    /// The longest wait between reconnect attempts.
+    pub max_backoff: Duration,
+}
+
+/// The systemd source. Create it with [`SystemdSource::connect`], then [`SystemdSource::run`] it.
+pub struct SystemdSource {
+    settings: SystemdSettings,
+    link: Link,
+    tracker: Tracker,
+}
+
+/// One live connection: the bus, the queue its reader fills, and who systemd is on it.
+struct Link {
+    conn: Connection,
+    queue: mpsc::Receiver<Message>,
+    dropped: Arc<AtomicU64>,
+    owner: String,
+    reloading: bool,
+    /// Service properties waiting for the Unit signal that systemd sends right after them.
+    pending_service: HashMap<String, ServiceProps>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl SystemdSource {
+    /// Connects, subscribes and takes the initial snapshot. Fails with one clear error when the
+    /// bus cannot be reached or has no systemd; after this, nothing is fatal.
+    pub async fn connect(settings: SystemdSettings) -> Result<SystemdSource, SystemdError> {
+        gauge!("crashwatch_source_up", "source" => SOURCE).set(0.0);
+        let link = Link::open().await?;
+        let mut tracker = Tracker::new();
+        for snapshot in link.snapshot(&settings.filter).await? {
+            tracker.baseline(snapshot);
+        }
+        gauge!("crashwatch_source_up", "source" => SOURCE).set(1.0);
+        Ok(SystemdSource {
+            settings,
+            link,
+            tracker,
+        })
+    }
+
+    /// How many units the source follows.
+    pub fn watched_units(&self) -> usize {
+        self.tracker.len()
+    }
+
+    /// Reads signals and sends transitions until `shutdown` is cancelled, reconnecting whenever
+    /// the bus goes away.
+    pub async fn run(mut self, out: mpsc::Sender<Transition>, shutdown: CancellationToken) {
+        loop {
+            let lost = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                lost = self.pump(&out) => lost,
+            };
+            BusDisconnected {
+                source: SOURCE,
+                reason: &lost,
+            }
+            .emit();
+            gauge!("crashwatch_source_up", "source" => SOURCE).set(0.0);
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                match self.reopen(&out).await {
+                    Ok(()) => break,
+                    Err(error) => {
+                        BusConnectError {
+                            source: SOURCE,
+                            error: &error.to_string(),
+                        }
+                        .emit();
+                        backoff = (backoff * 2).min(self.settings.max_backoff);
+                    }
+                }
+            }
+            gauge!("crashwatch_source_up", "source" => SOURCE).set(1.0);
+            tracing::info!(
+                units = self.tracker.len(),
+                "Reconnected to the system bus and resynced."
+            );
+        }
+    }
+
+    /// Reconnects and reconciles the tracker with a fresh snapshot.
+    async fn reopen(&mut self, out: &mpsc::Sender<Transition>) -> Result<(), SystemdError> {
+        let link = Link::open().await?;
+        self.link = link;
+        self.resync(out).await
+    }
+
+    /// Reconciles every watched unit against a fresh snapshot.
+    async fn resync(&mut self, out: &mpsc::Sender<Transition>) -> Result<(), SystemdError> {
+        let now = now_micros();
+        for snapshot in self.link.snapshot(&self.settings.filter).await? {
+            for t in self.tracker.reconcile(snapshot, now) {
+                if out.send(t).await.is_err() {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles signals until the connection is lost; returns why.
+    async fn pump(&mut self, out: &mpsc::Sender<Transition>) -> String {
+        loop {
+            let Some(msg) = self.link.queue.recv().await else {
+                return "the connection closed".to_owned();
+            };
+            counter!("crashwatch_events_total", "source" => SOURCE).increment(1);
+            let resync = self.handle(&msg, out).await;
+            let dropped = self.link.dropped.swap(0, Ordering::Relaxed);
+            if dropped > 0 {
+                SignalsDropped {
+                    source: SOURCE,
+                    count: dropped,
+                }
+                .emit();
+            }
+            if resync || dropped > 0 {
+                if let Err(error) = self.resync(out).await {
+                    return error.to_string();
+                }
+            }
+        }
+    }
+
+    /// Applies one signal. Returns whether the source must resync (systemd changed hands).
+    async fn handle(&mut self, msg: &Message, out: &mpsc::Sender<Transition>) -> bool {
+        let header = msg.header();
+        let member = header.member().map(|m| m.as_str()).unwrap_or("");
+        let interface = header.interface().map(|i| i.as_str()).unwrap_or("");
+        let sender = header.sender().map(|s| s.as_str()).unwrap_or("");
+
+        if sender == DBUS_NAME {
+            // The bus's own NameAcquired and NameLost are about our connection: nothing to do.
+            if member == "NameOwnerChanged" {
+                return self.owner_changed(msg).await;
+            }
+            return false;
+        }
+        if sender != self.link.owner {
+            SignalFromStranger {
+                source: SOURCE,
+                sender,
+            }
+            .emit();
+            return false;
+        }
+        let path = header.path().map(|p| p.as_str()).unwrap_or("");
+        let now = now_micros();
+        let body = msg.body();
+        let transitions = match (interface, member) {
+            (PROPERTIES_IFACE, "PropertiesChanged") => self.properties_changed(msg, path, now),
+            (MANAGER_IFACE, "JobNew") => {
+                if let Ok((_, _, unit)) = decode::<(u32, zbus::ObjectPath<'_>, &str)>(&body, member)
+                {
+                    self.tracker.job(unit, true);
+                }
+                Vec::new()
+            }
+            (MANAGER_IFACE, "JobRemoved") => {
+                if let Ok((_, _, unit, _)) =
+                    decode::<(u32, zbus::ObjectPath<'_>, &str, &str)>(&body, member)
+                {
+                    self.tracker.job(unit, false);
+                }
+                Vec::new()
+            }
+            (MANAGER_IFACE, "Reloading") => {
+                if let Ok(active) = decode::<bool>(&body, member) {
+                    self.link.reloading = active;
+                }
+                Vec::new()
+            }
+            (MANAGER_IFACE, "UnitRemoved") => {
+                // daemon-reload removes and re-adds every unit; their state survives it.
+                if let Ok((unit, _)) = decode::<(&str, zbus::ObjectPath<'_>)>(&body, member) {
+                    if !self.link.reloading {
+                        self.tracker.remove(unit);
+                    }
+                }
+                Vec::new()
+            }
+            _ => Vec::new(),
+        };
+        for t in transitions {
+            if out.send(t).await.is_err() {
+                break;
+            }
+        }
+        false
+    }
+
+    fn properties_changed(&mut self, msg: &Message, path: &str, now: Micros) -> Vec<Transition> {
+        let Some(name) = props::unit_name(path) else {
+            return Vec::new();
+        };
+        if !self.settings.filter.allows(&name) {
+            return Vec::new();
+        }
+        let body = msg.body();
+        let Ok((iface, changed, _invalidated)) = body
+            .deserialize::<(&str, HashMap<&str, Variant<'_>>, Vec<&str>)>()
+            .map_err(|e| {
+                SignalDecodeError {
+                    source: SOURCE,
+                    member: "PropertiesChanged",
+                    detail: &e.to_string(),
+                }
+                .emit()
+            })
+        else {
+            return Vec::new();
+        };
+        let mut wrong = Vec::new();
+        let transitions = match iface {
+            SERVICE_IFACE => {
+                let service = props::service_props(&changed, &mut wrong);
+                self.link
+                    .pending_service
+                    .entry(name)
+                    .or_default()
+                    .merge(service);
+                Vec::new()
+            }
+            UNIT_IFACE => {
+                let unit = props::unit_props(&changed, &mut wrong);
+                let service = self.link.pending_service.remove(&name);
+                self.tracker.apply(&name, service, Some(unit), now)
+            }
+            _ => Vec::new(),
+        };
+        for w in wrong {
+            SignalDecodeError {
+                source: SOURCE,
+                member: "PropertiesChanged",
+                detail: &format!("property {} has the wrong type", w.property),
+            }
+            .emit();
+        }
+        transitions
+    }
+
+    /// Follows systemd changing hands on the bus (re-exec, restart): subscriptions belong to the
+    /// old owner, so subscribe again and resync.
+    async fn owner_changed(&mut self, msg: &Message) -> bool {
+        let body = msg.body();
+        let Ok((name, _old, new)) = decode::<(&str, &str, &str)>(&body, "NameOwnerChanged") else {
+            return false;
+        };
+        if name != SYSTEMD_NAME || new.is_empty() || new == self.link.owner {
+            if new.is_empty() && name == SYSTEMD_NAME {
+                gauge!("crashwatch_source_up", "source" => SOURCE).set(0.0);
+                tracing::warn!("systemd left the bus; waiting for it to come back.");
+            }
+            return false;
+        }
+        self.link.owner = new.to_owned();
+        if let Err(error) = subscribe(&self.link.conn).await {
+            tracing::warn!(%error, "Could not subscribe to the new systemd.");
+        }
+        gauge!("crashwatch_source_up", "source" => SOURCE).set(1.0);
+        tracing::info!(owner = new, "systemd changed hands on the bus; resyncing.");
+        true
+    }
+}
+
+impl Link {
+    async fn open() -> Result<Link, SystemdError> {
+        let conn = timed("connect", async {
+            zbus::connection::Builder::system()
+                .method_timeout(CALL_TIMEOUT)
+                .build()
+                .await
+                .map_err(|source| SystemdError::Connect { source })
+        })
+        .await?;
+        // The stream exists before the match rules do, so no signal falls between them.
+        let stream = MessageStream::from(&conn);
+        let (tx, queue) = mpsc::channel(QUEUE_CAPACITY);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let reader = tokio::spawn(read_signals(stream, tx, dropped.clone()));
+        for rule in MATCH_RULES {
+            call(
+                &conn,
+                DBUS_NAME,
+                "/org/freedesktop/DBus",
+                DBUS_NAME,
+                "AddMatch",
+                &(rule,),
+                "AddMatch",
+            )
+            .await?;
+        }
+        let owner = match call(
+            &conn,
+            DBUS_NAME,
+            "/org/freedesktop/DBus",
+            DBUS_NAME,
+            "GetNameOwner",
+            &(SYSTEMD_NAME,),
+            "GetNameOwner",
+        )
+        .await
+        {
+            Ok(reply) => {
+                reply
+                    .body()
+                    .deserialize::<String>()
+                    .map_err(|source| SystemdError::Call {
+                        call: "GetNameOwner",
+                        source,
+                    })?
+            }
+            Err(SystemdError::Call {
+                source: zbus::Error::FDO(e),
+                ..
+            }) if matches!(*e, zbus::fdo::Error::NameHasNoOwner(_)) => {
+                return Err(SystemdError::NoSystemd)
+            }
+            Err(e) => return Err(e),
+        };
+        subscribe(&conn).await?;
+        Ok(Link {
+            conn,
+            queue,
+            dropped,
+            owner,
+            reloading: false,
+            pending_service: HashMap::new(),
+            reader,
+        })
+    }
+
+    /// Reads every watched unit's state, `SNAPSHOT_CONCURRENCY` calls at a time.
+    async fn snapshot(&self, filter: &UnitFilter) -> Result<Vec<Snapshot>, SystemdError> {
+        type ListedUnit<'a> = (
+            &'a str,
+            &'a str,
+            &'a str,
+            &'a str,
+            &'a str,
+            &'a str,
+            zbus::ObjectPath<'a>,
+            u32,
+            &'a str,
+            zbus::ObjectPath<'a>,
+        );
+        let reply = call(
+            &self.conn,
+            SYSTEMD_NAME,
+            MANAGER_PATH,
+            MANAGER_IFACE,
+            "ListUnits",
+            &(),
+            "ListUnits",
+        )
+        .await?;
+        let body = reply.body();
+        let listed: Vec<ListedUnit<'_>> =
+            body.deserialize().map_err(|source| SystemdError::Call {
+                call: "ListUnits",
+                source,
+            })?;
+        let mut snapshots: Vec<Snapshot> = listed
+            .iter()
+            .filter(|u| filter.allows(u.0))
+            .map(|u| Snapshot {
+                name: u.0.to_owned(),
+                active_state: u.3.to_owned(),
+                sub_state: u.4.to_owned(),
+                ..Snapshot::default()
+            })
+            .collect();
+        drop(listed);
+
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut next = 0;
+        let mut done = 0;
+        while done < snapshots.len() {
+            while tasks.len() < SNAPSHOT_CONCURRENCY && next < snapshots.len() {
+                let conn = self.conn.clone();
+                let name = snapshots[next].name.clone();
+                let index = next;
+                tasks.spawn(async move { (index, read_counters(&conn, &name).await) });
+                next += 1;
+            }
+            let Some(joined) = tasks.join_next().await else {
+                break;
+            };
+            done += 1;
+            let Ok((index, result)) = joined else {
+                continue;
+            };
+            match result {
+                Ok((invocation, n_restarts)) => {
+                    snapshots[index].invocation_id = invocation;
+                    snapshots[index].n_restarts = n_restarts;
+                }
+                Err(error) => SnapshotCallError {
+                    source: SOURCE,
+                    unit: &snapshots[index].name,
+                    error: &error.to_string(),
+                }
+                .emit(),
+            }
+        }
+        Ok(snapshots)
+    }
+}
+
+/// Reads a unit's InvocationID and, for services, NRestarts.
+async fn read_counters(
+    conn: &Connection,
+    unit: &str,
+) -> Result<(Vec<u8>, Option<u32>), SystemdError> {
+    let path = props::unit_path(unit);
+    let reply = call(
+        conn,
+        SYSTEMD_NAME,
+        &path,
+        PROPERTIES_IFACE,
+        "Get",
+        &(UNIT_IFACE, "InvocationID"),
+        "Get InvocationID",
+    )
+    .await?;
+    let body = reply.body();
+    let value: Variant<'_> = body.deserialize().map_err(|source| SystemdError::Call {
+        call: "Get InvocationID",
+        source,
+    })?;
+    let mut map = HashMap::new();
+    map.insert("InvocationID", value);
+    let invocation = props::unit_props(&map, &mut Vec::new())
+        .invocation_id
+        .unwrap_or_default();
+    let n_restarts = if unit.ends_with(".service") {
+        let reply = call(
+            conn,
+            SYSTEMD_NAME,
+            &path,
+            PROPERTIES_IFACE,
+            "Get",
+            &(SERVICE_IFACE, "NRestarts"),
+            "Get NRestarts",
+        )
+        .await?;
+        let body = reply.body();
+        match body.deserialize::<Variant<'_>>() {
+            Ok(Variant::U32(n)) => Some(n),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    Ok((invocation, n_restarts))
+}
+
+async fn subscribe(conn: &Connection) -> Result<(), SystemdError> {
+    match call(
+        conn,
+        SYSTEMD_NAME,
+        MANAGER_PATH,
+        MANAGER_IFACE,
+        "Subscribe",
+        &(),
+        "Subscribe",
+    )
+    .await
+    {
+        Ok(_) => Ok(()),
+        // A subscription can outlive daemon-reexec; asking again is then refused, harmlessly.
+        Err(SystemdError::Call {
+            source: zbus::Error::MethodError(name, _, _),
+            ..
+        }) if name.as_str() == "org.freedesktop.systemd1.AlreadySubscribed" => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+async fn call<B>(
+    conn: &Connection,
+    destination: &str,
+    path: &str,
+    interface: &str,
+    method: &str,
+    body: &B,
+    what: &'static str,
+) -> Result<Message, SystemdError>
+where
+    B: serde::Serialize + zbus::DynamicType,
+{
+    timed(what, async {
+        conn.call_method(Some(destination), path, Some(interface), method, body)
+            .await
+            .map_err(|source| SystemdError::Call { call: what, source })
+    })
+    .await
+}
+
+async fn timed<T>(
+    what: &'static str,
+    fut: impl std::future::Future<Output = Result<T, SystemdError>>,
+) -> Result<T, SystemdError> {
+    tokio::time::timeout(CALL_TIMEOUT, fut)
+        .await
+        .unwrap_or(Err(SystemdError::Timeout { call: what }))
+}
+
+fn decode<'m, T>(body: &'m zbus::message::Body, member: &str) -> Result<T, ()>
+where
+    T: serde::Deserialize<'m> + zbus::Type,
+{
+    body.deserialize::<T>().map_err(|e| {
+        SignalDecodeError {
+            source: SOURCE,
+            member,
+            detail: &e.to_string(),
+        }
+        .emit()
+    })
+}
+
+/// Moves signals from the connection into the queue, never waiting on the consumer: a stream that
+/// is not read stalls every call on the connection.
+async fn read_signals(
+    mut stream: MessageStream,
+    queue: mpsc::Sender<Message>,
+    dropped: Arc<AtomicU64>,
+) {
+    use futures_util_lite::next;
+    while let Some(item) = next(&mut stream).await {
+        let Ok(msg) = item else { break };
+        if msg.message_type() != MessageType::Signal {
+            continue;
+        }
+        match queue.try_send(msg) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => break,
+        }
+    }
+}
+
+/// `StreamExt::next` without pulling in futures-util for one function.
+mod futures_util_lite {
+    use std::future::poll_fn;
+    use std::pin::Pin;
+
+    use futures_core::Stream;
+
+    pub async fn next<S: Stream + Unpin>(stream: &mut S) -> Option<S::Item> {
+        poll_fn(|cx| Pin::new(&mut *stream).poll_next(cx)).await
+    }
+}
+
+/// Now, in µs since the epoch: the fallback when systemd gives no timestamp.
+pub fn now_micros() -> Micros {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as Micros)
+        .unwrap_or(0)
+}

@@ -1,0 +1,952 @@
+//! Turns systemd's property changes into transitions, counting each start, crash and restart once.
+//!
+//! systemd does not send a transcript of states: it merges queued changes into one signal, may
+//! skip intermediate states, and every start passes through a brief `inactive/dead` that is not a
+//! stop. So the tracker rests its counts on the two values that only move once per event:
+//!
+//! - `InvocationID` changes on every start, however the unit was started: a new one is one start.
+//! - `NRestarts` grows by one for every automatic (`Restart=`) restart systemd schedules. It resets
+//!   on a manual start, so only its increases count. When it grew by more than the restarts we
+//!   heard, the cycles we did not hear are added as inferred crashes and restarts.
+//!
+//! A *crash* is a stop nobody asked for: the unit failed, or went into `auto-restart`, or went
+//! down with a Result other than success, while no stop job was attached to it. A *restart* is a
+//! start that follows a crash, whoever started it: that is how a loop driven by a cron job, with
+//! `Restart=no` and `NRestarts` stuck at zero, is still caught.
+//!
+//! The tracker is pure: values in, transitions out, time passed in, so it is tested without a bus.
+
+use std::collections::HashMap;
+
+use crate::event::{
+    ExitCause, ExitCode, Micros, RestartCause, SourceKind, Transition, TransitionKind, UnitState,
+};
+
+/// The `org.freedesktop.systemd1.Service` properties the tracker reads. `None`: not in the signal.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ServiceProps {
+    /// Automatic restarts scheduled since the last manual start.
+    pub n_restarts: Option<u32>,
+    /// The verdict on the last run: success, exit-code, signal, core-dump, timeout, ...
+    pub result: Option<String>,
+    /// `CLD_*` code of the main process's end.
+    pub exec_main_code: Option<i32>,
+    /// Exit status or signal number of the main process.
+    pub exec_main_status: Option<i32>,
+    /// When the main process started (µs, realtime).
+    pub exec_main_start_timestamp: Option<u64>,
+    /// When the main process ended (µs, realtime).
+    pub exec_main_exit_timestamp: Option<u64>,
+}
+
+impl ServiceProps {
+    /// Overlays the values present in `newer`, so two signals merged read as one.
+    pub fn merge(&mut self, newer: ServiceProps) {
+        macro_rules! take {
+            ($($field:ident),*) => { $( if newer.$field.is_some() { self.$field = newer.$field; } )* };
+        }
+        take!(
+            n_restarts,
+            result,
+            exec_main_code,
+            exec_main_status,
+            exec_main_start_timestamp,
+            exec_main_exit_timestamp
+        );
+    }
+}
+
+/// The `org.freedesktop.systemd1.Unit` properties the tracker reads. `None`: not in the signal.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct UnitProps {
+    /// active, inactive, failed, activating, deactivating, reloading, maintenance, refreshing.
+    pub active_state: Option<String>,
+    /// running, dead, auto-restart, exited, ... (unknown values are accepted).
+    pub sub_state: Option<String>,
+    /// 16 bytes, or empty when the unit never ran.
+    pub invocation_id: Option<Vec<u8>>,
+    /// The id of the job attached to the unit; 0 when none.
+    pub job_id: Option<u32>,
+    /// When ActiveState or SubState last changed (µs, realtime).
+    pub state_change_timestamp: Option<u64>,
+    /// When the unit last left the inactive state, i.e. began to start (µs, realtime).
+    pub inactive_exit_timestamp: Option<u64>,
+}
+
+/// A full reading of one unit, as a snapshot returns it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    /// The unit's name, e.g. `crashy.service`.
+    pub name: String,
+    /// ActiveState.
+    pub active_state: String,
+    /// SubState.
+    pub sub_state: String,
+    /// InvocationID, empty when the unit never ran.
+    pub invocation_id: Vec<u8>,
+    /// NRestarts, for services.
+    pub n_restarts: Option<u32>,
+}
+
+/// What the tracker remembers of one unit between signals.
+#[derive(Clone, Debug)]
+struct TrackedUnit {
+    name: String,
+    state: UnitState,
+    invocation: Vec<u8>,
+    n_restarts: Option<u32>,
+    service: ServiceProps,
+    job_id: u32,
+    /// A job seen through JobNew and not yet removed; catches stops whose Job property we missed.
+    job_pending: bool,
+    /// The run whose crash was counted, so `failed` then `auto-restart` is one crash.
+    crash_counted_for: Option<Vec<u8>>,
+    /// The last run ended in a crash and nothing has started since: the next start is a restart.
+    crash_pending: bool,
+    /// NRestarts increments not yet matched by a start we heard.
+    unstarted_auto_restarts: u32,
+    /// Someone asked the current run to stop (a stop or restart job was attached when it went down).
+    stop_requested: bool,
+    /// A new run began (new InvocationID) but the unit has not left `inactive` yet; its Starting
+    /// waits for the state change so it carries systemd's own timestamp.
+    start_pending: bool,
+    /// The state the unit was in when the pending start began, for the Starting record.
+    start_from: UnitState,
+    /// The newest InactiveExitTimestamp seen, to tell a fresh one from the previous run's.
+    inactive_exit_seen: Micros,
+}
+
+impl TrackedUnit {
+    fn new(name: String) -> TrackedUnit {
+        TrackedUnit {
+            name,
+            state: UnitState::new("inactive", "dead"),
+            invocation: Vec::new(),
+            n_restarts: None,
+            service: ServiceProps::default(),
+            job_id: 0,
+            job_pending: false,
+            crash_counted_for: None,
+            crash_pending: false,
+            unstarted_auto_restarts: 0,
+            stop_requested: false,
+            start_pending: false,
+            start_from: UnitState::default(),
+            inactive_exit_seen: 0,
+        }
+    }
+}
+
+/// SubStates under which systemd waits to restart a unit by itself (252 has `auto-restart`; 254+
+/// adds `dead-before-auto-restart`, `failed-before-auto-restart` and `auto-restart-queued`).
+fn is_auto_restart(sub: &str) -> bool {
+    sub.contains("auto-restart")
+}
+
+/// ActiveStates in which the unit is up or coming down from up.
+fn is_running_state(active: &str) -> bool {
+    matches!(active, "active" | "reloading" | "refreshing")
+}
+
+/// Formats an InvocationID the way systemd prints it: 32 lowercase hex digits.
+pub fn invocation_hex(id: &[u8]) -> String {
+    use std::fmt::Write;
+    id.iter()
+        .fold(String::with_capacity(id.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// Follows every watched unit of one systemd and reports its transitions.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    units: HashMap<String, TrackedUnit>,
+}
+
+impl Tracker {
+    /// An empty tracker.
+    pub fn new() -> Tracker {
+        Tracker::default()
+    }
+
+    /// How many units are followed.
+    pub fn len(&self) -> usize {
+        self.units.len()
+    }
+
+    /// Whether no unit is followed.
+    pub fn is_empty(&self) -> bool {
+        self.units.is_empty()
+    }
+
+    /// Whether `unit` is followed.
+    pub fn contains(&self, unit: &str) -> bool {
+        self.units.contains_key(unit)
+    }
+
+    /// Takes a unit's state as it is now, without reporting anything: what happened before
+    /// crashwatch started is not counted. A unit found failed or waiting to restart has crashed,
+    /// so its next start counts as a restart.
+    pub fn baseline(&mut self, snapshot: Snapshot) {
+        let mut unit = TrackedUnit::new(snapshot.name.clone());
+        let crashed = snapshot.active_state == "failed" || is_auto_restart(&snapshot.sub_state);
+        unit.state = UnitState::new(snapshot.active_state, snapshot.sub_state);
+        unit.n_restarts = snapshot.n_restarts;
+        unit.crash_pending = crashed;
+        if crashed {
+            unit.crash_counted_for = Some(snapshot.invocation_id.clone());
+        }
+        unit.invocation = snapshot.invocation_id;
+        self.units.insert(snapshot.name, unit);
+    }
+
+    /// Compares a fresh reading with what the tracker believed, after a gap (a reconnect, or a
+    /// queue that overflowed), and reports what must have happened in between.
+    pub fn reconcile(&mut self, snapshot: Snapshot, now: Micros) -> Vec<Transition> {
+        if !self.units.contains_key(&snapshot.name) {
+            self.baseline(snapshot);
+            return Vec::new();
+        }
+        let service = ServiceProps {
+            n_restarts: snapshot.n_restarts,
+            ..ServiceProps::default()
+        };
+        let unit = UnitProps {
+            active_state: Some(snapshot.active_state),
+            sub_state: Some(snapshot.sub_state),
+            invocation_id: Some(snapshot.invocation_id),
+            ..UnitProps::default()
+        };
+        self.apply(&snapshot.name, Some(service), Some(unit), now)
+    }
+
+    /// Records that a job was queued (`JobNew`) or finished (`JobRemoved`) for a unit.
+    pub fn job(&mut self, unit: &str, pending: bool) {
+        if let Some(tracked) = self.units.get_mut(unit) {
+            tracked.job_pending = pending;
+        }
+    }
+
+    /// Forgets a unit systemd unloaded, unless its last run crashed: a unit garbage-collected
+    /// between the runs of a loop driven from outside must still count its next start as a restart.
+    pub fn remove(&mut self, unit: &str) {
+        if self.units.get(unit).is_some_and(|u| !u.crash_pending) {
+            self.units.remove(unit);
+        }
+    }
+
+    /// Applies one change of a unit: the Service properties and the Unit properties systemd sent
+    /// for it (as a pair, Service first), received at `now`. Returns the transitions, in order.
+    pub fn apply(
+        &mut self,
+        name: &str,
+        service: Option<ServiceProps>,
+        unit_props: Option<UnitProps>,
+        now: Micros,
+    ) -> Vec<Transition> {
+        let unit = self
+            .units
+            .entry(name.to_owned())
+            .or_insert_with(|| TrackedUnit::new(name.to_owned()));
+        let mut out = Vec::new();
+
+        if let Some(service) = service {
+            if let Some(n) = service.n_restarts {
+                // Only increases count: a manual start or ResetFailed sets it back to 0.
+                let previous = unit.n_restarts.unwrap_or(0);
+                if n > previous {
+                    unit.unstarted_auto_restarts =
+                        unit.unstarted_auto_restarts.saturating_add(n - previous);
+                }
+                unit.n_restarts = Some(n);
+            }
+            unit.service.merge(service);
+        }
+
+        let Some(props) = unit_props else {
+            return out;
+        };
+        if let Some(job) = props.job_id {
+            unit.job_id = job;
+        }
+        let new_state = UnitState::new(
+            props
+                .active_state
+                .clone()
+                .unwrap_or_else(|| unit.state.active.clone()),
+            props
+                .sub_state
+                .clone()
+                .unwrap_or_else(|| unit.state.sub.clone()),
+        );
+        let state_time = props
+            .state_change_timestamp
+            .filter(|&t| t > 0)
+            .unwrap_or(now);
+
+        let new_run = props
+            .invocation_id
+            .as_ref()
+            .is_some_and(|id| !id.is_empty() && *id != unit.invocation);
+        if new_run {
+            if unit.start_pending {
+                // A run began and ended before it ever left `inactive` for us to see.
+                emit_start(unit, &mut out, now);
+            }
+            unit.invocation = props.invocation_id.clone().unwrap_or_default();
+            unit.start_pending = true;
+            unit.start_from = unit.state.clone();
+            unit.stop_requested = false;
+            unit.crash_counted_for = None;
+        }
+
+        let old_state = std::mem::replace(&mut unit.state, new_state.clone());
+        // A timestamp equal to the one seen before belongs to the previous run.
+        let fresh_inactive_exit = props
+            .inactive_exit_timestamp
+            .filter(|&t| t > 0 && t > unit.inactive_exit_seen);
+        if let Some(t) = props.inactive_exit_timestamp {
+            unit.inactive_exit_seen = unit.inactive_exit_seen.max(t);
+        }
+        if unit.start_pending {
+            // Before a start shows, systemd sends the new InvocationID alone (the state still
+            // reads as before, e.g. failed/failed), then the brief inactive/dead: neither is news.
+            // A running unit with a new InvocationID is a whole cycle merged away, though.
+            let prelude = new_state == old_state && !is_running_state(&new_state.active);
+            if prelude || new_state.active == "inactive" {
+                return out;
+            }
+            emit_start(unit, &mut out, fresh_inactive_exit.unwrap_or(state_time));
+            if new_state.active == "active" {
+                let from = unit.start_from.clone();
+                push(&mut out, unit, TransitionKind::Started, &from, state_time);
+            } else if new_state.active != "activating" || is_auto_restart(&new_state.sub) {
+                // The run's end was merged into the same signal as its start.
+                let from = UnitState::new("activating", "start");
+                step(unit, &mut out, &from, &new_state, state_time);
+            }
+            return out;
+        }
+
+        if old_state != new_state {
+            step(unit, &mut out, &old_state, &new_state, state_time);
+        }
+        out
+    }
+}
+
+/// Reports the start of the current run: first the crashes and restarts it implies, then Starting.
+fn emit_start(unit: &mut TrackedUnit, out: &mut Vec<Transition>, at: Micros) {
+    unit.start_pending = false;
+    let from = &unit.start_from.clone();
+    let pending = u32::from(unit.crash_pending);
+    let automatic = unit.unstarted_auto_restarts;
+    let restarts = automatic.max(pending);
+    // Each automatic restart follows a crash: those beyond the one we heard were merged away.
+    let missed = restarts.saturating_sub(pending);
+    let cause = if automatic > 0 {
+        RestartCause::Automatic
+    } else {
+        RestartCause::External
+    };
+    for i in 0..restarts {
+        // Only the last restart leads to the run we see now; earlier ones were merged away.
+        let last = i + 1 == restarts;
+        if i < missed {
+            let mut crash = transition(unit, TransitionKind::Failed, from, at);
+            crash.crash = Some("unknown".to_owned());
+            crash.inferred = true;
+            out.push(crash);
+        }
+        let mut restart = transition(unit, TransitionKind::Restart, from, at);
+        restart.restart_cause = Some(cause);
+        restart.inferred = !last;
+        out.push(restart);
+        if !last {
+            let mut start = transition(unit, TransitionKind::Starting, from, at);
+            start.inferred = true;
+            out.push(start);
+        }
+    }
+    unit.crash_pending = false;
+    unit.unstarted_auto_restarts = 0;
+    push(out, unit, TransitionKind::Starting, from, at);
+}
+
+/// Judges a state change within one run.
+fn step(
+    unit: &mut TrackedUnit,
+    out: &mut Vec<Transition>,
+    old: &UnitState,
+    new: &UnitState,
+    at: Micros,
+) {
+    let job_attached = unit.job_id != 0 || unit.job_pending;
+    let result_ok = unit
+        .service
+        .result
+        .as_deref()
+        .is_none_or(|r| r == "success");
+    match new.active.as_str() {
+        "deactivating" if old.active != "deactivating" => {
+            // A stop or restart job on a running unit whose process has not failed: asked for.
+            if job_attached && result_ok && old.active != "activating" {
+                unit.stop_requested = true;
+            }
+            push(out, unit, TransitionKind::Stopping, old, at);
+        }
+        "failed" => {
+            let gave_up = is_auto_restart(&old.sub);
+            let crash = !gave_up && may_crash(unit, old, job_attached);
+            let mut t = transition(
+                unit,
+                TransitionKind::Failed,
+                old,
+                crash_time(unit, at, crash),
+            );
+            t.gave_up = gave_up;
+            if crash {
+                record_crash(unit, &mut t);
+            }
+            out.push(t);
+        }
+        // Straight from running to waiting for a restart: the failed state was merged away, or
+        // the process exited cleanly under Restart=always. Either way a crash.
+        "activating"
+            if is_auto_restart(&new.sub)
+                && !is_auto_restart(&old.sub)
+                && old.active != "failed"
+                && !already_counted(unit) =>
+        {
+            let kind = if result_ok {
+                TransitionKind::Stopped
+            } else {
+                TransitionKind::Failed
+            };
+            let mut t = transition(unit, kind, old, crash_time(unit, at, true));
+            record_crash(unit, &mut t);
+            out.push(t);
+        }
+        "inactive" => {
+            if !matches!(
+                old.active.as_str(),
+                "active" | "activating" | "deactivating" | "reloading" | "refreshing"
+            ) {
+                // failed -> inactive is ResetFailed, not a stop.
+                return;
+            }
+            // Under Restart=always a clean exit also means a restart is coming (254+ shows it
+            // as `dead-before-auto-restart`): a crash although Result reads success.
+            let crash =
+                (!result_ok || is_auto_restart(&new.sub)) && may_crash(unit, old, job_attached);
+            let mut t = transition(
+                unit,
+                TransitionKind::Stopped,
+                old,
+                crash_time(unit, at, crash),
+            );
+            if crash {
+                record_crash(unit, &mut t);
+            }
+            out.push(t);
+        }
+        "active" if !is_running_state(&old.active) => {
+            push(out, unit, TransitionKind::Started, old, at);
+        }
+        _ => {}
+    }
+}
+
+/// Whether a run that just went down may count as a crash: not counted yet, not asked to stop.
+fn may_crash(unit: &TrackedUnit, old: &UnitState, job_attached: bool) -> bool {
+    if already_counted(unit) || unit.stop_requested {
+        return false;
+    }
+    // A job attached while a running unit goes straight down is a stop or restart job whose
+    // `deactivating` step was merged away; during a start it is the start job failing.
+    !(job_attached && is_running_state(&old.active))
+}
+
+fn already_counted(unit: &TrackedUnit) -> bool {
+    unit.crash_counted_for.as_deref() == Some(unit.invocation.as_slice())
+}
+
+/// A crash is stamped with the main process's exit time when systemd gives it.
+fn crash_time(unit: &TrackedUnit, state_time: Micros, crash: bool) -> Micros {
+    if crash {
+        if let Some(t) = unit.service.exec_main_exit_timestamp.filter(|&t| t > 0) {
+            return t;
+        }
+    }
+    state_time
+}
+
+fn record_crash(unit: &mut TrackedUnit, t: &mut Transition) {
+    let reason = unit
+        .service
+        .result
+        .clone()
+        .unwrap_or_else(|| "unknown".to_owned());
+    t.crash = Some(reason);
+    unit.crash_counted_for = Some(unit.invocation.clone());
+    unit.crash_pending = true;
+}
+
+fn push(
+    out: &mut Vec<Transition>,
+    unit: &TrackedUnit,
+    kind: TransitionKind,
+    from: &UnitState,
+    at: Micros,
+) {
+    out.push(transition(unit, kind, from, at));
+}
+
+fn transition(
+    unit: &TrackedUnit,
+    kind: TransitionKind,
+    from: &UnitState,
+    at: Micros,
+) -> Transition {
+    let mut t = Transition::new(
+        unit.name.clone(),
+        SourceKind::Systemd,
+        at,
+        kind,
+        from.clone(),
+        unit.state.clone(),
+    );
+    t.result = unit.service.result.clone();
+    t.exit = unit
+        .service
+        .exec_main_code
+        .and_then(ExitCode::from_cld)
+        .map(|code| ExitCause {
+            code,
+            status: unit.service.exec_main_status.unwrap_or(0),
+        });
+    if !unit.invocation.is_empty() {
+        t.invocation_id = Some(invocation_hex(&unit.invocation));
+    }
+    t.n_restarts = unit.n_restarts;
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UNIT: &str = "crashy.service";
+
+    fn inv(n: u8) -> Vec<u8> {
+        vec![n; 16]
+    }
+
+    fn unit(active: &str, sub: &str, invocation: u8, job: u32, at: u64) -> UnitProps {
+        UnitProps {
+            active_state: Some(active.into()),
+            sub_state: Some(sub.into()),
+            invocation_id: Some(inv(invocation)),
+            job_id: Some(job),
+            state_change_timestamp: Some(at),
+            inactive_exit_timestamp: None,
+        }
+    }
+
+    fn service(n_restarts: u32, result: &str) -> ServiceProps {
+        ServiceProps {
+            n_restarts: Some(n_restarts),
+            result: Some(result.into()),
+            ..ServiceProps::default()
+        }
+    }
+
+    fn kinds(ts: &[Transition]) -> Vec<&'static str> {
+        ts.iter()
+            .map(|t| match (&t.crash, t.kind) {
+                (Some(_), TransitionKind::Failed) => "crash-failed",
+                (Some(_), TransitionKind::Stopped) => "crash-stopped",
+                (_, kind) => kind.as_str(),
+            })
+            .collect()
+    }
+
+    fn count(ts: &[Transition], kind: TransitionKind) -> usize {
+        ts.iter().filter(|t| t.kind == kind).count()
+    }
+
+    fn crashes(ts: &[Transition]) -> usize {
+        ts.iter().filter(|t| t.crash.is_some()).count()
+    }
+
+    /// A tracker that knows the unit running as invocation 1.
+    fn running() -> Tracker {
+        let mut tracker = Tracker::new();
+        tracker.baseline(Snapshot {
+            name: UNIT.into(),
+            active_state: "active".into(),
+            sub_state: "running".into(),
+            invocation_id: inv(1),
+            n_restarts: Some(0),
+        });
+        tracker
+    }
+
+    /// One Restart=always cycle as systemd 252 sends it: crash, restart job, new run.
+    fn cycle(tracker: &mut Tracker, from_inv: u8, n_restarts: u32, t: u64) -> Vec<Transition> {
+        let mut out = Vec::new();
+        let to_inv = from_inv + 1;
+        out.extend(tracker.apply(
+            UNIT,
+            Some(service(n_restarts - 1, "exit-code")),
+            Some(unit("failed", "failed", from_inv, 0, t)),
+            t,
+        ));
+        out.extend(tracker.apply(
+            UNIT,
+            None,
+            Some(unit("activating", "auto-restart", from_inv, 0, t)),
+            t,
+        ));
+        out.extend(tracker.apply(
+            UNIT,
+            Some(service(n_restarts, "exit-code")),
+            Some(unit("activating", "auto-restart", from_inv, 7, t)),
+            t + 1,
+        ));
+        out.extend(tracker.apply(
+            UNIT,
+            Some(service(n_restarts, "success")),
+            Some(unit("inactive", "dead", to_inv, 7, t + 2)),
+            t + 2,
+        ));
+        out.extend(tracker.apply(
+            UNIT,
+            None,
+            Some(unit("active", "running", to_inv, 7, t + 2)),
+            t + 2,
+        ));
+        out.extend(tracker.apply(
+            UNIT,
+            None,
+            Some(unit("active", "running", to_inv, 0, t + 2)),
+            t + 2,
+        ));
+        out
+    }
+
+    #[test]
+    fn a_restart_always_cycle_is_one_crash_and_one_restart() {
+        let mut tracker = running();
+        let out = cycle(&mut tracker, 1, 1, 100);
+        assert_eq!(
+            kinds(&out),
+            ["crash-failed", "restart", "starting", "started"]
+        );
+        assert_eq!(out[0].crash.as_deref(), Some("exit-code"));
+        assert_eq!(out[1].restart_cause, Some(RestartCause::Automatic));
+        assert_eq!(out[1].n_restarts, Some(1));
+    }
+
+    #[test]
+    fn many_cycles_count_exactly_nrestarts() {
+        let mut tracker = running();
+        let mut all = Vec::new();
+        for i in 1..=20u8 {
+            all.extend(cycle(&mut tracker, i, u32::from(i), u64::from(i) * 10));
+        }
+        assert_eq!(count(&all, TransitionKind::Restart), 20);
+        assert_eq!(crashes(&all), 20);
+        assert_eq!(count(&all, TransitionKind::Starting), 20);
+    }
+
+    #[test]
+    fn duplicate_signals_count_once() {
+        let mut tracker = running();
+        let mut out = Vec::new();
+        for _ in 0..3 {
+            out.extend(tracker.apply(
+                UNIT,
+                Some(service(0, "exit-code")),
+                Some(unit("failed", "failed", 1, 0, 5)),
+                5,
+            ));
+        }
+        assert_eq!(crashes(&out), 1);
+    }
+
+    #[test]
+    fn merged_cycles_are_recovered_from_nrestarts() {
+        let mut tracker = running();
+        // Three crash-restart cycles merged away: only the end state and the counter are seen.
+        let out = tracker.apply(
+            UNIT,
+            Some(service(3, "success")),
+            Some(unit("active", "running", 4, 0, 50)),
+            50,
+        );
+        assert_eq!(count(&out, TransitionKind::Restart), 3);
+        assert_eq!(crashes(&out), 3);
+        assert!(out.iter().filter(|t| t.crash.is_some()).all(|t| t.inferred));
+        assert_eq!(count(&out, TransitionKind::Starting), 3);
+        assert_eq!(out.last().map(|t| t.kind), Some(TransitionKind::Started));
+    }
+
+    #[test]
+    fn an_outside_driven_loop_counts_restarts_with_nrestarts_at_zero() {
+        let mut tracker = running();
+        let mut all = Vec::new();
+        for i in 1..=5u8 {
+            let t = u64::from(i) * 100;
+            all.extend(tracker.apply(
+                UNIT,
+                Some(service(0, "exit-code")),
+                Some(unit("failed", "failed", i, 0, t)),
+                t,
+            ));
+            // As observed on 252: the new InvocationID arrives first with the state unchanged.
+            all.extend(tracker.apply(
+                UNIT,
+                None,
+                Some(unit("failed", "failed", i + 1, 9, t)),
+                t + 1,
+            ));
+            all.extend(tracker.apply(
+                UNIT,
+                Some(service(0, "success")),
+                Some(unit("inactive", "dead", i + 1, 9, t + 2)),
+                t + 2,
+            ));
+            all.extend(tracker.apply(
+                UNIT,
+                None,
+                Some(unit("active", "running", i + 1, 9, t + 3)),
+                t + 3,
+            ));
+        }
+        assert_eq!(count(&all, TransitionKind::Restart), 5);
+        assert!(all
+            .iter()
+            .filter(|t| t.kind == TransitionKind::Restart)
+            .all(|t| t.restart_cause == Some(RestartCause::External)));
+        assert_eq!(crashes(&all), 5);
+        assert_eq!(
+            count(&all, TransitionKind::Stopped),
+            0,
+            "the start prelude is not a stop"
+        );
+    }
+
+    #[test]
+    fn a_requested_restart_is_no_crash() {
+        let mut tracker = running();
+        let mut out = Vec::new();
+        out.extend(tracker.apply(
+            UNIT,
+            Some(service(0, "success")),
+            Some(unit("deactivating", "stop-sigterm", 1, 4, 10)),
+            10,
+        ));
+        // The process died of SIGTERM's exit code: still a stop that was asked for.
+        out.extend(tracker.apply(
+            UNIT,
+            Some(service(0, "exit-code")),
+            Some(unit("inactive", "dead", 1, 4, 11)),
+            11,
+        ));
+        out.extend(tracker.apply(
+            UNIT,
+            Some(service(0, "success")),
+            Some(unit("inactive", "dead", 2, 4, 12)),
+            12,
+        ));
+        out.extend(tracker.apply(UNIT, None, Some(unit("active", "running", 2, 0, 12)), 12));
+        assert_eq!(kinds(&out), ["stopping", "stopped", "starting", "started"]);
+        assert_eq!(crashes(&out), 0);
+    }
+
+    #[test]
+    fn a_stop_whose_deactivating_was_merged_away_is_no_crash() {
+        let mut tracker = running();
+        tracker.job(UNIT, true);
+        let out = tracker.apply(
+            UNIT,
+            Some(service(0, "exit-code")),
+            Some(unit("failed", "failed", 1, 4, 11)),
+            11,
+        );
+        assert_eq!(crashes(&out), 0);
+    }
+
+    #[test]
+    fn a_successful_oneshot_is_neither_crash_nor_restart() {
+        let mut tracker = Tracker::new();
+        let mut out = Vec::new();
+        for i in 1..=5u8 {
+            let t = u64::from(i) * 1000;
+            out.extend(tracker.apply(
+                UNIT,
+                Some(service(0, "success")),
+                Some(unit("inactive", "dead", i, 3, t)),
+                t,
+            ));
+            out.extend(tracker.apply(
+                UNIT,
+                None,
+                Some(unit("activating", "start", i, 3, t + 1)),
+                t + 1,
+            ));
+            out.extend(tracker.apply(
+                UNIT,
+                None,
+                Some(unit("inactive", "dead", i, 0, t + 2)),
+                t + 2,
+            ));
+        }
+        assert_eq!(count(&out, TransitionKind::Starting), 5);
+        assert_eq!(count(&out, TransitionKind::Stopped), 5);
+        assert_eq!(crashes(&out) + count(&out, TransitionKind::Restart), 0);
+    }
+
+    #[test]
+    fn a_clean_exit_under_restart_always_is_a_crash() {
+        let mut tracker = running();
+        // systemd 254+ names it dead-before-auto-restart; 252 goes straight to auto-restart.
+        let out = tracker.apply(
+            UNIT,
+            Some(service(0, "success")),
+            Some(unit("inactive", "dead-before-auto-restart", 1, 0, 9)),
+            9,
+        );
+        assert_eq!(kinds(&out), ["crash-stopped"]);
+        let mut tracker = running();
+        let out = tracker.apply(
+            UNIT,
+            Some(service(0, "success")),
+            Some(unit("activating", "auto-restart", 1, 0, 9)),
+            9,
+        );
+        assert_eq!(kinds(&out), ["crash-stopped"]);
+        assert_eq!(out[0].crash.as_deref(), Some("success"));
+    }
+
+    #[test]
+    fn hitting_the_start_limit_gives_up() {
+        let mut tracker = running();
+        let mut out = Vec::new();
+        out.extend(tracker.apply(
+            UNIT,
+            Some(service(0, "exit-code")),
+            Some(unit("activating", "auto-restart", 1, 0, 5)),
+            5,
+        ));
+        out.extend(tracker.apply(
+            UNIT,
+            Some(service(1, "exit-code")),
+            Some(unit("failed", "failed", 1, 0, 6)),
+            6,
+        ));
+        assert_eq!(crashes(&out), 1);
+        assert!(out.last().is_some_and(|t| t.gave_up && t.crash.is_none()));
+    }
+
+    #[test]
+    fn a_unit_found_failed_at_start_counts_its_next_start_as_a_restart_but_not_its_crash() {
+        let mut tracker = Tracker::new();
+        tracker.baseline(Snapshot {
+            name: UNIT.into(),
+            active_state: "failed".into(),
+            sub_state: "failed".into(),
+            invocation_id: inv(1),
+            n_restarts: Some(4),
+        });
+        let mut out = tracker.apply(
+            UNIT,
+            Some(service(0, "exit-code")),
+            Some(unit("failed", "failed", 1, 0, 3)),
+            3,
+        );
+        out.extend(tracker.apply(
+            UNIT,
+            Some(service(0, "success")),
+            Some(unit("inactive", "dead", 2, 8, 4)),
+            4,
+        ));
+        out.extend(tracker.apply(UNIT, None, Some(unit("active", "running", 2, 8, 5)), 5));
+        assert_eq!(crashes(&out), 0);
+        assert_eq!(kinds(&out), ["restart", "starting", "started"]);
+    }
+
+    #[test]
+    fn a_gap_is_reconciled_from_a_snapshot() {
+        let mut tracker = running();
+        let out = tracker.reconcile(
+            Snapshot {
+                name: UNIT.into(),
+                active_state: "activating".into(),
+                sub_state: "auto-restart".into(),
+                invocation_id: inv(9),
+                n_restarts: Some(4),
+            },
+            77,
+        );
+        assert_eq!(count(&out, TransitionKind::Restart), 4);
+        assert_eq!(
+            crashes(&out),
+            5,
+            "four inferred before the restarts, and the current one"
+        );
+    }
+
+    #[test]
+    fn a_unit_removed_after_a_crash_is_remembered() {
+        let mut tracker = running();
+        tracker.apply(
+            UNIT,
+            Some(service(0, "exit-code")),
+            Some(unit("failed", "failed", 1, 0, 3)),
+            3,
+        );
+        tracker.remove(UNIT);
+        assert!(tracker.contains(UNIT));
+        let mut clean = running();
+        clean.remove(UNIT);
+        assert!(!clean.contains(UNIT));
+    }
+
+    #[test]
+    fn systemd_timestamps_are_used_and_stale_ones_are_not() {
+        let mut tracker = running();
+        let mut crash = service(0, "exit-code");
+        crash.exec_main_exit_timestamp = Some(1_000);
+        let out = tracker.apply(
+            UNIT,
+            Some(crash),
+            Some(unit("failed", "failed", 1, 0, 1_001)),
+            9_999,
+        );
+        assert_eq!(
+            out[0].timestamp, 1_000,
+            "a crash carries the main process's exit time"
+        );
+        let mut start = unit("active", "running", 2, 0, 2_005);
+        start.inactive_exit_timestamp = Some(2_000);
+        let out = tracker.apply(UNIT, None, Some(start), 9_999);
+        assert_eq!(
+            out[0].timestamp, 2_000,
+            "a start carries InactiveExitTimestamp"
+        );
+        // The same InactiveExitTimestamp again belongs to the previous run.
+        tracker.apply(
+            UNIT,
+            Some(service(0, "exit-code")),
+            Some(unit("failed", "failed", 2, 0, 3_000)),
+            3_000,
+        );
+        let mut stale = unit("active", "running", 3, 0, 4_000);
+        stale.inactive_exit_timestamp = Some(2_000);
+        let out = tracker.apply(UNIT, None, Some(stale), 9_999);
+        assert_eq!(out[0].timestamp, 4_000);
+    }
+}
