@@ -91,8 +91,6 @@ pub fn describe() {
         "Events of units beyond the unit cap, counted but not exported per unit."
     );
     gauge!("crashwatch_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-    counter!("crashwatch_errors_total", "component" => "crashwatch", "error_type" => "none")
-        .absolute(0);
 }
 
 /// The exporter treats `\\` in a label value as an escape already made and `\"` as an escaped
