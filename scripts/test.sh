@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# The project's single test command: formatting, lints, unit and integration tests.
+#
+#   scripts/test.sh            # from anywhere inside the repository
+#
+# On Debian/Ubuntu as root it first installs what the integration tests need, but only what is
+# missing (so it is quick on a prepared machine): systemd, dbus and util-linux tools for the
+# sandboxed systemd the tests run, and promtool (Debian package `prometheus`) to lint /metrics.
+# The Rust toolchain itself (cargo, rustfmt, clippy) is expected to be installed already.
+#
+# Without root the sandbox tests cannot run; they print why and count as skipped. With CI=true
+# (as .ci/run sets) every skip is a failure, as is a missing rustfmt.
+#
+# Environment: CI=true (strict mode), CARGO_TARGET_DIR (respected), CRASHWATCH_TEST_KEEP=1
+# (keep the tests' sandbox directories for post-mortems).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+note() { printf '    %s\n' "$*"; }
+die() {
+  printf 'error: %s\n' "$*" >&2
+  exit 1
+}
+strict() { [ "${CI:-}" = true ]; }
+
+is_root() { [ "$(id -u)" = 0 ]; }
+
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
+
+# ------------------------------------------------------------------------------------------ system
+missing_packages() {
+  local pkgs=()
+  have promtool || pkgs+=(prometheus)
+  { have dbus-daemon && [ -f /lib/systemd/system/dbus.socket ] && [ -f /lib/systemd/system/dbus.service ]; } ||
+    pkgs+=(dbus)
+  { have busctl && have systemctl && [ -x /lib/systemd/systemd ]; } || pkgs+=(systemd)
+  { have unshare && have nsenter && have setpriv; } || pkgs+=(util-linux)
+  have script || pkgs+=(bsdutils)
+  have timeout || pkgs+=(coreutils)
+  echo "${pkgs[@]}"
+}
+
+install_packages() {
+  local pkgs
+  read -r -a pkgs <<<"$(missing_packages)"
+  if [ "${#pkgs[@]}" -eq 0 ]; then
+    note "all present (promtool, dbus-daemon, systemd, unshare, nsenter, setpriv, script)"
+    return
+  fi
+  note "missing: ${pkgs[*]}"
+  if ! is_root || ! have apt-get; then
+    note "cannot install them here (needs root and apt-get); the tests that need them will skip"
+    return
+  fi
+  # The prometheus package ships a server; tests only want promtool. Keep package scripts from
+  # starting daemons on machines that boot with systemd (the usual policy-rc.d mechanism), unless
+  # the machine already has a policy of its own.
+  local policy=/usr/sbin/policy-rc.d added_policy=""
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    added_policy=1
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT # also if apt-get is interrupted
+  fi
+  note "installing with apt-get: ${pkgs[*]}"
+  local rc=0
+  {
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}"
+  } || rc=$?
+  if [ -n "$added_policy" ]; then
+    rm -f "$policy"
+    trap - EXIT
+  fi
+  [ "$rc" = 0 ] || die "apt-get install ${pkgs[*]} failed"
+  read -r -a pkgs <<<"$(missing_packages)"
+  [ "${#pkgs[@]}" -eq 0 ] || die "still missing after install: ${pkgs[*]}"
+}
+
+step "System packages for the integration tests"
+install_packages
+if is_root; then
+  note "running as root: sandboxed-systemd tests will run"
+elif strict; then
+  die "CI=true but not running as root: the sandboxed-systemd tests would be skipped"
+else
+  note "not root: sandboxed-systemd tests will be skipped (each prints its reason)"
+fi
+
+# ------------------------------------------------------------------------------------------ rust
+have cargo || die "cargo not found; install a Rust toolchain (rustup) first"
+note "$(cargo --version)"
+# Build exactly the committed dependency versions when there is a lock file.
+locked=()
+if [ -f Cargo.lock ]; then locked=(--locked); fi
+
+step "Formatting (cargo fmt --check)"
+if cargo fmt --version >/dev/null 2>&1; then
+  cargo fmt --all -- --check
+  note "ok"
+elif strict; then
+  die "rustfmt is not installed (rustup component add rustfmt)"
+else
+  note "rustfmt not installed, skipping (rustup component add rustfmt)"
+fi
+
+step "Lints (cargo clippy --all-targets -- -D warnings)"
+if cargo clippy --version >/dev/null 2>&1; then
+  cargo clippy --all-targets "${locked[@]}" -- -D warnings
+  note "ok"
+else
+  note "clippy not installed, skipping (rustup component add clippy)"
+fi
+
+step "Tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  note "runner: cargo nextest"
+  # nextest does not run doctests; the crate has none, and its summary stays the last word.
+  cargo nextest run "${locked[@]}" --no-fail-fast
+else
+  note "runner: cargo test (cargo-nextest not installed)"
+  cargo test "${locked[@]}" --no-fail-fast
+fi
+
+step "All checks passed"

@@ -1,0 +1,24 @@
+//! Integration tests of the `crashwatch` binary, one test binary for all areas.
+//!
+//! Every test that needs systemd starts its own sandboxed systemd (see `support/`), so the tests
+//! are independent and run in parallel. Tests whose prerequisites are missing (root, namespaces,
+//! promtool) print why and return early, except under `CI=true`, where that is a failure.
+//!
+//! Run everything with `scripts/test.sh`; set `CRASHWATCH_TEST_KEEP=1` to keep the sandbox
+//! directories (systemd log, unit files, event records) for a post-mortem.
+
+#[macro_use]
+mod support;
+
+// The area modules live in tests/integration/ (a directory, not tests/*.rs files, which cargo
+// would build as separate test binaries).
+#[path = "integration/cli.rs"]
+mod cli;
+#[path = "integration/exposition.rs"]
+mod exposition;
+#[path = "integration/harness_selftest.rs"]
+mod harness_selftest;
+#[path = "integration/statsd.rs"]
+mod statsd;
+#[path = "integration/systemd_loops.rs"]
+mod systemd_loops;

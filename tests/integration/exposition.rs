@@ -1,0 +1,130 @@
+//! /metrics judged by Prometheus' own linter, after activity that exercises the awkward corners:
+//! unit names full of backslashes (systemd's escapes), a template instance ('@'), and a name
+//! longer than 200 bytes. Label values must be escaped correctly and the StatsD names for the
+//! same units must still be valid.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+const CRASHY: &str = "crashy.service";
+const TEMPLATE: &str = "crashy-tpl@.service";
+const INSTANCE: &str = "crashy-tpl@inst\\x3a1.service";
+
+/// A valid unit name as `systemd-escape` would produce for "hostile:name|pipe#hash-aaa...": the
+/// backslashes end up in label values, where the exposition format requires escaping them.
+fn hostile_unit() -> String {
+    format!(
+        "hostile\\x3aname\\x7cpipe\\x23hash-{}.service",
+        "a".repeat(180)
+    )
+}
+
+#[test]
+fn metrics_pass_promtool() {
+    require_sandbox!();
+    require_promtool!();
+    let hostile = hostile_unit();
+    assert!(
+        hostile.len() > 200 && hostile.len() < 256,
+        "{}",
+        hostile.len()
+    );
+
+    let sb = Sandbox::start().unwrap_or_else(|e| panic!("{e}"));
+    sb.write_unit(CRASHY, CRASHY_UNIT);
+    sb.write_unit(&hostile, CRASHY_UNIT);
+    sb.write_unit(TEMPLATE, CRASHY_UNIT);
+    sb.reload();
+    let statsd = StatsdListener::start();
+    let cw = Crashwatch::spawn(&sb, &["--statsd", statsd.addr()]);
+    for unit in [CRASHY, hostile.as_str(), INSTANCE] {
+        sb.systemctl_ok(&["start", unit]);
+    }
+    for unit in [CRASHY, hostile.as_str(), INSTANCE] {
+        let flagged = wait_until(Duration::from_secs(20), || {
+            cw.metric("crashwatch_unit_crashlooping", &[("unit", unit)]) == Some(1.0)
+        });
+        assert!(
+            flagged,
+            "{unit} not flagged (NRestarts {})\n{}",
+            sb.n_restarts(unit),
+            cw.diag(unit)
+        );
+        assert!(sb.n_restarts(unit) >= 3, "{unit}: systemd saw no loop");
+    }
+
+    let text = cw.scrape();
+    // Not vacuous: the awkward series are really there, with the name intact after unescaping.
+    for unit in [hostile.as_str(), INSTANCE] {
+        for m in [
+            "crashwatch_unit_restarts_total",
+            "crashwatch_unit_crashes_total",
+            "crashwatch_unit_crashlooping",
+        ] {
+            assert!(
+                metric_value(&text, m, &[("unit", unit)]).is_some(),
+                "{m}{{unit={unit:?}}} missing from /metrics:\n{text}"
+            );
+        }
+    }
+    assert_eq!(
+        metric_value(&text, "crashwatch_source_up", &[("source", "systemd")]),
+        Some(1.0),
+        "crashwatch_source_up{{source=\"systemd\"}}"
+    );
+    if let Err(e) = promtool_check_metrics(&text) {
+        panic!("{e}\n--- /metrics ---\n{text}");
+    }
+
+    // StatsD: every line valid, and the hostile units have their own series.
+    let lines = statsd.lines();
+    for l in &lines {
+        if let Err(e) = parse_statsd_line(l) {
+            panic!("{e}\nall lines:\n{}", lines.join("\n"));
+        }
+    }
+    let instance_name = format!("crashwatch.unit.{}.restarts", statsd_unit_name(INSTANCE));
+    assert_eq!(
+        instance_name,
+        "crashwatch.unit.crashy-tpl_inst_x3a1_service.restarts"
+    );
+    assert!(
+        statsd.counter_sum(&instance_name) >= 3.0,
+        "no {instance_name} counters; lines:\n{}",
+        lines.join("\n")
+    );
+
+    // The hostile name is longer than 128 bytes once sanitized: the contract cuts it and appends
+    // "_" + 8 hex digits. Recognise it by its sanitized prefix and check the shape.
+    let full = statsd_unit_name(&hostile);
+    let segments: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("crashwatch.unit."))
+        .filter_map(|rest| rest.split('.').next())
+        .filter(|seg| seg.starts_with(&full[..64]))
+        .collect();
+    assert!(
+        !segments.is_empty(),
+        "no StatsD lines for {hostile}; lines:\n{}",
+        lines.join("\n")
+    );
+    for seg in &segments {
+        assert_eq!(seg, &segments[0], "one unit, several StatsD names");
+        assert!(seg.len() <= 128 + 9, "{seg}: {} bytes", seg.len());
+        let (cut, hash) = seg.split_at(seg.len() - 9);
+        assert!(
+            hash.starts_with('_') && hash[1..].bytes().all(|b| b.is_ascii_hexdigit()),
+            "{seg}: no _<8 hex> suffix"
+        );
+        assert!(full.starts_with(cut), "{seg}: not a cut of {full}");
+    }
+    let hostile_restarts = format!("crashwatch.unit.{}.restarts", segments[0]);
+    assert!(statsd.counter_sum(&hostile_restarts) >= 3.0);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == &format!("crashwatch.unit.{}.crashlooping:1|g", segments[0])),
+        "no crashlooping:1|g line for {hostile}"
+    );
+}

@@ -1,0 +1,247 @@
+//! Tests of the test harness itself.
+//!
+//! The crashwatch tests are only as good as the tools that judge them: a StatsD validator that
+//! accepts anything or a sandbox that leaks processes would make them pass vacuously or poison
+//! the machine. These tests pin the helpers down without involving the crashwatch binary.
+
+use std::net::UdpSocket;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::support::*;
+
+#[test]
+fn statsd_parser_accepts_well_formed_lines() {
+    for ok in [
+        "crashwatch.unit.crashy_service.restarts:1|c",
+        "crashwatch.unit.crashy_service.crashlooping:0|g",
+        "a.b:-3|g",
+        "a.b:+3.5|g",
+        "a.b:12.5|ms",
+        "a.b:7|h",
+        "a.b:user42|s",
+        "a.b:1|c|@0.5",
+        "x-y_z.Q9:10|c",
+    ] {
+        let line = parse_statsd_line(ok).unwrap_or_else(|e| panic!("{ok:?} rejected: {e}"));
+        assert!(!line.name.is_empty());
+    }
+    let l = parse_statsd_line("crashwatch.unit.u.restarts:2|c").unwrap();
+    assert_eq!(
+        (l.name.as_str(), l.number(), l.kind.as_str(), l.rate),
+        ("crashwatch.unit.u.restarts", 2.0, "c", None)
+    );
+}
+
+#[test]
+fn statsd_parser_rejects_malformed_lines() {
+    for bad in [
+        "",
+        "nocolon|c",
+        ":1|c",
+        "a.b:1",
+        "a.b:1|x",
+        "a.b:|c",
+        "a.b:one|c",
+        "a.b:-1|c",
+        "a.b:NaN|g",
+        "a.b:1|c|#tag:v",
+        "a.b:1|c|@2",
+        "a.b:1|c|@0.5|x",
+        "a:b.c:1|c",
+        "a|b.c:1|c",
+        "a@b.c:1|c",
+        "a#b.c:1|c",
+        "a b.c:1|c",
+        "a\tb:1|c",
+        "a..b:1|c",
+        ".a.b:1|c",
+        "a.b.:1|c",
+        "a.b:1 |c",
+    ] {
+        assert!(
+            parse_statsd_line(bad).is_err(),
+            "{bad:?} should be rejected"
+        );
+    }
+}
+
+#[test]
+fn datagrams_split_into_lines() {
+    assert_eq!(datagram_lines("a:1|c\nb:2|g\n"), vec!["a:1|c", "b:2|g"]);
+    assert_eq!(datagram_lines("a:1|c"), vec!["a:1|c"]);
+    // An empty line in the middle is kept so that validation catches it.
+    assert_eq!(datagram_lines("a:1|c\n\nb:1|c"), vec!["a:1|c", "", "b:1|c"]);
+}
+
+#[test]
+fn statsd_listener_collects_datagrams() {
+    let listener = StatsdListener::start();
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.send_to(b"t.x:1|c\nt.x:2|c\nt.g:1|g", listener.addr())
+        .unwrap();
+    sock.send_to(b"t.x:4|c|@0.5", listener.addr()).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || listener.lines().len() == 4),
+        "got {:?}",
+        listener.lines()
+    );
+    assert_eq!(listener.counter_sum("t.x"), 11.0);
+    assert_eq!(listener.parsed().unwrap().len(), 4);
+}
+
+#[test]
+fn prometheus_text_parses_with_escaped_labels() {
+    let text = "# HELP m_total help\n# TYPE m_total counter\n\
+        m_total{unit=\"a.service\",reason=\"exit-code\"} 2\n\
+        m_total{unit=\"a.service\",reason=\"signal\"} 3\n\
+        m_total{unit=\"b\\\\x3a\\\"q\\\"\\n.service\",reason=\"signal\"} 7 1700000000000\n\
+        g{} 1.5\n\
+        up 1\n";
+    let samples = parse_samples(text).unwrap();
+    assert_eq!(samples.len(), 5);
+    assert_eq!(samples[2].label("unit"), Some("b\\x3a\"q\"\n.service"));
+    assert_eq!(
+        metric_value(text, "m_total", &[("unit", "a.service")]),
+        Some(5.0)
+    );
+    assert_eq!(
+        metric_value(text, "m_total", &[("unit", "b\\x3a\"q\"\n.service")]),
+        Some(7.0)
+    );
+    assert_eq!(
+        metric_value(text, "m_total", &[("unit", "c.service")]),
+        None
+    );
+    assert_eq!(metric_value(text, "g", &[]), Some(1.5));
+    assert_eq!(metric_value(text, "up", &[]), Some(1.0));
+    assert_eq!(
+        escape_label_value("b\\x3a\"q\"\n.service"),
+        "b\\\\x3a\\\"q\\\"\\n.service"
+    );
+    assert!(parse_samples("m{unit=\"a} 1\n").is_err());
+    assert!(parse_samples("m{unit=a} 1\n").is_err());
+    assert!(parse_samples("m 1x\n").is_err());
+}
+
+#[test]
+fn unit_object_paths_are_escaped_like_systemd() {
+    assert_eq!(
+        unit_object_path("crashy.service"),
+        "/org/freedesktop/systemd1/unit/crashy_2eservice"
+    );
+    assert_eq!(
+        unit_object_path("dbus-org.x@1.service"),
+        "/org/freedesktop/systemd1/unit/dbus_2dorg_2ex_401_2eservice"
+    );
+    // A leading digit is escaped too: D-Bus path elements may not start with one.
+    assert_eq!(
+        unit_object_path("9p.mount"),
+        "/org/freedesktop/systemd1/unit/_39p_2emount"
+    );
+    assert_eq!(
+        unit_object_path("a\\x3ab.service"),
+        "/org/freedesktop/systemd1/unit/a_5cx3ab_2eservice"
+    );
+}
+
+#[test]
+fn statsd_unit_names_follow_the_contract() {
+    assert_eq!(statsd_unit_name("crashy.service"), "crashy_service");
+    assert_eq!(
+        statsd_unit_name("a\\x3ab@c-d_e.service"),
+        "a_x3ab_c-d_e_service"
+    );
+}
+
+#[test]
+fn skipping_is_a_failure_only_in_ci() {
+    skip_or_fail(false, "some_test", "reason");
+    let r = std::panic::catch_unwind(|| skip_or_fail(true, "some_test", "reason"));
+    assert!(r.is_err(), "under CI=true a skip must panic");
+}
+
+#[test]
+fn promtool_accepts_clean_and_rejects_unlinted_metrics() {
+    require_promtool!();
+    promtool_check_metrics("# HELP ok_total A counter.\n# TYPE ok_total counter\nok_total 1\n")
+        .unwrap();
+    let err = promtool_check_metrics("bad_total 1\n").unwrap_err();
+    assert!(err.contains("no help text"), "{err}");
+}
+
+#[test]
+fn sandbox_runs_units_and_leaves_nothing_behind() {
+    require_sandbox!();
+    let sb = Sandbox::start().unwrap_or_else(|e| panic!("{e}"));
+    let dir = sb.dir().to_path_buf();
+    let pid1 = sb.pid1();
+    assert!(Path::new(&format!("/proc/{pid1}")).exists());
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{pid1}/comm"))
+            .unwrap()
+            .trim(),
+        "systemd"
+    );
+    let state = sb.busctl(&[
+        "get-property",
+        "org.freedesktop.systemd1",
+        "/org/freedesktop/systemd1",
+        "org.freedesktop.systemd1.Manager",
+        "SystemState",
+    ]);
+    let state = String::from_utf8_lossy(&state.stdout);
+    assert!(state.contains("running"), "SystemState {state}");
+
+    sb.write_unit(
+        "sleeper.service",
+        "[Service]\nExecStart=/bin/sleep infinity\n",
+    );
+    sb.reload();
+    sb.systemctl_ok(&["start", "sleeper.service"]);
+    assert_eq!(sb.active_state("sleeper.service"), "active");
+    assert_eq!(sb.n_restarts("sleeper.service"), 0);
+    let main_pid = sb.property(
+        "sleeper.service",
+        "org.freedesktop.systemd1.Service",
+        "MainPID",
+    );
+    assert_ne!(main_pid, "u 0", "sleeper.service has no main process");
+
+    // The sleeper lives in the sandbox's cgroup; find it to check it dies with the sandbox.
+    let cgroup_name = format!("cwtest-{}", dir.file_name().unwrap().to_string_lossy());
+    let cgroup_dirs: Vec<_> = [
+        "/sys/fs/cgroup",
+        "/sys/fs/cgroup/unified",
+        "/sys/fs/cgroup/systemd",
+    ]
+    .iter()
+    .map(|d| Path::new(d).join(&cgroup_name))
+    .filter(|p| p.exists())
+    .collect();
+    assert!(!cgroup_dirs.is_empty(), "no cgroup {cgroup_name} found");
+    let sleepers: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .map(|c| c.contains(&format!("/{cgroup_name}/")) && c.contains("sleeper.service"))
+                .unwrap_or(false)
+        })
+        .collect();
+    assert!(!sleepers.is_empty(), "sleeper.service process not found");
+
+    drop(sb);
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    for cg in &cgroup_dirs {
+        assert!(!cg.exists(), "cgroup {} left behind", cg.display());
+    }
+    for pid in sleepers.iter().chain([&pid1]) {
+        // A zombie still has /proc/<pid>; being gone entirely is what we want.
+        let gone = wait_until(Duration::from_secs(5), || {
+            !Path::new(&format!("/proc/{pid}")).exists()
+        });
+        assert!(gone, "process {pid} survived the sandbox");
+    }
+}

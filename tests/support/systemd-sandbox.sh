@@ -1,0 +1,262 @@
+#!/usr/bin/env bash
+# A throw-away, real systemd for integration tests.
+#
+# crashwatch talks to systemd over D-Bus, so its tests need a genuine systemd (job engine, restart
+# logic, NRestarts, ActiveState signals); a mock would only test our idea of systemd. Test machines
+# do not necessarily boot with systemd, and even when they do, tests must not touch the host's units.
+# This script therefore runs systemd as PID 1 of fresh pid/mount/uts/ipc/net/cgroup namespaces
+# ("container" mode, cgroup2-only view) together with its own system dbus-daemon, in well under a
+# second. One instance per directory, so tests can run in parallel.
+#
+#   SDTEST_DIR=/tmp/x systemd-sandbox.sh start
+#       Waits until Manager.SystemState is "running", then prints on stdout:
+#         DBUS_SYSTEM_BUS_ADDRESS=unix:path=$SDTEST_DIR/run/dbus/system_bus_socket   (use from the host)
+#         SDTEST_PID1=<host pid of the namespace's systemd>
+#         SDTEST_UNIT_DIR=<unit directory; call Manager.Reload after adding files>
+#   SDTEST_DIR=/tmp/x systemd-sandbox.sh stop      kill everything, remove cgroups and $SDTEST_DIR/run
+#   SDTEST_DIR=/tmp/x systemd-sandbox.sh status
+#
+#   Run something inside (sees /run/dbus and /run/systemd/private at their usual paths). nsenter
+#   does not forward signals, so put `timeout` inside it:
+#       nsenter -t "$SDTEST_PID1" -p -m -- timeout 30 systemctl start foo.service
+#   The private socket /run/systemd/private refuses host clients (their PID is not visible in the
+#   namespace); from the host use the system bus address above.
+#
+# Knobs (env): SDTEST_DIR (instance dir, required to be unique per instance),
+#              SDTEST_TIMEOUT (startup seconds, default 30), SDTEST_LOGLEVEL (systemd, default info),
+#              SYSTEMD (path of the systemd binary, default /lib/systemd/systemd).
+# Needs root with CAP_SYS_ADMIN and a cgroup2 hierarchy (unified or hybrid host).
+# Nothing is mounted in the host mount namespace. Host-visible artefacts: $SDTEST_DIR and the
+# cgroup directories named cwtest-<basename of SDTEST_DIR>; `stop` removes the cgroups and the run
+# directory (systemd.log and the unit directory stay for post-mortems; the caller removes the rest).
+set -euo pipefail
+
+: "${SDTEST_DIR:?set SDTEST_DIR to a directory unique to this instance}"
+SDTEST_TIMEOUT=${SDTEST_TIMEOUT:-30}
+NAME=cwtest-$(basename "$SDTEST_DIR")
+RUN=$SDTEST_DIR/run     # bind-mounted on /run inside, so host clients reach the sockets here
+UNITS=$SDTEST_DIR/units # the only unit directory of the test systemd (besides its /run dirs)
+SYSTEMD=${SYSTEMD:-/lib/systemd/systemd}
+SELF=$(readlink -f "${BASH_SOURCE[0]}")
+
+log() { echo "[systemd-sandbox] $*" >&2; }
+
+fstype() { stat -f -c %T "$1" 2>/dev/null || true; }
+
+# Where our cgroups go. systemd inside needs a cgroup2 tree of its own (it becomes the root of the
+# new cgroup namespace). Hybrid hosts have cgroup2 at /sys/fs/cgroup/unified, plus the v1
+# name=systemd hierarchy which we also use so the sandbox does not sit in the host's cgroups there.
+cgroup_dirs() {
+  CG2="" CG1=""
+  if [ "$(fstype /sys/fs/cgroup)" = cgroup2fs ]; then
+    CG2=/sys/fs/cgroup/$NAME
+  elif [ "$(fstype /sys/fs/cgroup/unified)" = cgroup2fs ]; then
+    CG2=/sys/fs/cgroup/unified/$NAME
+    if [ "$(fstype /sys/fs/cgroup/systemd)" = cgroupfs ]; then CG1=/sys/fs/cgroup/systemd/$NAME; fi
+  fi
+}
+
+write_units() {
+  mkdir -p "$UNITS"
+  # Stub targets: default dependencies resolve without pulling in the host's boot. In particular
+  # the real sysinit.target would run systemd-tmpfiles, which cleans the machine's shared /tmp.
+  for t in sysinit basic sockets timers paths slices local-fs local-fs-pre swap umount network multi-user; do
+    printf '[Unit]\nDescription=sandbox stub %s.target\nDefaultDependencies=no\n' "$t" >"$UNITS/$t.target"
+  done
+  cat >"$UNITS/basic.target" <<'EOF'
+[Unit]
+Description=sandbox stub basic.target
+DefaultDependencies=no
+Requires=sysinit.target
+After=sysinit.target sockets.target
+EOF
+  cat >"$UNITS/shutdown.target" <<'EOF'
+[Unit]
+Description=sandbox stub shutdown.target
+DefaultDependencies=no
+RefuseManualStart=yes
+EOF
+  cat >"$UNITS/sandbox.target" <<'EOF'
+[Unit]
+Description=sandbox boot target
+Requires=dbus.socket
+Wants=dbus.service
+After=dbus.socket dbus.service
+AllowIsolate=yes
+EOF
+  local d src=""
+  for d in /lib/systemd/system /usr/lib/systemd/system; do
+    if [ -f "$d/dbus.socket" ] && [ -f "$d/dbus.service" ]; then src=$d; break; fi
+  done
+  [ -n "$src" ] || { log "dbus.socket/dbus.service not found (install the dbus package)"; return 1; }
+  cp "$src/dbus.socket" "$src/dbus.service" "$UNITS/"
+  # Debian's dbus.service lowers its OOM score; that needs CAP_SYS_RESOURCE games we do not want.
+  mkdir -p "$UNITS/dbus.service.d"
+  printf '[Service]\nOOMScoreAdjust=0\n' >"$UNITS/dbus.service.d/sandbox.conf"
+}
+
+# ---------------------------------------------------------------- inside script(1): join cgroups, unshare
+launch() {
+  cgroup_dirs
+  echo $$ >"$CG2/cgroup.procs"
+  if [ -n "$CG1" ]; then echo $$ >"$CG1/cgroup.procs"; fi
+  echo $$ >"$SDTEST_DIR/unshare.pid"
+  # --kill-child: if unshare dies, the namespace's init (and with it everything inside) dies too.
+  exec unshare --kill-child=SIGKILL --pid --mount --uts --ipc --net --cgroup --mount-proc \
+    --propagation private bash "$SELF" _inner
+}
+
+# ---------------------------------------------------------------- PID 1 of the new namespaces
+inner() {
+  local tty
+  tty=$(readlink -f /proc/self/fd/0) # the pty script(1) allocated: systemd's console
+  mount --bind "$tty" "$SDTEST_DIR/console" # stash it before /dev is replaced
+  # Private /dev: nothing systemd does may touch the host's devtmpfs.
+  mount -t tmpfs -o mode=755,nosuid,size=4m sandbox-dev /dev
+  mknod -m 666 /dev/null c 1 3
+  mknod -m 666 /dev/zero c 1 5
+  mknod -m 666 /dev/full c 1 7
+  mknod -m 666 /dev/random c 1 8
+  mknod -m 666 /dev/urandom c 1 9
+  mknod -m 666 /dev/tty c 5 0
+  mkdir -p /dev/pts /dev/shm
+  mount -t devpts -o newinstance,ptmxmode=0666,mode=620,gid=5 devpts /dev/pts
+  ln -s pts/ptmx /dev/ptmx
+  ln -s /proc/self/fd /dev/fd
+  ln -s /proc/self/fd/0 /dev/stdin
+  ln -s /proc/self/fd/1 /dev/stdout
+  ln -s /proc/self/fd/2 /dev/stderr
+  mount -t tmpfs -o mode=1777,nosuid,nodev,size=64m sandbox-shm /dev/shm
+  touch /dev/console
+  mount --bind "$SDTEST_DIR/console" /dev/console
+  umount "$SDTEST_DIR/console"
+  # cgroup2 whose root is our cgroup namespace root: systemd runs in unified mode inside it.
+  mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup
+  # Read-only /sys and /proc/sys: as PID 1, systemd would otherwise raise machine-wide sysctls.
+  mount -o remount,bind,ro /sys
+  mount --bind /proc/sys /proc/sys
+  mount -o remount,bind,ro /proc/sys
+  if [ -e /proc/sysrq-trigger ]; then
+    mount --bind /proc/sysrq-trigger /proc/sysrq-trigger
+    mount -o remount,bind,ro /proc/sysrq-trigger
+  fi
+  # Private /run backed by a host directory, so host-side clients reach the bus socket.
+  mount --bind "$RUN" /run
+  hostname sandbox
+  exec env -i container=crashwatch-test TERM=dumb PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+    SYSTEMD_UNIT_PATH="/run/systemd/system.control:/run/systemd/transient:/run/systemd/system:$UNITS" \
+    setpriv --bounding-set -sys_module,-sys_time,-sys_rawio,-wake_alarm,-mac_admin,-mac_override \
+    "$SYSTEMD" --system --unit=sandbox.target --log-target=console --log-level="${SDTEST_LOGLEVEL:-info}" \
+    --show-status=no --log-color=no \
+    --default-standard-output=null --default-standard-error=null
+}
+
+# ---------------------------------------------------------------- host side
+pid1() {
+  local u
+  u=$(cat "$SDTEST_DIR/unshare.pid" 2>/dev/null) || return 1
+  awk '{print $1; exit}' "/proc/$u/task/$u/children" 2>/dev/null
+}
+
+start() {
+  [ "$(id -u)" = 0 ] || { log "needs root"; exit 1; }
+  if [ -e "$SDTEST_DIR/unshare.pid" ] && kill -0 "$(cat "$SDTEST_DIR/unshare.pid")" 2>/dev/null; then
+    log "already running in $SDTEST_DIR"
+    exit 1
+  fi
+  [ -x "$SYSTEMD" ] || { log "$SYSTEMD not found (install the systemd package)"; exit 1; }
+  cgroup_dirs
+  [ -n "$CG2" ] || { log "no cgroup2 hierarchy at /sys/fs/cgroup or /sys/fs/cgroup/unified"; exit 1; }
+  rm -rf "$SDTEST_DIR"
+  mkdir -p "$RUN"
+  touch "$SDTEST_DIR/console"
+  write_units
+  mkdir -p "$CG2"
+  if [ -n "$CG1" ]; then mkdir -p "$CG1"; fi
+  local t0
+  t0=$(date +%s.%N)
+  # script(1) gives the namespace a pty that becomes /dev/console; its transcript is systemd's log.
+  # setsid: the sandbox must not receive the terminal's or the test runner's process-group signals.
+  SDTEST_DIR=$SDTEST_DIR SDTEST_SELF=$SELF SHELL=/bin/bash setsid script -q -f -e -c 'exec bash "$SDTEST_SELF" _launch' \
+    "$SDTEST_DIR/systemd.log" </dev/null >/dev/null 2>&1 &
+  echo $! >"$SDTEST_DIR/script.pid"
+  # Ready once systemd answers on the namespace's system bus.
+  local addr="unix:path=$RUN/dbus/system_bus_socket" deadline st=""
+  deadline=$(($(date +%s) + SDTEST_TIMEOUT))
+  while [ "$(date +%s)" -lt "$deadline" ]; do
+    st=$(timeout 2 busctl --address="$addr" get-property org.freedesktop.systemd1 /org/freedesktop/systemd1 \
+      org.freedesktop.systemd1.Manager SystemState 2>/dev/null || true)
+    case "$st" in *running* | *degraded*) break ;; esac
+    kill -0 "$(cat "$SDTEST_DIR/script.pid")" 2>/dev/null || break
+    sleep 0.05
+  done
+  case "$st" in
+    *running* | *degraded*) ;;
+    *)
+      log "systemd did not come up (state: ${st:-none}); log follows"
+      tail -n 30 "$SDTEST_DIR/systemd.log" >&2 || true
+      stop
+      exit 1
+      ;;
+  esac
+  log "up in $(awk "BEGIN{printf \"%.2f\", $(date +%s.%N) - $t0}") s, state $st, pid1 (host pid) $(pid1)"
+  echo "DBUS_SYSTEM_BUS_ADDRESS=$addr"
+  echo "SDTEST_PID1=$(pid1)"
+  echo "SDTEST_UNIT_DIR=$UNITS"
+}
+
+stop() {
+  local p u s x cg
+  p=$(pid1 || true)
+  u=$(cat "$SDTEST_DIR/unshare.pid" 2>/dev/null || true)
+  s=$(cat "$SDTEST_DIR/script.pid" 2>/dev/null || true)
+  # SIGKILL of a pid namespace's init kills every process in that namespace.
+  if [ -n "$p" ] && kill -0 "$p" 2>/dev/null; then kill -KILL "$p" 2>/dev/null || true; fi
+  for x in $u $s; do
+    for _ in $(seq 50); do
+      kill -0 "$x" 2>/dev/null || break
+      sleep 0.1
+    done
+  done
+  for x in $u $s; do
+    if kill -0 "$x" 2>/dev/null; then
+      log "SIGKILL $x"
+      kill -KILL "$x" 2>/dev/null || true
+    fi
+  done
+  # Remove the (now empty) cgroup trees, deepest first; retry while the kernel reaps the tasks.
+  cgroup_dirs
+  for cg in $CG2 $CG1; do
+    [ -d "$cg" ] || continue
+    for _ in $(seq 50); do
+      find "$cg" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+      [ -d "$cg" ] || break
+      sleep 0.1
+    done
+    if [ -d "$cg" ]; then log "WARNING: could not remove $cg"; fi
+  done
+  rm -rf "$RUN" "$SDTEST_DIR/console" "$SDTEST_DIR"/*.pid
+}
+
+status() {
+  local p
+  p=$(pid1 || true)
+  if [ -n "$p" ] && kill -0 "$p" 2>/dev/null; then
+    echo "running, pid1=$p"
+  else
+    echo "not running"
+    return 1
+  fi
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  status) status ;;
+  _launch) launch ;;
+  _inner) inner ;;
+  *)
+    echo "usage: SDTEST_DIR=DIR $0 start|stop|status" >&2
+    exit 2
+    ;;
+esac
