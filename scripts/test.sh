@@ -114,6 +114,15 @@ else
   note "clippy not installed, skipping (rustup component add clippy)"
 fi
 
+step "Alert rules and dashboards (promtool)"
+if have promtool; then
+  bash scripts/check-alerts.sh
+elif strict; then
+  die "promtool is missing: cannot check alerts/ and dashboards/"
+else
+  note "promtool not installed, skipping"
+fi
+
 step "Tests"
 if cargo nextest --version >/dev/null 2>&1; then
   note "runner: cargo nextest"

@@ -28,6 +28,7 @@ use std::time::Duration;
 use metrics::{counter, gauge};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use zbus::message::Sequence;
 use zbus::message::Type as MessageType;
 use zbus::{Connection, Message, MessageStream, Variant};
 
@@ -117,6 +118,10 @@ pub struct SystemdSource {
     settings: SystemdSettings,
     link: Link,
     tracker: Tracker,
+    /// Per unit, the receive position of the snapshot reply that last described it. A signal
+    /// received before that reply is older than what the tracker knows and is dropped: applied
+    /// after the snapshot it would bring back a previous run and count it twice.
+    snapshot_positions: HashMap<String, Sequence>,
 }
 
 /// One live connection: the bus, the queue its reader fills, and who systemd is on it.
@@ -142,9 +147,12 @@ impl SystemdSource {
     /// bus cannot be reached or has no systemd; after this, nothing is fatal.
     pub async fn connect(settings: SystemdSettings) -> Result<SystemdSource, SystemdError> {
         gauge!("crashwatch_source_up", "source" => SOURCE).set(0.0);
+        counter!("crashwatch_events_total", "source" => SOURCE).absolute(0);
         let link = Link::open().await?;
         let mut tracker = Tracker::new();
-        for snapshot in link.snapshot(&settings.filter).await? {
+        let mut snapshot_positions = HashMap::new();
+        for (snapshot, position) in link.snapshot(&settings.filter).await? {
+            snapshot_positions.insert(snapshot.name.clone(), position);
             tracker.baseline(snapshot);
         }
         gauge!("crashwatch_source_up", "source" => SOURCE).set(1.0);
@@ -152,6 +160,7 @@ impl SystemdSource {
             settings,
             link,
             tracker,
+            snapshot_positions,
         })
     }
 
@@ -210,7 +219,12 @@ impl SystemdSource {
     /// Reconciles every watched unit against a fresh snapshot.
     async fn resync(&mut self, out: &mpsc::Sender<Transition>) -> Result<(), SystemdError> {
         let now = now_micros();
-        for snapshot in self.link.snapshot(&self.settings.filter).await? {
+        // Positions belong to one connection; a reopened link starts a new sequence.
+        self.snapshot_positions.clear();
+        self.link.pending_service.clear();
+        for (snapshot, position) in self.link.snapshot(&self.settings.filter).await? {
+            self.snapshot_positions
+                .insert(snapshot.name.clone(), position);
             for t in self.tracker.reconcile(snapshot, now) {
                 if out.send(t).await.is_err() {
                     break;
@@ -317,6 +331,12 @@ impl SystemdSource {
         };
         if !self.settings.filter.allows(&name) {
             return Vec::new();
+        }
+        if let Some(&position) = self.snapshot_positions.get(&name) {
+            if msg.recv_position() < position {
+                return Vec::new();
+            }
+            self.snapshot_positions.remove(&name);
         }
         let body = msg.body();
         let Ok((iface, changed, _invalidated)) = body
@@ -452,8 +472,12 @@ impl Link {
         })
     }
 
-    /// Reads every watched unit's state, `SNAPSHOT_CONCURRENCY` calls at a time.
-    async fn snapshot(&self, filter: &UnitFilter) -> Result<Vec<Snapshot>, SystemdError> {
+    /// Reads every watched unit's state, `SNAPSHOT_CONCURRENCY` calls at a time. Each reading
+    /// comes with the receive position of the reply that carried its state and InvocationID.
+    async fn snapshot(
+        &self,
+        filter: &UnitFilter,
+    ) -> Result<Vec<(Snapshot, Sequence)>, SystemdError> {
         type ListedUnit<'a> = (
             &'a str,
             &'a str,
@@ -482,79 +506,51 @@ impl Link {
                 call: "ListUnits",
                 source,
             })?;
-        let mut snapshots: Vec<Snapshot> = listed
+        let names: Vec<String> = listed
             .iter()
-            .filter(|u| filter.allows(u.0))
-            .map(|u| Snapshot {
-                name: u.0.to_owned(),
-                active_state: u.3.to_owned(),
-                sub_state: u.4.to_owned(),
-                ..Snapshot::default()
-            })
+            .map(|u| u.0)
+            .filter(|name| filter.allows(name))
+            .map(str::to_owned)
             .collect();
         drop(listed);
 
+        let mut readings = Vec::with_capacity(names.len());
         let mut tasks = tokio::task::JoinSet::new();
-        let mut next = 0;
-        let mut done = 0;
-        while done < snapshots.len() {
-            while tasks.len() < SNAPSHOT_CONCURRENCY && next < snapshots.len() {
+        let mut pending = names.into_iter();
+        loop {
+            while tasks.len() < SNAPSHOT_CONCURRENCY {
+                let Some(name) = pending.next() else { break };
                 let conn = self.conn.clone();
-                let name = snapshots[next].name.clone();
-                let index = next;
-                tasks.spawn(async move { (index, read_counters(&conn, &name).await) });
-                next += 1;
+                tasks.spawn(async move {
+                    let reading = read_unit(&conn, &name).await;
+                    (name, reading)
+                });
             }
             let Some(joined) = tasks.join_next().await else {
                 break;
             };
-            done += 1;
-            let Ok((index, result)) = joined else {
+            let Ok((name, reading)) = joined else {
                 continue;
             };
-            match result {
-                Ok((invocation, n_restarts)) => {
-                    snapshots[index].invocation_id = invocation;
-                    snapshots[index].n_restarts = n_restarts;
-                }
+            match reading {
+                Ok(reading) => readings.push(reading),
                 Err(error) => SnapshotCallError {
                     source: SOURCE,
-                    unit: &snapshots[index].name,
+                    unit: &name,
                     error: &error.to_string(),
                 }
                 .emit(),
             }
         }
-        Ok(snapshots)
+        Ok(readings)
     }
 }
 
-/// Reads a unit's InvocationID and, for services, NRestarts.
-async fn read_counters(
-    conn: &Connection,
-    unit: &str,
-) -> Result<(Vec<u8>, Option<u32>), SystemdError> {
+/// Reads one unit: NRestarts first, then its state and InvocationID in one `GetAll`, so state
+/// and run are consistent with each other and the reply's position marks what is older.
+/// NRestarts may lag the state by a signal; it is absolute, so the next signal corrects it.
+async fn read_unit(conn: &Connection, unit: &str) -> Result<(Snapshot, Sequence), SystemdError> {
     let path = props::unit_path(unit);
-    let reply = call(
-        conn,
-        SYSTEMD_NAME,
-        &path,
-        PROPERTIES_IFACE,
-        "Get",
-        &(UNIT_IFACE, "InvocationID"),
-        "Get InvocationID",
-    )
-    .await?;
-    let body = reply.body();
-    let value: Variant<'_> = body.deserialize().map_err(|source| SystemdError::Call {
-        call: "Get InvocationID",
-        source,
-    })?;
-    let mut map = HashMap::new();
-    map.insert("InvocationID", value);
-    let invocation = props::unit_props(&map, &mut Vec::new())
-        .invocation_id
-        .unwrap_or_default();
     let n_restarts = if unit.ends_with(".service") {
         let reply = call(
             conn,
@@ -574,7 +570,31 @@ async fn read_counters(
     } else {
         None
     };
-    Ok((invocation, n_restarts))
+    let reply = call(
+        conn,
+        SYSTEMD_NAME,
+        &path,
+        PROPERTIES_IFACE,
+        "GetAll",
+        &(UNIT_IFACE,),
+        "GetAll Unit",
+    )
+    .await?;
+    let body = reply.body();
+    let map: HashMap<&str, Variant<'_>> =
+        body.deserialize().map_err(|source| SystemdError::Call {
+            call: "GetAll Unit",
+            source,
+        })?;
+    let unit_props = props::unit_props(&map, &mut Vec::new());
+    let snapshot = Snapshot {
+        name: unit.to_owned(),
+        active_state: unit_props.active_state.unwrap_or_default(),
+        sub_state: unit_props.sub_state.unwrap_or_default(),
+        invocation_id: unit_props.invocation_id.unwrap_or_default(),
+        n_restarts,
+    };
+    Ok((snapshot, reply.recv_position()))
 }
 
 async fn subscribe(conn: &Connection) -> Result<(), SystemdError> {

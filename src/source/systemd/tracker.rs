@@ -16,7 +16,7 @@
 //!
 //! The tracker is pure: values in, transitions out, time passed in, so it is tested without a bus.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use crate::event::{
     ExitCause, ExitCode, Micros, RestartCause, SourceKind, Transition, TransitionKind, UnitState,
@@ -94,6 +94,9 @@ struct TrackedUnit {
     name: String,
     state: UnitState,
     invocation: Vec<u8>,
+    /// Runs seen before the current one. After `daemon-reexec` systemd may report the previous
+    /// InvocationID for a moment; seeing it again is not a new run.
+    earlier_invocations: VecDeque<Vec<u8>>,
     n_restarts: Option<u32>,
     service: ServiceProps,
     job_id: u32,
@@ -122,6 +125,7 @@ impl TrackedUnit {
             name,
             state: UnitState::new("inactive", "dead"),
             invocation: Vec::new(),
+            earlier_invocations: VecDeque::new(),
             n_restarts: None,
             service: ServiceProps::default(),
             job_id: 0,
@@ -136,6 +140,9 @@ impl TrackedUnit {
         }
     }
 }
+
+/// How many earlier InvocationIDs a unit remembers.
+const EARLIER_INVOCATIONS: usize = 4;
 
 /// SubStates under which systemd waits to restart a unit by itself (252 has `auto-restart`; 254+
 /// adds `dead-before-auto-restart`, `failed-before-auto-restart` and `auto-restart-queued`).
@@ -285,11 +292,15 @@ impl Tracker {
             .filter(|&t| t > 0)
             .unwrap_or(now);
 
-        let new_run = props
-            .invocation_id
-            .as_ref()
-            .is_some_and(|id| !id.is_empty() && *id != unit.invocation);
+        let new_run = props.invocation_id.as_ref().is_some_and(|id| {
+            !id.is_empty() && *id != unit.invocation && !unit.earlier_invocations.contains(id)
+        });
         if new_run {
+            if unit.earlier_invocations.len() == EARLIER_INVOCATIONS {
+                unit.earlier_invocations.pop_front();
+            }
+            let previous = std::mem::take(&mut unit.invocation);
+            unit.earlier_invocations.push_back(previous);
             if unit.start_pending {
                 // A run began and ended before it ever left `inactive` for us to see.
                 emit_start(unit, &mut out, now);
@@ -452,6 +463,9 @@ fn step(
             out.push(t);
         }
         "active" if !is_running_state(&old.active) => {
+            // Up again within the same run: an NRestarts increment with no new run behind it
+            // was a restart systemd scheduled twice (daemon-reexec), not one more to count.
+            unit.unstarted_auto_restarts = 0;
             push(out, unit, TransitionKind::Started, old, at);
         }
         _ => {}
@@ -736,6 +750,24 @@ mod tests {
             0,
             "the start prelude is not a stop"
         );
+    }
+
+    #[test]
+    fn an_earlier_invocation_seen_again_after_reexec_is_no_new_run() {
+        let mut tracker = running();
+        let mut out = cycle(&mut tracker, 1, 1, 100);
+        // daemon-reexec: systemd reports the previous run and schedules the restart again, then
+        // comes back to the current run.
+        out.extend(tracker.apply(
+            UNIT,
+            Some(service(2, "success")),
+            Some(unit("activating", "auto-restart", 1, 7, 200)),
+            200,
+        ));
+        out.extend(tracker.apply(UNIT, None, Some(unit("active", "running", 2, 0, 201)), 201));
+        out.extend(cycle(&mut tracker, 2, 3, 300));
+        assert_eq!(count(&out, TransitionKind::Restart), 2);
+        assert_eq!(count(&out, TransitionKind::Starting), 2);
     }
 
     #[test]

@@ -1,0 +1,169 @@
+//! Faults crashwatch must survive without losing a restart: the system bus killed and brought
+//! back mid-loop, and systemd reloading and re-executing itself under a running loop.
+//!
+//! Each test ends its loop by fixing the unit (a drop-in that makes it stay up) rather than
+//! stopping it: the unit stays loaded and `NRestarts` stays readable, so the final comparison is
+//! against systemd's own count.
+
+use std::thread;
+use std::time::Duration;
+
+use crate::support::*;
+
+const CRASHY: &str = "crashy.service";
+
+/// Makes the crashing unit stay up, then waits until it does, so NRestarts stops moving.
+fn fix_unit(sb: &Sandbox, unit: &str) {
+    let dropins = sb.dir().join("units").join(format!("{unit}.d"));
+    std::fs::create_dir_all(&dropins).expect("creating the drop-in directory");
+    std::fs::write(
+        dropins.join("fixed.conf"),
+        "[Service]\nExecStart=\nExecStart=/bin/sleep infinity\n",
+    )
+    .expect("writing the drop-in");
+    sb.systemctl_ok(&["daemon-reload"]);
+    let up = wait_until(Duration::from_secs(20), || {
+        sb.active_state(unit) == "active"
+    });
+    assert!(
+        up,
+        "{unit} did not come up after the fix\n{}",
+        sb.log_tail(30)
+    );
+    // One more restart may have been scheduled just before the fix took effect.
+    thread::sleep(Duration::from_millis(500));
+}
+
+/// Waits until crashwatch's restart count equals systemd's, and says both when it does not.
+fn assert_counts_match(sb: &Sandbox, cw: &Crashwatch, unit: &str) {
+    let n = sb.n_restarts(unit);
+    let matched = wait_until(Duration::from_secs(10), || {
+        cw.unit_metric("crashwatch_unit_restarts_total", unit) == n as f64
+    });
+    assert!(
+        matched,
+        "crashwatch_unit_restarts_total{{unit=\"{unit}\"}} = {} but systemd NRestarts = {n}\n{}",
+        cw.unit_metric("crashwatch_unit_restarts_total", unit),
+        cw.diag(unit)
+    );
+}
+
+#[test]
+fn bus_killed_mid_loop_loses_no_restart() {
+    require_sandbox!();
+    let sb = Sandbox::start().unwrap_or_else(|e| panic!("{e}"));
+    sb.write_unit(CRASHY, CRASHY_UNIT);
+    sb.pin_loaded(&[CRASHY]);
+    let cw = Crashwatch::spawn(&sb, &[]);
+    sb.systemctl_ok(&["start", CRASHY]);
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            cw.unit_metric("crashwatch_unit_restarts_total", CRASHY) >= 3.0
+        }),
+        "no loop seen before the bus was killed\n{}",
+        cw.diag(CRASHY)
+    );
+
+    // SIGKILL, so the bus cannot say goodbye; systemd keeps running units and counting.
+    sb.systemctl_ok(&["kill", "--signal=SIGKILL", "dbus.service"]);
+    let down = wait_until(Duration::from_secs(10), || {
+        cw.metric("crashwatch_source_up", &[("source", "systemd")]) == Some(0.0)
+    });
+    assert!(
+        down,
+        "crashwatch_source_up did not drop to 0\n{}",
+        cw.stderr()
+    );
+    let during = sb_restarts_while_down(&sb);
+
+    // crashwatch keeps serving /metrics while the bus is away, then comes back on its own:
+    // its reconnect attempts socket-activate the bus again.
+    let up = wait_until(Duration::from_secs(30), || {
+        cw.metric("crashwatch_source_up", &[("source", "systemd")]) == Some(1.0)
+    });
+    assert!(up, "crashwatch did not reconnect\n{}", cw.stderr());
+    assert!(
+        during > 0,
+        "the loop did not go on while the bus was down; the test proves nothing"
+    );
+
+    fix_unit(&sb, CRASHY);
+    assert_counts_match(&sb, &cw, CRASHY);
+    let errors = cw
+        .metric(
+            "crashwatch_errors_total",
+            &[("component", "systemd"), ("error_type", "bus_disconnected")],
+        )
+        .unwrap_or(0.0);
+    assert!(errors >= 1.0, "the lost bus was not counted: {errors}");
+}
+
+/// Lets the loop run on while crashwatch is cut off, and reports how many restarts that was.
+fn sb_restarts_while_down(sb: &Sandbox) -> u64 {
+    // No bus now: read the count through systemctl, which uses systemd's private socket.
+    let counted = |sb: &Sandbox| {
+        let out = sb.systemctl(&["show", "-P", "NRestarts", CRASHY]);
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<u64>()
+            .unwrap_or(0)
+    };
+    let before = counted(sb);
+    thread::sleep(Duration::from_millis(1500));
+    counted(sb).saturating_sub(before)
+}
+
+#[test]
+fn reloads_and_reexec_neither_reset_nor_double_counts() {
+    require_sandbox!();
+    let sb = Sandbox::start().unwrap_or_else(|e| panic!("{e}"));
+    sb.write_unit(CRASHY, CRASHY_UNIT);
+    sb.write_unit(
+        "steady.service",
+        "[Service]\nExecStart=/bin/sleep infinity\n",
+    );
+    sb.pin_loaded(&[CRASHY]);
+    let cw = Crashwatch::spawn(&sb, &[]);
+    sb.systemctl_ok(&["start", CRASHY, "steady.service"]);
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            cw.unit_metric("crashwatch_unit_restarts_total", CRASHY) >= 2.0
+        }),
+        "no loop seen\n{}",
+        cw.diag(CRASHY)
+    );
+
+    for _ in 0..3 {
+        sb.systemctl_ok(&["daemon-reload"]);
+        thread::sleep(Duration::from_millis(300));
+    }
+    sb.systemctl_ok(&["daemon-reexec"]);
+    thread::sleep(Duration::from_millis(500));
+    sb.systemctl_ok(&["daemon-reload"]);
+
+    // The subscription must still deliver after the re-exec: the loop keeps being counted.
+    let before = cw.unit_metric("crashwatch_unit_restarts_total", CRASHY);
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            cw.unit_metric("crashwatch_unit_restarts_total", CRASHY) >= before + 3.0
+        }),
+        "restarts stopped being counted after daemon-reexec\n{}",
+        cw.diag(CRASHY)
+    );
+
+    fix_unit(&sb, CRASHY);
+    assert_counts_match(&sb, &cw, CRASHY);
+    // The steady unit went through every reload untouched: one start, nothing else.
+    assert_eq!(
+        cw.unit_metric("crashwatch_unit_starts_total", "steady.service"),
+        1.0
+    );
+    assert_eq!(
+        cw.unit_metric("crashwatch_unit_crashes_total", "steady.service"),
+        0.0
+    );
+    assert_eq!(
+        cw.unit_metric("crashwatch_unit_restarts_total", "steady.service"),
+        0.0
+    );
+}
