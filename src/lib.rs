@@ -11,6 +11,7 @@ pub mod dispatch;
 pub mod event;
 pub mod glob;
 pub(crate) mod internal_events;
+pub mod notify;
 pub mod sink;
 pub mod source;
 

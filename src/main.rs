@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crashwatch::cli::{Cli, Command, RunArgs};
 use crashwatch::config::{Config, FileConfig, Overrides};
+use crashwatch::notify::Notifier;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -97,13 +98,24 @@ fn run(args: RunArgs) -> ExitCode {
         }
     };
     let listen = config.listen;
-    let result = runtime.block_on(async move {
+    let notifier = Notifier::from_env();
+    let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(cancel_on_signal(shutdown.clone()));
-        crashwatch::run(config, Some(handle), shutdown, |units| {
+        let result = crashwatch::run(config, Some(handle), shutdown.clone(), |units| {
             tracing::info!(units, %listen, "Watching {units} units on the systemd system bus; metrics on http://{listen}/metrics.");
+            if let Some(notifier) = &notifier {
+                notifier.send(&format!("READY=1\nSTATUS=Watching {units} units"));
+                if let Some(interval) = Notifier::watchdog_interval() {
+                    tokio::spawn(ping_watchdog(Notifier::from_env(), interval, shutdown.clone()));
+                }
+            }
         })
-        .await
+        .await;
+        if let Some(notifier) = &notifier {
+            notifier.send("STOPPING=1");
+        }
+        result
     });
     match result {
         Ok(()) => {
@@ -113,6 +125,22 @@ fn run(args: RunArgs) -> ExitCode {
         Err(e) => {
             eprintln!("crashwatch: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Tells systemd's watchdog that the runtime is alive, until shutdown.
+async fn ping_watchdog(
+    notifier: Option<Notifier>,
+    interval: std::time::Duration,
+    shutdown: CancellationToken,
+) {
+    let Some(notifier) = notifier else { return };
+    loop {
+        notifier.send("WATCHDOG=1");
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
         }
     }
 }

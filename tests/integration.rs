@@ -18,6 +18,8 @@ mod cli;
 mod exposition;
 #[path = "integration/harness_selftest.rs"]
 mod harness_selftest;
+#[path = "integration/packaging.rs"]
+mod packaging;
 #[path = "integration/reliability.rs"]
 mod reliability;
 #[path = "integration/statsd.rs"]
