@@ -74,4 +74,8 @@ pub struct RunArgs {
     /// Most units with series of their own; the rest are counted in crashwatch_units_overflow_total [default: 10000].
     #[arg(long, value_name = "N")]
     pub max_units: Option<usize>,
+
+    /// Count template instances as their template (getty@tty1.service as getty@.service).
+    #[arg(long)]
+    pub fold_instances: bool,
 }

@@ -161,6 +161,10 @@ pub struct LimitsSection {
     /// Units that get series of their own; beyond it they are counted in
     /// `crashwatch_units_overflow_total`. Default 10000.
     pub max_units: Option<usize>,
+    /// Count template instances as their template (`getty@tty1.service` as `getty@.service`,
+    /// Upstart `job (instance)` as `job`), so a unit per instance cannot flood the series.
+    /// Default false.
+    pub fold_instances: Option<bool>,
 }
 
 /// Values given on the command line; each replaces its file counterpart.
@@ -184,6 +188,8 @@ pub struct Overrides {
     pub exclude: Vec<String>,
     /// `--max-units`.
     pub max_units: Option<usize>,
+    /// `--fold-instances` (only turns folding on).
+    pub fold_instances: bool,
 }
 
 /// Where StatsD output goes.
@@ -214,6 +220,8 @@ pub struct Config {
     pub events: Option<EventsTarget>,
     /// The cap on units with series of their own.
     pub max_units: usize,
+    /// Whether template instances are counted as their template.
+    pub fold_instances: bool,
 }
 
 impl Config {
@@ -322,6 +330,7 @@ impl Config {
             statsd,
             events,
             max_units,
+            fold_instances: cli.fold_instances || file.limits.fold_instances.unwrap_or(false),
         })
     }
 }
@@ -435,6 +444,7 @@ mod tests {
             path = "-"
             [limits]
             max_units = 50
+            fold_instances = true
             "#,
         )
         .expect("valid");
@@ -452,6 +462,7 @@ mod tests {
         assert_eq!(config.statsd.expect("statsd").prefix, "node.cw");
         assert_eq!(config.events, Some(EventsTarget::Stdout));
         assert_eq!(config.max_units, 50);
+        assert!(config.fold_instances);
     }
 
     #[test]

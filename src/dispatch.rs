@@ -46,6 +46,31 @@ impl Sinks {
     }
 }
 
+/// Bounds on what the task exports.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Units with series of their own; the rest are counted, not exported.
+    pub max_units: usize,
+    /// Count template instances as their template.
+    pub fold_instances: bool,
+}
+
+/// The name a unit is counted under when instances are folded: `getty@tty1.service` becomes
+/// `getty@.service` and Upstart's `tty (tty1)` becomes `tty`. Other names are kept.
+pub fn fold_instance(unit: &str) -> Option<String> {
+    if let Some((template, rest)) = unit.split_once('@') {
+        let dot = rest.rfind('.').unwrap_or(rest.len());
+        let (instance, suffix) = rest.split_at(dot);
+        if !instance.is_empty() {
+            return Some(format!("{template}@{suffix}"));
+        }
+    }
+    if let Some((job, _instance)) = unit.strip_suffix(')').and_then(|u| u.split_once(" (")) {
+        return Some(job.to_owned());
+    }
+    None
+}
+
 /// What the task keeps per unit besides its window.
 struct UnitBook {
     source: SourceKind,
@@ -58,14 +83,15 @@ pub async fn run(
     mut transitions: mpsc::Receiver<Transition>,
     mut detector: Detector,
     sinks: Sinks,
-    max_units: usize,
+    limits: Limits,
     shutdown: CancellationToken,
 ) {
     let mut dispatcher = Dispatcher {
         detector: &mut detector,
         sinks: &sinks,
         units: HashMap::new(),
-        max_units,
+        max_units: limits.max_units,
+        fold_instances: limits.fold_instances,
     };
     loop {
         let sleep = dispatcher.detector.next_deadline().map(|deadline| {
@@ -96,10 +122,16 @@ struct Dispatcher<'a> {
     sinks: &'a Sinks,
     units: HashMap<String, UnitBook>,
     max_units: usize,
+    fold_instances: bool,
 }
 
 impl Dispatcher<'_> {
-    fn transition(&mut self, t: Transition) {
+    fn transition(&mut self, mut t: Transition) {
+        if self.fold_instances {
+            if let Some(folded) = fold_instance(&t.unit) {
+                t.unit = folded;
+            }
+        }
         if !self.units.contains_key(&t.unit) {
             if self.units.len() >= self.max_units {
                 UnitOverflow {
@@ -195,5 +227,25 @@ fn observation(t: &Transition) -> Option<Observation> {
         TransitionKind::Started => Some(Observation::Up),
         TransitionKind::Stopped if !t.inferred => Some(Observation::Stopped),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instances_fold_into_their_template() {
+        assert_eq!(
+            fold_instance("getty@tty1.service").as_deref(),
+            Some("getty@.service")
+        );
+        assert_eq!(
+            fold_instance("a@b.c.service").as_deref(),
+            Some("a@.service")
+        );
+        assert_eq!(fold_instance("tty (tty1)").as_deref(), Some("tty"));
+        assert_eq!(fold_instance("getty@.service"), None);
+        assert_eq!(fold_instance("nginx.service"), None);
     }
 }

@@ -141,7 +141,11 @@ pub async fn run(
         ));
     }
     let detector = Detector::new(config.policy, config.overrides.clone());
-    dispatch::run(rx, detector, sinks, config.max_units, shutdown.clone()).await;
+    let limits = dispatch::Limits {
+        max_units: config.max_units,
+        fold_instances: config.fold_instances,
+    };
+    dispatch::run(rx, detector, sinks, limits, shutdown.clone()).await;
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
     Ok(())

@@ -72,6 +72,7 @@ fn run(args: RunArgs) -> ExitCode {
         include: args.include,
         exclude: args.exclude,
         max_units: args.max_units,
+        fold_instances: args.fold_instances,
     };
     let config = match Config::resolve(file, overrides, &origin) {
         Ok(config) => config,

@@ -34,16 +34,92 @@ impl EventsTarget {
     }
 }
 
+/// An open record: standard output, or a file that is reopened when its path stops naming it
+/// (deleted, or moved away by a rotation without copytruncate), so lines never go to a file
+/// nobody can see.
+pub enum EventsWriter {
+    /// Standard output.
+    Stdout(BufWriter<std::io::Stdout>),
+    /// A file opened for append.
+    File {
+        /// Where it should be.
+        path: PathBuf,
+        /// The open file.
+        file: BufWriter<std::fs::File>,
+        /// Its inode, to notice when the path names another file or none.
+        inode: u64,
+    },
+}
+
 /// Opens the target; failing here, at start-up, is better than losing the record later.
-pub fn open(target: &EventsTarget) -> std::io::Result<Box<dyn Write + Send>> {
+pub fn open(target: &EventsTarget) -> std::io::Result<EventsWriter> {
     Ok(match target {
-        EventsTarget::Stdout => Box::new(std::io::stdout()),
-        EventsTarget::File(path) => Box::new(open_append(path)?),
+        EventsTarget::Stdout => EventsWriter::Stdout(BufWriter::new(std::io::stdout())),
+        EventsTarget::File(path) => {
+            let (file, inode) = open_append(path)?;
+            EventsWriter::File {
+                path: path.clone(),
+                file: BufWriter::new(file),
+                inode,
+            }
+        }
     })
 }
 
-fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
-    OpenOptions::new().create(true).append(true).open(path)
+fn open_append(path: &Path) -> std::io::Result<(std::fs::File, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let file = OpenOptions::new().create(true).append(true).open(path)?;
+    let inode = file.metadata()?.ino();
+    Ok((file, inode))
+}
+
+impl EventsWriter {
+    fn write_line(&mut self, line: &[u8]) -> std::io::Result<()> {
+        match self {
+            EventsWriter::Stdout(out) => out.write_all(line),
+            EventsWriter::File { file, .. } => file.write_all(line),
+        }
+    }
+
+    /// Writes out what is buffered.
+    fn flush(&mut self) {
+        let result = match self {
+            EventsWriter::Stdout(out) => out.flush(),
+            EventsWriter::File { file, .. } => file.flush(),
+        };
+        if let Err(e) = result {
+            SinkWriteError {
+                sink: "events",
+                error: &e.to_string(),
+            }
+            .emit();
+        }
+    }
+
+    /// Makes sure the path still names the open file, reopening it if not. Called before each
+    /// batch, so a line is never written to a file that was deleted while the sink was idle.
+    fn follow_path(&mut self) {
+        let EventsWriter::File { path, file, inode } = self else {
+            return;
+        };
+        use std::os::unix::fs::MetadataExt;
+        let current = std::fs::metadata(&*path).map(|m| m.ino()).ok();
+        if current == Some(*inode) {
+            return;
+        }
+        match open_append(path) {
+            Ok((reopened, new_inode)) => {
+                *file = BufWriter::new(reopened);
+                *inode = new_inode;
+                tracing::info!(path = %path.display(), "The event record's file was moved or deleted; reopened it.");
+            }
+            Err(e) => SinkWriteError {
+                sink: "events",
+                error: &format!("reopening {}: {e}", path.display()),
+            }
+            .emit(),
+        }
+    }
 }
 
 /// One event as its JSON object.
@@ -94,15 +170,17 @@ pub fn to_json(event: &Event) -> Value {
 }
 
 /// Writes every event as a line to `out` until the queue closes, then flushes.
-pub fn run(out: Box<dyn Write + Send>, events: Receiver<Event>) {
-    let mut out = BufWriter::new(out);
+pub fn run(mut out: EventsWriter, events: Receiver<Event>) {
     loop {
         let event = match events.try_recv() {
             Ok(event) => event,
             Err(TryRecvError::Empty) => {
-                flush(&mut out);
+                out.flush();
                 match events.recv() {
-                    Ok(event) => event,
+                    Ok(event) => {
+                        out.follow_path();
+                        event
+                    }
                     Err(_) => break,
                 }
             }
@@ -114,7 +192,7 @@ pub fn run(out: Box<dyn Write + Send>, events: Receiver<Event>) {
         }
         let mut line = value.to_string();
         line.push('\n');
-        if let Err(e) = out.write_all(line.as_bytes()) {
+        if let Err(e) = out.write_line(line.as_bytes()) {
             SinkWriteError {
                 sink: "events",
                 error: &e.to_string(),
@@ -122,17 +200,7 @@ pub fn run(out: Box<dyn Write + Send>, events: Receiver<Event>) {
             .emit();
         }
     }
-    flush(&mut out);
-}
-
-fn flush(out: &mut impl Write) {
-    if let Err(e) = out.flush() {
-        SinkWriteError {
-            sink: "events",
-            error: &e.to_string(),
-        }
-        .emit();
-    }
+    out.flush();
 }
 
 #[cfg(test)]
@@ -159,5 +227,50 @@ mod tests {
         let back: Value = serde_json::from_str(&line).expect("valid JSON");
         assert_eq!(back["unit"], "evil\"\n\\name\u{2028}.service");
         assert_eq!(back["transition"], "failed");
+    }
+}
+
+#[cfg(test)]
+mod reopen_tests {
+    use super::*;
+    use crate::event::{SourceKind, Transition, TransitionKind, UnitState};
+
+    #[test]
+    fn a_deleted_record_is_recreated() {
+        let dir = std::env::temp_dir().join(format!("crashwatch-events-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("events.jsonl");
+        let out = open(&EventsTarget::File(path.clone())).expect("opening");
+        let (tx, rx) = std::sync::mpsc::sync_channel(4);
+        let writer = std::thread::spawn(move || run(out, rx));
+        let event = || Event::Transition {
+            transition: Transition::new(
+                "a.service",
+                SourceKind::Systemd,
+                1,
+                TransitionKind::Started,
+                UnitState::default(),
+                UnitState::default(),
+            ),
+            restarts: 0,
+        };
+        tx.send(event()).expect("send");
+        assert!(wait_for(
+            || std::fs::read_to_string(&path).is_ok_and(|t| t.lines().count() == 1)
+        ));
+        std::fs::remove_file(&path).expect("deleting the record");
+        tx.send(event()).expect("send");
+        drop(tx);
+        writer.join().expect("writer thread");
+        let text = std::fs::read_to_string(&path).expect("the record is back");
+        assert_eq!(text.lines().count(), 1, "{text:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn wait_for(mut cond: impl FnMut() -> bool) -> bool {
+        (0..200).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            cond()
+        })
     }
 }

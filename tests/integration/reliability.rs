@@ -167,3 +167,82 @@ fn reloads_and_reexec_neither_reset_nor_double_counts() {
         0.0
     );
 }
+
+#[test]
+fn a_rogue_sender_is_ignored_and_counted() {
+    require_sandbox!();
+    let sb = Sandbox::start().unwrap_or_else(|e| panic!("{e}"));
+    sb.write_unit(CRASHY, CRASHY_UNIT);
+    sb.pin_loaded(&[CRASHY]);
+    let cw = Crashwatch::spawn(&sb, &[]);
+    sb.systemctl_ok(&["start", CRASHY]);
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            cw.unit_metric("crashwatch_unit_restarts_total", CRASHY) >= 2.0
+        }),
+        "no loop seen\n{}",
+        cw.diag(CRASHY)
+    );
+
+    // A signal sent straight to a client passes its match rules whatever the sender, so send
+    // forged ones to every connection on the bus: a fake crash, a fake new run, and a body with
+    // the wrong signature.
+    let listing = sb.busctl(&["list", "--unique", "--no-legend", "--no-pager"]);
+    let names: Vec<String> = String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(':'))
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        !names.is_empty(),
+        "no connections listed on the sandbox bus"
+    );
+    let path = unit_object_path(CRASHY);
+    for name in &names {
+        let destination = format!("--destination={name}");
+        for args in [
+            vec![
+                "sa{sv}as",
+                "org.freedesktop.systemd1.Unit",
+                "2",
+                "ActiveState",
+                "s",
+                "failed",
+                "InvocationID",
+                "ay",
+                "3",
+                "1",
+                "2",
+                "3",
+                "0",
+            ],
+            vec!["s", "not a property map"],
+        ] {
+            let mut emit = vec![
+                "emit",
+                destination.as_str(),
+                path.as_str(),
+                "org.freedesktop.DBus.Properties",
+                "PropertiesChanged",
+            ];
+            emit.extend(args);
+            let _ = sb.busctl(&emit);
+        }
+    }
+    let counted = wait_until(Duration::from_secs(10), || {
+        cw.metric(
+            "crashwatch_errors_total",
+            &[
+                ("component", "systemd"),
+                ("error_type", "signal_from_stranger"),
+            ],
+        )
+        .unwrap_or(0.0)
+            >= 2.0
+    });
+    assert!(counted, "forged signals were not counted\n{}", cw.scrape());
+
+    fix_unit(&sb, CRASHY);
+    assert_counts_match(&sb, &cw, CRASHY);
+}
