@@ -246,3 +246,92 @@ fn a_rogue_sender_is_ignored_and_counted() {
     fix_unit(&sb, CRASHY);
     assert_counts_match(&sb, &cw, CRASHY);
 }
+
+#[test]
+fn five_hundred_units_looping_at_once_are_all_counted() {
+    require_sandbox!();
+    const UNITS: usize = 500;
+    let sb = Sandbox::start().unwrap_or_else(|e| panic!("{e}"));
+    sb.write_unit(
+        "flood@.service",
+        "[Unit]\nStartLimitIntervalSec=0\n[Service]\nExecStart=/bin/false\nRestart=always\nRestartSec=2s\n",
+    );
+    let names: Vec<String> = (0..UNITS).map(|i| format!("flood@{i}.service")).collect();
+    // One target pulls in every instance: one start job, one transaction.
+    let mut target = String::from("[Unit]\nDescription=every flood unit\n");
+    for u in &names {
+        target.push_str(&format!("Wants={u}\n"));
+    }
+    sb.write_unit("flood.target", &target);
+    sb.reload();
+    let cw = Crashwatch::spawn(&sb, &[]);
+    sb.systemctl_ok(&["start", "--no-block", "flood.target"]);
+
+    // Every unit crashes at once and again every ~2 s: about 250 crashes a second.
+    let flagged = |cw: &Crashwatch| per_flood_unit(cw, "crashwatch_unit_crashlooping", 1.0);
+    let looping = wait_until(Duration::from_secs(90), || flagged(&cw) == UNITS);
+    assert!(looping, "only {} of {UNITS} units flagged", flagged(&cw));
+
+    // Fix the template: every instance comes up on its next restart and stays up.
+    let dropins = sb.dir().join("units").join("flood@.service.d");
+    std::fs::create_dir_all(&dropins).expect("creating the drop-in directory");
+    std::fs::write(
+        dropins.join("fixed.conf"),
+        "[Service]\nExecStart=\nExecStart=/bin/sleep infinity\n",
+    )
+    .expect("writing the drop-in");
+    sb.systemctl_ok(&["daemon-reload"]);
+    let up = |cw: &Crashwatch| per_flood_unit(cw, "crashwatch_unit_active", 1.0);
+    let all_up = wait_until(Duration::from_secs(90), || up(&cw) == UNITS);
+    assert!(
+        all_up,
+        "only {} of {UNITS} flood units came up after the fix",
+        up(&cw)
+    );
+    thread::sleep(Duration::from_secs(1));
+
+    // systemd's truth, in one call rather than 500.
+    let mut show = vec!["show", "-P", "NRestarts"];
+    show.extend(names.iter().map(String::as_str));
+    let out = sb.systemctl(&show);
+    let truth: u64 = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse::<u64>().ok())
+        .sum();
+    let counted = |cw: &Crashwatch| -> f64 {
+        samples(cw)
+            .iter()
+            .filter(|x| x.name == "crashwatch_unit_restarts_total" && is_flood(x))
+            .map(|x| x.value)
+            .sum()
+    };
+    let settled = wait_until(Duration::from_secs(30), || counted(&cw) == truth as f64);
+    assert!(
+        settled,
+        "restarts counted {} vs systemd's {truth} over {UNITS} units; dropped signals: {:?}",
+        counted(&cw),
+        cw.metric("crashwatch_signals_dropped_total", &[("source", "systemd")])
+    );
+    assert!(
+        truth >= 2 * UNITS as u64,
+        "the flood was too small to prove anything: {truth}"
+    );
+}
+
+fn samples(cw: &Crashwatch) -> Vec<Sample> {
+    parse_samples(&cw.scrape()).unwrap_or_else(|e| panic!("unparsable /metrics: {e}"))
+}
+
+fn is_flood(sample: &Sample) -> bool {
+    sample
+        .label("unit")
+        .is_some_and(|u| u.starts_with("flood@"))
+}
+
+/// How many flood units have `metric` at `value`, from one scrape.
+fn per_flood_unit(cw: &Crashwatch, metric: &str, value: f64) -> usize {
+    samples(cw)
+        .iter()
+        .filter(|x| x.name == metric && is_flood(x) && x.value == value)
+        .count()
+}
