@@ -5,7 +5,9 @@
 #
 # On Debian/Ubuntu as root it first installs what the integration tests need, but only what is
 # missing (so it is quick on a prepared machine): systemd, dbus and util-linux tools for the
-# sandboxed systemd the tests run, and promtool (Debian package `prometheus`) to lint /metrics.
+# sandboxed systemd the tests run, and promtool (Debian package `prometheus`) to lint /metrics;
+# for the end-to-end tests Prometheus and Alertmanager (`prometheus`, `prometheus-alertmanager`),
+# node and npm, and the reference StatsD server (npm package `statsd`, into target/npm).
 # The Rust toolchain itself (cargo, rustfmt, clippy) is expected to be installed already.
 #
 # Without root the sandbox tests cannot run; they print why and count as skipped. With CI=true
@@ -32,13 +34,17 @@ have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin
 # ------------------------------------------------------------------------------------------ system
 missing_packages() {
   local pkgs=()
-  have promtool || pkgs+=(prometheus)
+  # The end-to-end tests run the real servers: /usr/bin/prometheus comes with promtool.
+  { have promtool && [ -x /usr/bin/prometheus ]; } || pkgs+=(prometheus)
+  [ -x /usr/bin/prometheus-alertmanager ] || pkgs+=(prometheus-alertmanager)
   { have dbus-daemon && [ -f /lib/systemd/system/dbus.socket ] && [ -f /lib/systemd/system/dbus.service ]; } ||
     pkgs+=(dbus)
   { have busctl && have systemctl && [ -x /lib/systemd/systemd ]; } || pkgs+=(systemd)
   { have unshare && have nsenter && have setpriv; } || pkgs+=(util-linux)
   have script || pkgs+=(bsdutils)
   have timeout || pkgs+=(coreutils)
+  # node and npm run the reference StatsD server (npm package statsd, installed below).
+  { have node && have npm; } || pkgs+=(nodejs npm)
   echo "${pkgs[@]}"
 }
 
@@ -46,7 +52,7 @@ install_packages() {
   local pkgs
   read -r -a pkgs <<<"$(missing_packages)"
   if [ "${#pkgs[@]}" -eq 0 ]; then
-    note "all present (promtool, dbus-daemon, systemd, unshare, nsenter, setpriv, script)"
+    note "all present (prometheus, promtool, alertmanager, node, npm, dbus-daemon, systemd, unshare, nsenter, setpriv, script)"
     return
   fi
   note "missing: ${pkgs[*]}"
@@ -54,7 +60,8 @@ install_packages() {
     note "cannot install them here (needs root and apt-get); the tests that need them will skip"
     return
   fi
-  # The prometheus package ships a server; tests only want promtool. Keep package scripts from
+  # The prometheus and prometheus-alertmanager packages ship services; the tests start their own
+  # servers on loopback ports and want no system-wide instances. Keep package scripts from
   # starting daemons on machines that boot with systemd (the usual policy-rc.d mechanism), unless
   # the machine already has a policy of its own.
   local policy=/usr/sbin/policy-rc.d added_policy=""
@@ -87,6 +94,21 @@ elif strict; then
   die "CI=true but not running as root: the sandboxed-systemd tests would be skipped"
 else
   note "not root: sandboxed-systemd tests will be skipped (each prints its reason)"
+fi
+
+# The end-to-end StatsD test feeds crashwatch's output to the reference StatsD server. It lives
+# in target/npm (git-ignored with target/); tests/support/servers.rs looks for it there.
+STATSD_NPM=statsd@0.9.0
+step "Reference StatsD server ($STATSD_NPM from npm)"
+if [ -f target/npm/node_modules/statsd/stats.js ]; then
+  note "present in target/npm"
+elif have npm; then
+  # --omit=optional: its optional syslog module builds native code, which the tests do not use.
+  npm install --no-save --no-audit --no-fund --omit=optional --prefix target/npm "$STATSD_NPM" ||
+    die "npm install $STATSD_NPM failed"
+  note "installed in target/npm"
+else
+  note "npm not found: the StatsD end-to-end test will skip"
 fi
 
 # ------------------------------------------------------------------------------------------ rust
@@ -131,6 +153,14 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   note "runner: cargo test (cargo-nextest not installed)"
   cargo test "${locked[@]}" --no-fail-fast
+fi
+
+# Bounded fuzzing of the parsers that take outside input: always in CI, elsewhere on request.
+fuzz_seconds=${CRASHWATCH_FUZZ_SECONDS:-}
+if [ -z "$fuzz_seconds" ] && strict; then fuzz_seconds=20; fi
+if [ -n "$fuzz_seconds" ]; then
+  step "Fuzzing (${fuzz_seconds} s per target)"
+  bash scripts/fuzz.sh "$fuzz_seconds"
 fi
 
 step "All checks passed"

@@ -21,6 +21,8 @@ pub struct Cli {
 }
 
 /// What to do.
+// Parsed once at start-up: boxing the larger variant would save nothing worth the indirection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Watch units and export what happens to them (the daemon).
@@ -30,6 +32,21 @@ pub enum Command {
         /// The TOML file to check.
         file: PathBuf,
     },
+    /// Hand one Upstart job event to the running daemon and exit (run from an Upstart job).
+    ///
+    /// Reads $JOB, $INSTANCE, $UPSTART_EVENTS, $RESULT, $PROCESS, $EXIT_STATUS and $EXIT_SIGNAL,
+    /// sends them as one datagram to the daemon's hook socket and exits at once: 0 when sent, 1
+    /// when the daemon did not take it, 2 when not run for a job event. See
+    /// packaging/upstart/crashwatch-hook.conf.
+    UpstartHook(UpstartHookArgs),
+}
+
+/// Options of `crashwatch upstart-hook`.
+#[derive(Debug, Args)]
+pub struct UpstartHookArgs {
+    /// The daemon's hook socket ([source.upstart] hook_socket) [default: /run/crashwatch/hook.sock].
+    #[arg(long, value_name = "PATH", env = "CRASHWATCH_HOOK_SOCKET")]
+    pub socket: Option<PathBuf>,
 }
 
 /// Options of `crashwatch run`. Each replaces its counterpart in the configuration file.
@@ -78,4 +95,19 @@ pub struct RunArgs {
     /// Count template instances as their template (getty@tty1.service as getty@.service).
     #[arg(long)]
     pub fold_instances: bool,
+
+    /// The init system to watch: systemd, upstart, or auto (systemd if it is on the system bus,
+    /// else Upstart) [default: systemd].
+    #[arg(long, value_name = "KIND")]
+    pub source: Option<String>,
+
+    /// Where to reach Upstart: system, session ($UPSTART_SESSION), none (job hook only), or a
+    /// D-Bus address to connect to peer-to-peer, e.g. unix:abstract=/com/ubuntu/upstart
+    /// [default: system].
+    #[arg(long, value_name = "ADDRESS")]
+    pub upstart_address: Option<String>,
+
+    /// The Upstart job hook's socket; "" turns the hook off [default: /run/crashwatch/hook.sock].
+    #[arg(long, value_name = "PATH")]
+    pub upstart_hook_socket: Option<String>,
 }

@@ -14,6 +14,9 @@ use serde::Deserialize;
 use crate::detect::{Policy, MAX_RESTARTS_HELD};
 use crate::glob::{Glob, UnitFilter};
 use crate::sink::events::EventsTarget;
+use crate::source::upstart::hook::DEFAULT_SOCKET;
+use crate::source::upstart::UpstartAddress;
+use crate::source::SourceChoice;
 
 /// The address `/metrics` is served on unless told otherwise: loopback only, port 9863.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9863";
@@ -73,9 +76,32 @@ pub struct FileConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceSection {
+    /// Which init system to watch: `systemd`, `upstart` or `auto` (systemd if
+    /// `org.freedesktop.systemd1` has an owner on the system bus, else Upstart). Default `systemd`.
+    pub kind: Option<String>,
     /// `[source.systemd]`.
     #[serde(default)]
     pub systemd: SystemdSection,
+    /// `[source.upstart]`.
+    #[serde(default)]
+    pub upstart: UpstartSection,
+}
+
+/// `[source.upstart]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstartSection {
+    /// Where to reach Upstart: `system` (`com.ubuntu.Upstart` on the system bus), `session`
+    /// (peer-to-peer at `$UPSTART_SESSION`), a D-Bus address for a peer-to-peer connection such
+    /// as `unix:abstract=/com/ubuntu/upstart`, or `none` (the job hook only). Default `system`.
+    pub address: Option<String>,
+    /// The job hook's socket; `""` turns the hook off. Default `/run/crashwatch/hook.sock`.
+    pub hook_socket: Option<String>,
+    /// Globs of units (`job` or `job (instance)`) to watch; none except these. Default `["*"]`.
+    pub unit_include: Option<Vec<String>>,
+    /// Globs of units never to watch; all except these. Default: the hook job,
+    /// `["crashwatch-hook", "crashwatch-hook (*)"]`.
+    pub unit_exclude: Option<Vec<String>>,
 }
 
 /// `[source.systemd]`.
@@ -190,6 +216,23 @@ pub struct Overrides {
     pub max_units: Option<usize>,
     /// `--fold-instances` (only turns folding on).
     pub fold_instances: bool,
+    /// `--source`.
+    pub source: Option<String>,
+    /// `--upstart-address`.
+    pub upstart_address: Option<String>,
+    /// `--upstart-hook-socket`.
+    pub upstart_hook_socket: Option<String>,
+}
+
+/// How the Upstart source listens, and to which units.
+#[derive(Clone, Debug)]
+pub struct UpstartConfig {
+    /// Where to reach Upstart over D-Bus.
+    pub address: UpstartAddress,
+    /// The job hook's socket, `None` when the hook is off.
+    pub hook_socket: Option<PathBuf>,
+    /// Which units are watched.
+    pub filter: UnitFilter,
 }
 
 /// Where StatsD output goes.
@@ -222,6 +265,10 @@ pub struct Config {
     pub max_units: usize,
     /// Whether template instances are counted as their template.
     pub fold_instances: bool,
+    /// Which init system to watch.
+    pub source: SourceChoice,
+    /// The Upstart source's settings (used when it is the one watched).
+    pub upstart: UpstartConfig,
 }
 
 impl Config {
@@ -239,6 +286,13 @@ impl Config {
         let invalid = |message: String| ConfigError::Invalid {
             origin: origin.to_owned(),
             message,
+        };
+        let upstart = resolve_upstart(&file.source.upstart, &cli, &invalid)?;
+        let source = match cli.source.as_deref().or(file.source.kind.as_deref()) {
+            Some(text) => {
+                SourceChoice::parse(text).map_err(|e| invalid(format!("source.kind: {e}")))?
+            }
+            None => SourceChoice::default(),
         };
         let include = if cli.include.is_empty() {
             file.source
@@ -331,8 +385,70 @@ impl Config {
             events,
             max_units,
             fold_instances: cli.fold_instances || file.limits.fold_instances.unwrap_or(false),
+            source,
+            upstart,
         })
     }
+}
+
+/// Checks `[source.upstart]` plus the command line. `--include` replaces the include list and
+/// `--exclude` adds to the exclude list, as for systemd.
+fn resolve_upstart(
+    section: &UpstartSection,
+    cli: &Overrides,
+    invalid: &dyn Fn(String) -> ConfigError,
+) -> Result<UpstartConfig, ConfigError> {
+    let address_text = cli
+        .upstart_address
+        .as_deref()
+        .or(section.address.as_deref())
+        .unwrap_or("system");
+    let address = UpstartAddress::parse(address_text)
+        .map_err(|e| invalid(format!("source.upstart.address: {e}")))?;
+    let hook_socket = match cli
+        .upstart_hook_socket
+        .as_deref()
+        .or(section.hook_socket.as_deref())
+        .unwrap_or(DEFAULT_SOCKET)
+    {
+        "" => None,
+        path => Some(PathBuf::from(path)),
+    };
+    if address == UpstartAddress::None && hook_socket.is_none() {
+        return Err(invalid(
+            "source.upstart: with address \"none\" the job hook is the only way in; \
+             hook_socket must not be empty"
+                .to_owned(),
+        ));
+    }
+    let include = if cli.include.is_empty() {
+        section
+            .unit_include
+            .clone()
+            .unwrap_or_else(|| vec!["*".to_owned()])
+    } else {
+        cli.include.clone()
+    };
+    let mut exclude = section.unit_exclude.clone().unwrap_or_else(|| {
+        vec![
+            "crashwatch-hook".to_owned(),
+            "crashwatch-hook (*)".to_owned(),
+        ]
+    });
+    exclude.extend(cli.exclude.iter().cloned());
+    let globs = |patterns: &[String]| -> Result<Vec<Glob>, ConfigError> {
+        patterns
+            .iter()
+            .map(|p| {
+                Glob::new(p).map_err(|e| invalid(format!("source.upstart: bad unit pattern: {e}")))
+            })
+            .collect()
+    };
+    Ok(UpstartConfig {
+        address,
+        hook_socket,
+        filter: UnitFilter::new(globs(&include)?, globs(&exclude)?),
+    })
 }
 
 fn check_policy(threshold: u32, window: Duration) -> Result<Policy, String> {
@@ -487,6 +603,57 @@ mod tests {
         for (text, expected) in cases {
             let message = resolve(text).expect_err(text).to_string();
             assert!(message.starts_with("crashwatch.toml"), "{message}");
+            assert!(message.contains(expected), "{text:?}: {message}");
+            assert!(!message.contains('\n'), "{message}");
+        }
+    }
+
+    #[test]
+    fn the_source_and_upstart_sections_are_read() {
+        let config = resolve("").expect("defaults");
+        assert_eq!(config.source, SourceChoice::Systemd);
+        assert_eq!(config.upstart.address, UpstartAddress::System);
+        assert_eq!(
+            config.upstart.hook_socket.as_deref(),
+            Some(Path::new(DEFAULT_SOCKET))
+        );
+        assert!(config.upstart.filter.allows("network-interface (eth0)"));
+        assert!(!config
+            .upstart
+            .filter
+            .allows("crashwatch-hook (starting/www/)"));
+        let config = resolve(
+            r#"
+            [source]
+            kind = "auto"
+            [source.upstart]
+            address = "unix:abstract=/com/ubuntu/upstart"
+            hook_socket = ""
+            unit_include = ["www*"]
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(config.source, SourceChoice::Auto);
+        assert_eq!(
+            config.upstart.address,
+            UpstartAddress::Peer("unix:abstract=/com/ubuntu/upstart".to_owned())
+        );
+        assert_eq!(config.upstart.hook_socket, None);
+        assert!(config.upstart.filter.allows("www (a)"));
+        assert!(!config.upstart.filter.allows("tty (tty1)"));
+        for (text, expected) in [
+            ("[source]\nkind = \"openrc\"\n", "source.kind"),
+            (
+                "[source.upstart]\naddress = \"bogus\"\n",
+                "source.upstart.address",
+            ),
+            (
+                "[source.upstart]\naddress = \"none\"\nhook_socket = \"\"\n",
+                "hook_socket",
+            ),
+            ("[source.upstart]\nadress = \"none\"\n", "unknown field"),
+        ] {
+            let message = resolve(text).expect_err(text).to_string();
             assert!(message.contains(expected), "{text:?}: {message}");
             assert!(!message.contains('\n'), "{message}");
         }

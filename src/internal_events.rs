@@ -291,3 +291,22 @@ impl HttpRequestError<'_> {
         );
     }
 }
+
+/// A datagram on the Upstart job hook's socket was not a hook message (wrong format, wrong
+/// version, oversized, binary); it is dropped.
+pub struct HookDecodeError<'a> {
+    /// What was wrong, as a fixed phrase (never the datagram's content).
+    pub reason: &'a str,
+}
+
+impl HookDecodeError<'_> {
+    /// Counts and logs it.
+    pub fn emit(self) {
+        count("upstart", "hook_decode_failed");
+        warn_limited!(
+            "hook_decode_failed",
+            reason = self.reason,
+            "Dropped a malformed message on the job hook socket."
+        );
+    }
+}

@@ -24,6 +24,7 @@ use detect::Detector;
 use dispatch::Sinks;
 use sink::ThreadedSink;
 use source::systemd::{SystemdError, SystemdSettings, SystemdSource};
+use source::upstart::{UpstartError, UpstartSettings, UpstartSource};
 
 /// Transitions queued between the sources and the detector task.
 const TRANSITION_QUEUE: usize = 65_536;
@@ -58,6 +59,9 @@ pub enum RunError {
     /// The systemd source could not start.
     #[error(transparent)]
     Systemd(#[from] SystemdError),
+    /// The Upstart source could not start.
+    #[error(transparent)]
+    Upstart(#[from] UpstartError),
     /// A sink thread could not be started.
     #[error("cannot start a sink thread: {0}")]
     Thread(std::io::Error),
@@ -72,6 +76,16 @@ pub fn own_unit() -> Option<String> {
         .flat_map(|path| path.rsplit('/'))
         .find(|segment| segment.ends_with(".service"))
         .map(str::to_owned)
+}
+
+/// The Upstart job crashwatch itself runs as (`$UPSTART_JOB`, `$UPSTART_INSTANCE`, which Upstart
+/// sets for every job process), as a unit name.
+pub fn own_upstart_job() -> Option<String> {
+    let job = std::env::var("UPSTART_JOB")
+        .ok()
+        .filter(|j| !j.is_empty())?;
+    let instance = std::env::var("UPSTART_INSTANCE").unwrap_or_default();
+    Some(source::upstart::names::unit_name(&job, &instance))
 }
 
 /// Runs crashwatch until `shutdown` is cancelled. `metrics` is the handle of the Prometheus
@@ -123,16 +137,39 @@ pub async fn run(
         );
     }
 
-    let source = SystemdSource::connect(SystemdSettings {
-        filter: config.filter.clone(),
-        max_backoff: std::time::Duration::from_secs(30),
-    })
-    .await?;
-    ready(source.watched_units());
-
+    let kind = match config.source {
+        source::SourceChoice::Systemd => event::SourceKind::Systemd,
+        source::SourceChoice::Upstart => event::SourceKind::Upstart,
+        source::SourceChoice::Auto => source::detect().await,
+    };
     let (tx, rx) = mpsc::channel(TRANSITION_QUEUE);
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(source.run(tx, shutdown.child_token()));
+    match kind {
+        event::SourceKind::Systemd => {
+            let source = SystemdSource::connect(SystemdSettings {
+                filter: config.filter.clone(),
+                max_backoff: std::time::Duration::from_secs(30),
+            })
+            .await?;
+            ready(source.watched_units());
+            tasks.spawn(source.run(tx, shutdown.child_token()));
+        }
+        event::SourceKind::Upstart => {
+            let mut filter = config.upstart.filter.clone();
+            if let Some(own) = own_upstart_job() {
+                filter = filter.excluding(&own);
+            }
+            let source = UpstartSource::connect(UpstartSettings {
+                address: config.upstart.address.clone(),
+                hook_socket: config.upstart.hook_socket.clone(),
+                filter,
+                max_backoff: std::time::Duration::from_secs(30),
+            })
+            .await?;
+            ready(source.watched_units());
+            tasks.spawn(source.run(tx, shutdown.child_token()));
+        }
+    }
     if let (Some(listener), Some(handle)) = (listener, metrics) {
         tasks.spawn(sink::prometheus::serve(
             listener,

@@ -9,7 +9,7 @@ use std::str::FromStr;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-use crashwatch::cli::{Cli, Command, RunArgs};
+use crashwatch::cli::{Cli, Command, RunArgs, UpstartHookArgs};
 use crashwatch::config::{Config, FileConfig, Overrides};
 use crashwatch::notify::Notifier;
 
@@ -34,6 +34,28 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { file } => check_config(&file),
         Command::Run(args) => run(args),
+        Command::UpstartHook(args) => upstart_hook(args),
+    }
+}
+
+/// `crashwatch upstart-hook`: one datagram to the daemon, then exit. Upstart holds the job's
+/// `starting` and `stopping` events until the hook runs, so it starts no runtime and sends with a
+/// short timeout.
+fn upstart_hook(args: UpstartHookArgs) -> ExitCode {
+    use crashwatch::source::upstart::hook::{self, HookError};
+    let socket = args
+        .socket
+        .unwrap_or_else(|| std::path::PathBuf::from(hook::DEFAULT_SOCKET));
+    match hook::send_from_env(&socket) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ HookError::Environment(_)) => {
+            eprintln!("crashwatch: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("crashwatch: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -73,6 +95,9 @@ fn run(args: RunArgs) -> ExitCode {
         exclude: args.exclude,
         max_units: args.max_units,
         fold_instances: args.fold_instances,
+        source: args.source,
+        upstart_address: args.upstart_address,
+        upstart_hook_socket: args.upstart_hook_socket,
     };
     let config = match Config::resolve(file, overrides, &origin) {
         Ok(config) => config,
@@ -81,13 +106,14 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let handle = match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
-        Ok(handle) => handle,
-        Err(e) => {
-            eprintln!("crashwatch: cannot install the metrics recorder: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    // Installed inside ChangeTracking, so a scrape with nothing new reuses the last rendering.
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let tracked = crashwatch::sink::prometheus::ChangeTracking::new(recorder);
+    if let Err(e) = metrics::set_global_recorder(tracked) {
+        eprintln!("crashwatch: cannot install the metrics recorder: {e}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -104,7 +130,7 @@ fn run(args: RunArgs) -> ExitCode {
         let shutdown = CancellationToken::new();
         tokio::spawn(cancel_on_signal(shutdown.clone()));
         let result = crashwatch::run(config, Some(handle), shutdown.clone(), |units| {
-            tracing::info!(units, %listen, "Watching {units} units on the systemd system bus; metrics on http://{listen}/metrics.");
+            tracing::info!(units, %listen, "Watching {units} units; metrics on http://{listen}/metrics.");
             if let Some(notifier) = &notifier {
                 notifier.send(&format!("READY=1\nSTATUS=Watching {units} units"));
                 if let Some(interval) = Notifier::watchdog_interval() {

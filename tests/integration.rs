@@ -26,3 +26,5 @@ mod reliability;
 mod statsd;
 #[path = "integration/systemd_loops.rs"]
 mod systemd_loops;
+#[path = "integration/upstart.rs"]
+mod upstart;

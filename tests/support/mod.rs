@@ -32,6 +32,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
+pub mod upstart;
+
 // libc is linked into every Rust binary on Linux anyway; declaring the two calls we need avoids a
 // dependency on the `libc` crate.
 extern "C" {

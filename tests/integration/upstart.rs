@@ -1,0 +1,700 @@
+//! The Upstart source against an emulated Upstart 1.13 (see `support/upstart.rs`), on a real
+//! private dbus-daemon and peer-to-peer, and the job hook end to end with the real binary.
+//!
+//! Each test replays the spec's sequences (A crash-respawn, B respawn limit, C segfault without
+//! respawn, D `initctl restart`, E `initctl stop`) and checks what crashwatch exports: the same
+//! counts and crash-loop flags a systemd unit would get, under the same metric names, with
+//! `source="upstart"`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::upstart::*;
+use crate::support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_crashwatch");
+const WWW: &str = "www";
+const SETTLE: Duration = Duration::from_secs(15);
+
+/// crashwatch watching `fake` on `bus`, with the hook off.
+fn watch_bus(bus: &PrivateBus, extra: &[&str]) -> Crashwatch {
+    let mut args = vec!["--source", "upstart", "--upstart-hook-socket", ""];
+    args.extend_from_slice(extra);
+    Crashwatch::spawn_on_bus(bus.address(), &args)
+}
+
+/// crashwatch watching `fake` peer-to-peer, with the hook off.
+fn watch_peer(fake: &FakeUpstart, extra: &[&str]) -> Crashwatch {
+    let mut args = vec![
+        "--source",
+        "upstart",
+        "--upstart-address",
+        fake.address(),
+        "--upstart-hook-socket",
+        "",
+    ];
+    args.extend_from_slice(extra);
+    // No bus at all: the peer-to-peer socket must be enough.
+    Crashwatch::spawn_on_bus("unix:path=/nonexistent", &args)
+}
+
+/// Waits until `unit`'s `metric` reads `value`; fails with the unit's series otherwise.
+fn expect_metric(cw: &Crashwatch, metric: &str, unit: &str, value: f64) {
+    let reached = wait_until(SETTLE, || cw.unit_metric(metric, unit) == value);
+    assert!(
+        reached,
+        "{metric}{{unit={unit:?}}} = {}, expected {value}\n{}",
+        cw.unit_metric(metric, unit),
+        cw.diag(unit)
+    );
+}
+
+fn loop_events(cw: &Crashwatch, unit: &str, event: &str) -> Vec<Value> {
+    cw.unit_events(unit)
+        .into_iter()
+        .filter(|e| e["event"] == event)
+        .collect()
+}
+
+/// The event record is written by a thread of its own, a moment after /metrics changes: waits
+/// until `unit` has `n` records of `event`, and returns them.
+fn wait_records(cw: &Crashwatch, unit: &str, event: &str, n: usize) -> Vec<Value> {
+    let reached = wait_until(SETTLE, || loop_events(cw, unit, event).len() >= n);
+    let records = loop_events(cw, unit, event);
+    assert!(
+        reached,
+        "{} {event} records of {unit}, expected {n}: {records:?}",
+        records.len()
+    );
+    records
+}
+
+#[test]
+fn emulated_upstart_escapes_paths_like_upstart() {
+    assert_eq!(
+        instance_path("network-interface", "eth0"),
+        "/com/ubuntu/Upstart/jobs/network_2dinterface/eth0"
+    );
+    assert_eq!(instance_path("www", ""), "/com/ubuntu/Upstart/jobs/www/_");
+    assert_eq!(upstart_escape("a.b_c"), "a_2eb_5fc");
+}
+
+#[test]
+fn a_crash_respawn_is_a_crash_and_an_automatic_restart() {
+    require_dbus_daemon!();
+    let bus = PrivateBus::start();
+    let fake = FakeUpstart::on_bus(&bus);
+    fake.add_running(WWW, "", 100);
+    fake.add_job("idle");
+    let cw = watch_bus(&bus, &[]);
+    assert!(
+        cw.stderr().contains("Watching 1 units"),
+        "the snapshot found www:\n{}",
+        cw.stderr()
+    );
+
+    fake.respawn(WWW, "", 101);
+    expect_metric(&cw, "crashwatch_unit_restarts_total", WWW, 1.0);
+    expect_metric(&cw, "crashwatch_unit_active", WWW, 1.0);
+    assert_eq!(cw.unit_metric("crashwatch_unit_crashes_total", WWW), 1.0);
+    assert_eq!(
+        cw.metric(
+            "crashwatch_unit_crashes_total",
+            &[("unit", WWW), ("reason", "unknown"), ("source", "upstart")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(cw.unit_metric("crashwatch_unit_starts_total", WWW), 1.0);
+
+    let records = wait_records(&cw, WWW, "transition", 4);
+    let kinds: Vec<&str> = records
+        .iter()
+        .map(|t| t["transition"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(kinds, ["failed", "restart", "starting", "started"]);
+    let restart = &records[1];
+    assert_eq!(restart["source"], "upstart");
+    assert_eq!(restart["restart_cause"], "automatic");
+    assert_eq!(restart["to_state"], "start");
+    let crash = &records[0];
+    assert_eq!(crash["crash"], true);
+    assert_eq!(crash["crash_reason"], "unknown");
+    assert_eq!(crash["from_substate"], "running");
+}
+
+#[test]
+fn a_respawning_job_is_flagged_as_crash_looping() {
+    require_dbus_daemon!();
+    let bus = PrivateBus::start();
+    let fake = FakeUpstart::on_bus(&bus);
+    fake.add_running(WWW, "", 100);
+    let cw = watch_bus(&bus, &[]);
+    for pid in 101..=103 {
+        fake.respawn(WWW, "", pid);
+    }
+    expect_metric(&cw, "crashwatch_unit_crashlooping", WWW, 1.0);
+    assert_eq!(cw.unit_metric("crashwatch_unit_restarts_total", WWW), 3.0);
+    assert_eq!(cw.unit_metric("crashwatch_unit_crashes_total", WWW), 3.0);
+    assert_eq!(cw.unit_metric("crashwatch_unit_crashloops_total", WWW), 1.0);
+    let started = wait_records(&cw, WWW, "crashloop_started", 1);
+    assert_eq!(started.len(), 1, "{started:?}");
+    assert_eq!(started[0]["source"], "upstart");
+}
+
+#[test]
+fn initctl_restart_cycles_are_no_crash_loop() {
+    require_dbus_daemon!();
+    let bus = PrivateBus::start();
+    let fake = FakeUpstart::on_bus(&bus);
+    fake.add_running(WWW, "", 100);
+    let cw = watch_bus(&bus, &[]);
+    for pid in 101..=105 {
+        fake.restart(WWW, "", pid);
+    }
+    expect_metric(&cw, "crashwatch_unit_starts_total", WWW, 5.0);
+    assert_eq!(cw.unit_metric("crashwatch_unit_restarts_total", WWW), 0.0);
+    assert_eq!(cw.unit_metric("crashwatch_unit_crashes_total", WWW), 0.0);
+    assert_eq!(cw.unit_metric("crashwatch_unit_crashlooping", WWW), 0.0);
+    assert_eq!(
+        cw.metric(
+            "crashwatch_unit_transitions_total",
+            &[("unit", WWW), ("transition", "stopped")]
+        ),
+        Some(5.0)
+    );
+    assert!(loop_events(&cw, WWW, "crashloop_started").is_empty());
+}
+
+#[test]
+fn the_respawn_limit_ends_the_loop_as_given_up() {
+    require_dbus_daemon!();
+    let bus = PrivateBus::start();
+    let fake = FakeUpstart::on_bus(&bus);
+    fake.add_running(WWW, "", 100);
+    let cw = watch_bus(&bus, &[]);
+    // `respawn limit 10 5`: ten respawns, and the eleventh death stops the job.
+    for pid in 101..=110 {
+        fake.respawn(WWW, "", pid);
+    }
+    expect_metric(&cw, "crashwatch_unit_crashlooping", WWW, 1.0);
+    fake.respawn_limit(WWW, "");
+    expect_metric(&cw, "crashwatch_unit_crashlooping", WWW, 0.0);
+    expect_metric(&cw, "crashwatch_unit_crashes_total", WWW, 11.0);
+    assert_eq!(cw.unit_metric("crashwatch_unit_restarts_total", WWW), 10.0);
+    let ended = wait_records(&cw, WWW, "crashloop_ended", 1);
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert_eq!(ended[0]["outcome"], "gave_up", "not recovered: {ended:?}");
+    // Ten cycles of four, and the last crash.
+    let last = wait_records(&cw, WWW, "transition", 41)
+        .pop()
+        .expect("transitions");
+    assert_eq!(last["gave_up"], true, "{last}");
+    assert_eq!(last["crash"], true);
+    assert_eq!(last["result"], "failed");
+}
+
+#[test]
+fn a_segfault_without_respawn_is_one_crash_with_its_signal() {
+    require_dbus_daemon!();
+    let bus = PrivateBus::start();
+    let fake = FakeUpstart::on_bus(&bus);
+    let cw = watch_bus(&bus, &[]);
+    fake.start("db", "", 200);
+    expect_metric(&cw, "crashwatch_unit_active", "db", 1.0);
+    fake.segfault("db", "");
+    expect_metric(&cw, "crashwatch_unit_crashes_total", "db", 1.0);
+    assert_eq!(
+        cw.metric(
+            "crashwatch_unit_crashes_total",
+            &[("unit", "db"), ("reason", "signal")]
+        ),
+        Some(1.0)
+    );
+    // starting, started, the crash.
+    let crash = wait_records(&cw, "db", "transition", 3)
+        .into_iter()
+        .find(|t| t["crash"] == true)
+        .expect("a crash");
+    assert_eq!(crash["exit_code"], "killed");
+    assert_eq!(crash["exit_status"], 11);
+    // Started again by hand: a restart, by someone other than Upstart's respawn.
+    fake.start("db", "", 201);
+    expect_metric(&cw, "crashwatch_unit_restarts_total", "db", 1.0);
+    let restart = wait_records(&cw, "db", "transition", 4)
+        .into_iter()
+        .find(|t| t["transition"] == "restart")
+        .expect("a restart");
+    assert_eq!(restart["restart_cause"], "external");
+    // The stopping and stopped events repeat the failure; it is still one crash.
+    assert_eq!(cw.unit_metric("crashwatch_unit_crashes_total", "db"), 1.0);
+}
+
+#[test]
+fn instances_are_units_of_their_own_and_initctl_stop_is_a_stop() {
+    require_dbus_daemon!();
+    let bus = PrivateBus::start();
+    let fake = FakeUpstart::on_bus(&bus);
+    let cw = watch_bus(&bus, &[]);
+    let job = "network-interface";
+    let (eth0, eth1) = ("network-interface (eth0)", "network-interface (eth1)");
+    fake.start(job, "eth0", 300);
+    fake.start(job, "eth1", 301);
+    fake.respawn(job, "eth1", 302);
+    fake.stop(job, "eth0");
+    expect_metric(&cw, "crashwatch_unit_restarts_total", eth1, 1.0);
+    expect_metric(&cw, "crashwatch_unit_active", eth0, 0.0);
+    assert_eq!(cw.unit_metric("crashwatch_unit_crashes_total", eth0), 0.0);
+    assert_eq!(cw.unit_metric("crashwatch_unit_restarts_total", eth0), 0.0);
+    let kinds: Vec<Value> = wait_records(&cw, eth0, "transition", 4)
+        .iter()
+        .map(|t| t["transition"].clone())
+        .collect();
+    assert_eq!(kinds, ["starting", "started", "stopping", "stopped"]);
+    assert_eq!(cw.unit_metric("crashwatch_unit_crashes_total", eth1), 1.0);
+}
+
+#[test]
+fn upstart_1_5_is_followed_from_instance_signals_alone() {
+    require_dbus_daemon!();
+    let bus = PrivateBus::start();
+    let fake = FakeUpstart::on_bus(&bus).legacy();
+    fake.add_running(WWW, "", 100);
+    let cw = watch_bus(&bus, &[]);
+    for pid in 101..=103 {
+        fake.respawn(WWW, "", pid);
+    }
+    fake.restart(WWW, "", 104);
+    expect_metric(&cw, "crashwatch_unit_starts_total", WWW, 4.0);
+    assert_eq!(cw.unit_metric("crashwatch_unit_restarts_total", WWW), 3.0);
+    assert_eq!(cw.unit_metric("crashwatch_unit_crashes_total", WWW), 3.0);
+    assert_eq!(cw.unit_metric("crashwatch_unit_crashloops_total", WWW), 1.0);
+}
+
+#[test]
+fn a_restart_missed_while_away_is_caught_by_the_snapshot() {
+    require_dbus_daemon!();
+    let bus = PrivateBus::start();
+    let fake = FakeUpstart::on_bus(&bus);
+    fake.add_running(WWW, "", 100);
+    let cw = watch_bus(&bus, &[]);
+
+    // Upstart leaves the bus; the job respawns meanwhile; Upstart comes back.
+    fake.detach();
+    let down = wait_until(SETTLE, || {
+        cw.metric("crashwatch_source_up", &[("source", "upstart")]) == Some(0.0)
+    });
+    assert!(down, "source_up stayed 1 while Upstart was away");
+    fake.run(vec![Step::Pid(WWW.into(), String::new(), 200)]);
+    fake.attach();
+    expect_metric(&cw, "crashwatch_unit_restarts_total", WWW, 1.0);
+    assert_eq!(
+        cw.metric("crashwatch_source_up", &[("source", "upstart")]),
+        Some(1.0)
+    );
+    // The inferred crash, restart, starting and started.
+    let restart = wait_records(&cw, WWW, "transition", 4)
+        .into_iter()
+        .find(|t| t["transition"] == "restart")
+        .expect("a restart");
+    assert_eq!(restart["inferred"], true);
+
+    // After a re-exec (`Restarted`) the same: a snapshot, and the pid tells.
+    fake.run(vec![
+        Step::Pid(WWW.into(), String::new(), 300),
+        Step::Restarted,
+    ]);
+    expect_metric(&cw, "crashwatch_unit_restarts_total", WWW, 2.0);
+    assert_eq!(cw.unit_metric("crashwatch_unit_crashes_total", WWW), 2.0);
+}
+
+#[test]
+fn peer_to_peer_works_without_a_bus_and_reconnects() {
+    let fake = FakeUpstart::peer_to_peer();
+    fake.add_running(WWW, "", 100);
+    let cw = watch_peer(&fake, &[]);
+    for pid in 101..=103 {
+        fake.respawn(WWW, "", pid);
+    }
+    fake.start("network-interface", "eth0", 400);
+    expect_metric(&cw, "crashwatch_unit_crashlooping", WWW, 1.0);
+    expect_metric(
+        &cw,
+        "crashwatch_unit_starts_total",
+        "network-interface (eth0)",
+        1.0,
+    );
+
+    // The socket goes away and comes back; a respawn happened in between.
+    fake.detach();
+    let down = wait_until(SETTLE, || {
+        cw.metric("crashwatch_source_up", &[("source", "upstart")]) == Some(0.0)
+    });
+    assert!(
+        down,
+        "the closed connection was not noticed\n{}",
+        cw.diag(WWW)
+    );
+    fake.run(vec![Step::Pid(WWW.into(), String::new(), 500)]);
+    fake.attach();
+    expect_metric(&cw, "crashwatch_unit_restarts_total", WWW, 4.0);
+    let up = wait_until(SETTLE, || {
+        cw.metric("crashwatch_source_up", &[("source", "upstart")]) == Some(1.0)
+    });
+    assert!(up, "not reconnected\n{}", cw.stderr());
+    // And signals flow again.
+    fake.respawn(WWW, "", 501);
+    expect_metric(&cw, "crashwatch_unit_restarts_total", WWW, 5.0);
+}
+
+#[test]
+fn auto_picks_upstart_when_systemd_is_not_on_the_bus() {
+    require_dbus_daemon!();
+    let bus = PrivateBus::start();
+    let fake = FakeUpstart::on_bus(&bus);
+    fake.add_running(WWW, "", 100);
+    let cw = Crashwatch::spawn_on_bus(
+        bus.address(),
+        &["--source", "auto", "--upstart-hook-socket", ""],
+    );
+    fake.respawn(WWW, "", 101);
+    expect_metric(&cw, "crashwatch_unit_restarts_total", WWW, 1.0);
+    assert_eq!(
+        cw.metric(
+            "crashwatch_unit_restarts_total",
+            &[("unit", WWW), ("source", "upstart")]
+        ),
+        Some(1.0)
+    );
+}
+
+/// Every per-unit metric a systemd unit gets, by name.
+const UNIT_METRICS: [&str; 9] = [
+    "crashwatch_unit_starts_total",
+    "crashwatch_unit_crashes_total",
+    "crashwatch_unit_restarts_total",
+    "crashwatch_unit_transitions_total",
+    "crashwatch_unit_crashlooping",
+    "crashwatch_unit_restarts_in_window",
+    "crashwatch_unit_crashloops_total",
+    "crashwatch_unit_last_crash_timestamp_seconds",
+    "crashwatch_unit_active",
+];
+
+#[test]
+fn prometheus_and_statsd_output_has_the_systemd_shape() {
+    require_dbus_daemon!();
+    let bus = PrivateBus::start();
+    let fake = FakeUpstart::on_bus(&bus);
+    fake.add_running(WWW, "", 100);
+    let statsd = StatsdListener::start();
+    let cw = watch_bus(&bus, &["--statsd", statsd.addr()]);
+    for pid in 101..=103 {
+        fake.respawn(WWW, "", pid);
+    }
+    fake.start("network-interface", "eth0", 600);
+    fake.respawn("network-interface", "eth0", 601);
+    expect_metric(&cw, "crashwatch_unit_crashlooping", WWW, 1.0);
+    expect_metric(
+        &cw,
+        "crashwatch_unit_restarts_total",
+        "network-interface (eth0)",
+        1.0,
+    );
+
+    let text = cw.scrape();
+    let samples = parse_samples(&text).expect("/metrics parses");
+    for unit in [WWW, "network-interface (eth0)"] {
+        for name in UNIT_METRICS {
+            let series: Vec<&Sample> = samples
+                .iter()
+                .filter(|s| s.name == name && s.label("unit") == Some(unit))
+                .collect();
+            assert!(!series.is_empty(), "no {name} for {unit}:\n{text}");
+            for s in series {
+                assert_eq!(s.label("source"), Some("upstart"), "{s:?}");
+                let mut labels: Vec<&str> = s.labels.iter().map(|(k, _)| k.as_str()).collect();
+                labels.sort_unstable();
+                let expected: &[&str] = match name {
+                    "crashwatch_unit_crashes_total" => &["reason", "source", "unit"],
+                    "crashwatch_unit_transitions_total" => &["source", "transition", "unit"],
+                    _ => &["source", "unit"],
+                };
+                assert_eq!(labels, expected, "{s:?}");
+            }
+        }
+    }
+    match promtool_prerequisites() {
+        Ok(()) => promtool_check_metrics(&text).unwrap_or_else(|e| panic!("{e}\n{text}")),
+        Err(reason) => skip(&reason),
+    }
+
+    let restarts = "crashwatch.unit.www.restarts";
+    let matched = wait_until(SETTLE, || statsd.counter_sum(restarts) == 3.0);
+    assert!(
+        matched,
+        "{restarts} sums to {}; lines:\n{}",
+        statsd.counter_sum(restarts),
+        statsd.lines().join("\n")
+    );
+    let instance = format!(
+        "crashwatch.unit.{}.restarts",
+        statsd_unit_name("network-interface (eth0)")
+    );
+    assert_eq!(
+        instance,
+        "crashwatch.unit.network-interface__eth0_.restarts"
+    );
+    let matched = wait_until(SETTLE, || statsd.counter_sum(&instance) == 1.0);
+    assert!(matched, "lines:\n{}", statsd.lines().join("\n"));
+    let lines = statsd.lines();
+    for line in &lines {
+        parse_statsd_line(line).unwrap_or_else(|e| panic!("{e}\nall lines:\n{}", lines.join("\n")));
+    }
+    for expected in [
+        "crashwatch.unit.www.crashlooping:1|g",
+        "crashwatch.unit.www.crashes:1|c",
+        "crashwatch.unit.www.starts:1|c",
+        "crashwatch.unit.www.crashloops:1|c",
+        "crashwatch.unit.www.transitions.restart:1|c",
+    ] {
+        assert!(
+            lines.iter().any(|l| l == expected),
+            "no {expected}; lines:\n{}",
+            lines.join("\n")
+        );
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// The job hook
+// ------------------------------------------------------------------------------------------------
+
+/// A daemon with no D-Bus at all, listening for the hook on a socket in a fresh directory.
+struct HookDaemon {
+    cw: Crashwatch,
+    socket: PathBuf,
+    _dir: TempDir,
+}
+
+impl HookDaemon {
+    fn start() -> HookDaemon {
+        let dir = TempDir::new("cw-upstart-hook");
+        let socket = dir.path().join("run").join("hook.sock");
+        let socket_arg = socket.display().to_string();
+        let cw = Crashwatch::spawn_on_bus(
+            "unix:path=/nonexistent",
+            &[
+                "--source",
+                "upstart",
+                "--upstart-address",
+                "none",
+                "--upstart-hook-socket",
+                &socket_arg,
+            ],
+        );
+        HookDaemon {
+            cw,
+            socket,
+            _dir: dir,
+        }
+    }
+
+    /// Runs the real `crashwatch upstart-hook` with the environment Upstart would give it.
+    fn hook(&self, vars: &[(&str, &str)]) -> Output {
+        run_hook(&self.socket, vars)
+    }
+
+    fn event(&self, event: &str, job: &str, instance: &str, extra: &[(&str, &str)]) {
+        let mut vars = vec![
+            ("UPSTART_EVENTS", event),
+            ("JOB", job),
+            ("INSTANCE", instance),
+        ];
+        vars.extend_from_slice(extra);
+        let out = self.hook(&vars);
+        assert!(
+            out.status.success(),
+            "upstart-hook {vars:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+fn run_hook(socket: &Path, vars: &[(&str, &str)]) -> Output {
+    let started = Instant::now();
+    let mut cmd = Command::new(BIN);
+    cmd.arg("upstart-hook")
+        .arg("--socket")
+        .arg(socket)
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("running crashwatch upstart-hook");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the hook took {:?}: it must never hold a job up",
+        started.elapsed()
+    );
+    out
+}
+
+#[test]
+fn the_hook_hands_events_to_the_daemon_end_to_end() {
+    let d = HookDaemon::start();
+    let mode = std::fs::metadata(&d.socket)
+        .expect("the hook socket exists")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "only its owner and root may write");
+
+    let cw = &d.cw;
+    d.event("starting", WWW, "", &[]);
+    d.event("started", WWW, "", &[]);
+    // Three crash-respawns as the hook job sees them: stopping RESULT=ok, then starting.
+    for _ in 0..3 {
+        d.event("stopping", WWW, "", &[("RESULT", "ok")]);
+        d.event("starting", WWW, "", &[]);
+    }
+    expect_metric(cw, "crashwatch_unit_crashlooping", WWW, 1.0);
+    assert_eq!(cw.unit_metric("crashwatch_unit_restarts_total", WWW), 3.0);
+
+    // Sequence C as the hook sees it: RESULT=failed on stopping and stopped, one crash.
+    let failed = [
+        ("RESULT", "failed"),
+        ("PROCESS", "main"),
+        ("EXIT_SIGNAL", "SEGV"),
+    ];
+    d.event("stopping", WWW, "", &failed);
+    d.event("stopped", WWW, "", &failed);
+    expect_metric(cw, "crashwatch_unit_crashes_total", WWW, 4.0);
+    assert_eq!(
+        cw.metric(
+            "crashwatch_unit_crashes_total",
+            &[("unit", WWW), ("reason", "signal")]
+        ),
+        Some(1.0)
+    );
+
+    // An instance job, stopped on request: stopping then stopped is no crash.
+    d.event("starting", "tty", "tty1", &[]);
+    d.event("stopping", "tty", "tty1", &[("RESULT", "ok")]);
+    d.event("stopped", "tty", "tty1", &[("RESULT", "ok")]);
+    let reached = wait_until(SETTLE, || {
+        cw.metric(
+            "crashwatch_unit_transitions_total",
+            &[("unit", "tty (tty1)"), ("transition", "stopped")],
+        ) == Some(1.0)
+    });
+    assert!(reached, "{}", cw.diag("tty (tty1)"));
+    assert_eq!(
+        cw.unit_metric("crashwatch_unit_crashes_total", "tty (tty1)"),
+        0.0
+    );
+    assert_eq!(
+        cw.metric("crashwatch_source_up", &[("source", "upstart")]),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn garbage_on_the_hook_socket_is_counted_and_dropped() {
+    let d = HookDaemon::start();
+    let cw = &d.cw;
+    let sock = UnixDatagram::unbound().expect("a socket");
+    let too_big = {
+        let mut m = br#"{"v":1,"event":"starting","job":""#.to_vec();
+        m.extend(std::iter::repeat_n(b'x', 10_000));
+        m.extend_from_slice(br#""}"#);
+        m
+    };
+    let garbage: Vec<Vec<u8>> = vec![
+        vec![0x00, 0xff, 0xfe, 0x80, 0x01],
+        b"not json at all".to_vec(),
+        br#"{"v":2,"event":"starting","job":"www"}"#.to_vec(),
+        br#"{"v":1,"event":"starting","job":"www","rm":"-rf"}"#.to_vec(),
+        br#"{"v":1,"event":"exploded","job":"www"}"#.to_vec(),
+        too_big,
+        Vec::new(),
+    ];
+    for g in &garbage {
+        sock.send_to(g, &d.socket).expect("sending garbage");
+    }
+    let errors = |cw: &Crashwatch| {
+        cw.metric(
+            "crashwatch_errors_total",
+            &[
+                ("component", "upstart"),
+                ("error_type", "hook_decode_failed"),
+            ],
+        )
+        .unwrap_or(0.0)
+    };
+    let counted = wait_until(SETTLE, || errors(cw) == garbage.len() as f64);
+    assert!(
+        counted,
+        "hook_decode_failed = {}, expected {}\n{}",
+        errors(cw),
+        garbage.len(),
+        cw.stderr()
+    );
+    // Nothing of it became a unit, and the daemon still takes real events.
+    assert!(cw.events().is_empty(), "{:?}", cw.events());
+    d.event("starting", WWW, "", &[]);
+    expect_metric(cw, "crashwatch_unit_starts_total", WWW, 1.0);
+}
+
+#[test]
+fn the_hook_fails_fast_and_says_why() {
+    let dir = TempDir::new("cw-upstart-nohook");
+    let missing = dir.path().join("nobody-listens.sock");
+    // No daemon: exit 1, one line, at once.
+    let out = run_hook(&missing, &[("JOB", WWW), ("UPSTART_EVENTS", "starting")]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(&missing.display().to_string()), "{stderr}");
+    // Not run for a job event: exit 2.
+    let out = run_hook(&missing, &[("UPSTART_EVENTS", "starting")]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = run_hook(&missing, &[("JOB", WWW), ("UPSTART_EVENTS", "startup")]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+#[test]
+fn a_second_daemon_does_not_steal_the_hook_socket() {
+    let d = HookDaemon::start();
+    let socket = d.socket.display().to_string();
+    let out = Command::new(BIN)
+        .args([
+            "run",
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--source",
+            "upstart",
+            "--upstart-address",
+            "none",
+            "--upstart-hook-socket",
+            &socket,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("running a second crashwatch");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("hook"), "{stderr}");
+    // The first one still listens.
+    d.event("starting", WWW, "", &[]);
+    expect_metric(&d.cw, "crashwatch_unit_starts_total", WWW, 1.0);
+}
