@@ -335,3 +335,93 @@ fn per_flood_unit(cw: &Crashwatch, metric: &str, value: f64) -> usize {
         .filter(|x| x.name == metric && is_flood(x) && x.value == value)
         .count()
 }
+
+#[test]
+fn dead_and_slow_sinks_never_stall_the_event_path() {
+    require_sandbox!();
+    let sb = Sandbox::start().unwrap_or_else(|e| panic!("{e}"));
+    sb.write_unit(CRASHY, CRASHY_UNIT);
+    sb.pin_loaded(&[CRASHY]);
+    // A StatsD socket that is bound but never read: once its buffer is full, datagrams vanish.
+    let black_hole = std::net::UdpSocket::bind("127.0.0.1:0").expect("binding a UDP socket");
+    let statsd = black_hole.local_addr().expect("address").to_string();
+    let cw = Crashwatch::spawn(&sb, &["--statsd", &statsd]);
+    // The event record replaced by a full disk: crashwatch follows the path to the new file, and
+    // every write there fails with ENOSPC.
+    std::fs::remove_file(cw.events_path()).expect("removing the event record");
+    std::os::unix::fs::symlink("/dev/full", cw.events_path()).expect("linking /dev/full");
+
+    // Scrapers that connect and never finish their request, or never read the answer.
+    let port = cw.port();
+    let mut stalled = Vec::new();
+    for i in 0..8 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connecting");
+        if i % 2 == 0 {
+            use std::io::Write;
+            let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        }
+        stalled.push(s);
+    }
+
+    sb.systemctl_ok(&["start", CRASHY]);
+    let flagged = wait_until(Duration::from_secs(20), || {
+        cw.metric("crashwatch_unit_crashlooping", &[("unit", CRASHY)]) == Some(1.0)
+    });
+    assert!(
+        flagged,
+        "the loop was not flagged with dead sinks\n{}",
+        cw.diag(CRASHY)
+    );
+    fix_unit(&sb, CRASHY);
+    assert_counts_match(&sb, &cw, CRASHY);
+    let write_failed = cw
+        .metric(
+            "crashwatch_errors_total",
+            &[("component", "events"), ("error_type", "write_failed")],
+        )
+        .unwrap_or(0.0);
+    assert!(
+        write_failed >= 1.0,
+        "writes to a full disk were not counted"
+    );
+    drop(stalled);
+}
+
+#[test]
+fn a_restarted_crashwatch_raises_no_false_loop_from_old_history() {
+    require_sandbox!();
+    let sb = Sandbox::start().unwrap_or_else(|e| panic!("{e}"));
+    sb.write_unit(CRASHY, CRASHY_UNIT);
+    sb.write_unit(
+        "steady.service",
+        "[Service]\nExecStart=/bin/sleep infinity\n",
+    );
+    sb.pin_loaded(&[CRASHY]);
+    sb.systemctl_ok(&["start", "steady.service"]);
+    // A unit that crash-looped before crashwatch started and is now up.
+    sb.systemctl_ok(&["start", CRASHY]);
+    assert!(wait_until(Duration::from_secs(20), || sb
+        .n_restarts(CRASHY)
+        >= 4));
+    fix_unit(&sb, CRASHY);
+
+    let cw = Crashwatch::spawn(&sb, &[]);
+    thread::sleep(Duration::from_secs(1));
+    for unit in [CRASHY, "steady.service"] {
+        assert_ne!(
+            cw.metric("crashwatch_unit_crashlooping", &[("unit", unit)]),
+            Some(1.0),
+            "{unit} flagged from history crashwatch did not see"
+        );
+        assert_eq!(
+            cw.unit_metric("crashwatch_unit_restarts_total", unit),
+            0.0,
+            "{unit}"
+        );
+        assert_eq!(
+            cw.unit_metric("crashwatch_unit_crashes_total", unit),
+            0.0,
+            "{unit}"
+        );
+    }
+}
