@@ -16,7 +16,7 @@ use crate::detect::{Detector, LoopChange, Observation, Update};
 use crate::event::{Event, LoopEvent, SourceKind, Transition, TransitionKind};
 use crate::internal_events::UnitOverflow;
 use crate::sink::{prometheus, ThreadedSink};
-use crate::source::systemd::now_micros;
+use crate::source::bus::now_micros;
 
 /// The sinks that run on threads of their own.
 #[derive(Default)]

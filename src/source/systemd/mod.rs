@@ -29,7 +29,6 @@ use metrics::{counter, gauge};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use zbus::message::Sequence;
-use zbus::message::Type as MessageType;
 use zbus::{Connection, Message, MessageStream, Variant};
 
 use crate::event::{Micros, Transition};
@@ -38,6 +37,7 @@ use crate::internal_events::{
     BusConnectError, BusDisconnected, SignalDecodeError, SignalFromStranger, SignalsDropped,
     SnapshotCallError,
 };
+use crate::source::bus::{self, decode, now_micros};
 use tracker::{ServiceProps, Snapshot, Tracker};
 
 const SOURCE: &str = "systemd";
@@ -286,7 +286,8 @@ impl SystemdSource {
         let transitions = match (interface, member) {
             (PROPERTIES_IFACE, "PropertiesChanged") => self.properties_changed(msg, path, now),
             (MANAGER_IFACE, "JobNew") => {
-                if let Ok((_, _, unit)) = decode::<(u32, zbus::ObjectPath<'_>, &str)>(&body, member)
+                if let Ok((_, _, unit)) =
+                    decode::<(u32, zbus::ObjectPath<'_>, &str)>(&body, SOURCE, member)
                 {
                     self.tracker.job(unit, true);
                 }
@@ -294,21 +295,22 @@ impl SystemdSource {
             }
             (MANAGER_IFACE, "JobRemoved") => {
                 if let Ok((_, _, unit, _)) =
-                    decode::<(u32, zbus::ObjectPath<'_>, &str, &str)>(&body, member)
+                    decode::<(u32, zbus::ObjectPath<'_>, &str, &str)>(&body, SOURCE, member)
                 {
                     self.tracker.job(unit, false);
                 }
                 Vec::new()
             }
             (MANAGER_IFACE, "Reloading") => {
-                if let Ok(active) = decode::<bool>(&body, member) {
+                if let Ok(active) = decode::<bool>(&body, SOURCE, member) {
                     self.link.reloading = active;
                 }
                 Vec::new()
             }
             (MANAGER_IFACE, "UnitRemoved") => {
                 // daemon-reload removes and re-adds every unit; their state survives it.
-                if let Ok((unit, _)) = decode::<(&str, zbus::ObjectPath<'_>)>(&body, member) {
+                if let Ok((unit, _)) = decode::<(&str, zbus::ObjectPath<'_>)>(&body, SOURCE, member)
+                {
                     if !self.link.reloading {
                         self.tracker.remove(unit);
                     }
@@ -385,7 +387,8 @@ impl SystemdSource {
     /// old owner, so subscribe again and resync.
     async fn owner_changed(&mut self, msg: &Message) -> bool {
         let body = msg.body();
-        let Ok((name, _old, new)) = decode::<(&str, &str, &str)>(&body, "NameOwnerChanged") else {
+        let Ok((name, _old, new)) = decode::<(&str, &str, &str)>(&body, SOURCE, "NameOwnerChanged")
+        else {
             return false;
         };
         if name != SYSTEMD_NAME || new.is_empty() || new == self.link.owner {
@@ -419,7 +422,7 @@ impl Link {
         let stream = MessageStream::from(&conn);
         let (tx, queue) = mpsc::channel(QUEUE_CAPACITY);
         let dropped = Arc::new(AtomicU64::new(0));
-        let reader = tokio::spawn(read_signals(stream, tx, dropped.clone()));
+        let reader = tokio::spawn(bus::read_signals(stream, tx, dropped.clone()));
         for rule in MATCH_RULES {
             call(
                 &conn,
@@ -646,61 +649,4 @@ async fn timed<T>(
     tokio::time::timeout(CALL_TIMEOUT, fut)
         .await
         .unwrap_or(Err(SystemdError::Timeout { call: what }))
-}
-
-fn decode<'m, T>(body: &'m zbus::message::Body, member: &str) -> Result<T, ()>
-where
-    T: serde::Deserialize<'m> + zbus::Type,
-{
-    body.deserialize::<T>().map_err(|e| {
-        SignalDecodeError {
-            source: SOURCE,
-            member,
-            detail: &e.to_string(),
-        }
-        .emit()
-    })
-}
-
-/// Moves signals from the connection into the queue, never waiting on the consumer: a stream that
-/// is not read stalls every call on the connection.
-async fn read_signals(
-    mut stream: MessageStream,
-    queue: mpsc::Sender<Message>,
-    dropped: Arc<AtomicU64>,
-) {
-    use futures_util_lite::next;
-    while let Some(item) = next(&mut stream).await {
-        let Ok(msg) = item else { break };
-        if msg.message_type() != MessageType::Signal {
-            continue;
-        }
-        match queue.try_send(msg) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                dropped.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => break,
-        }
-    }
-}
-
-/// `StreamExt::next` without pulling in futures-util for one function.
-mod futures_util_lite {
-    use std::future::poll_fn;
-    use std::pin::Pin;
-
-    use futures_core::Stream;
-
-    pub async fn next<S: Stream + Unpin>(stream: &mut S) -> Option<S::Item> {
-        poll_fn(|cx| Pin::new(&mut *stream).poll_next(cx)).await
-    }
-}
-
-/// Now, in µs since the epoch: the fallback when systemd gives no timestamp.
-pub fn now_micros() -> Micros {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as Micros)
-        .unwrap_or(0)
 }

@@ -40,16 +40,16 @@ use std::time::Duration;
 use metrics::{counter, gauge};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use zbus::message::{Sequence, Type as MessageType};
+use zbus::message::Sequence;
 use zbus::{Connection, Message, MessageStream, Variant};
 
 use crate::event::Transition;
 use crate::glob::UnitFilter;
 use crate::internal_events::{
-    BusConnectError, BusDisconnected, HookDecodeError, SignalDecodeError, SignalFromStranger,
-    SignalsDropped, SnapshotCallError,
+    BusConnectError, BusDisconnected, HookDecodeError, SignalFromStranger, SignalsDropped,
+    SnapshotCallError,
 };
-use crate::source::systemd::now_micros;
+use crate::source::bus::{self, decode, now_micros};
 use hook::{HookMessage, HookSocket, MAX_MESSAGE};
 use tracker::{InstanceSnapshot, JobEvent, Tracker};
 
@@ -423,7 +423,8 @@ impl UpstartSource {
                     return false;
                 }
                 let body = msg.body();
-                let Ok((name, _old, new)) = decode::<(&str, &str, &str)>(&body, member) else {
+                let Ok((name, _old, new)) = decode::<(&str, &str, &str)>(&body, SOURCE, member)
+                else {
                     return false;
                 };
                 if name != UPSTART_NAME {
@@ -474,7 +475,10 @@ impl UpstartSource {
         let instance_unit = names::unit_from_instance_path(path);
         let transitions = match (interface, member) {
             (INSTANCE_IFACE, "StateChanged") => {
-                match (decode::<&str>(&body, member), current(instance_unit)) {
+                match (
+                    decode::<&str>(&body, SOURCE, member),
+                    current(instance_unit),
+                ) {
                     (Ok(state), Some(unit)) => {
                         if state == "running" {
                             read_pid = Some(unit.clone());
@@ -485,21 +489,22 @@ impl UpstartSource {
                 }
             }
             (INSTANCE_IFACE, "GoalChanged") => {
-                if let (Ok(goal), Some(unit)) =
-                    (decode::<&str>(&body, member), current(instance_unit))
-                {
+                if let (Ok(goal), Some(unit)) = (
+                    decode::<&str>(&body, SOURCE, member),
+                    current(instance_unit),
+                ) {
                     self.tracker.goal_changed(&unit, goal);
                 }
                 Vec::new()
             }
             (INSTANCE_IFACE, "Failed") => {
-                match (decode::<i32>(&body, member), current(instance_unit)) {
+                match (decode::<i32>(&body, SOURCE, member), current(instance_unit)) {
                     (Ok(status), Some(unit)) => self.tracker.failed(&unit, status, now),
                     _ => Vec::new(),
                 }
             }
             (JOB_IFACE, "InstanceAdded" | "InstanceRemoved") => {
-                let unit = decode::<zbus::ObjectPath<'_>>(&body, member)
+                let unit = decode::<zbus::ObjectPath<'_>>(&body, SOURCE, member)
                     .ok()
                     .and_then(|p| names::unit_from_instance_path(p.as_str()));
                 match current(unit) {
@@ -511,15 +516,17 @@ impl UpstartSource {
                     None => Vec::new(),
                 }
             }
-            (MANAGER_IFACE, "EventEmitted") => match decode::<(&str, Vec<&str>)>(&body, member) {
-                Ok((name, env)) => match JobEvent::from_env(name, &env) {
-                    Some(event) if current(Some(event.unit())).is_some() => {
-                        self.tracker.event(&event, now)
-                    }
-                    _ => Vec::new(),
-                },
-                Err(()) => Vec::new(),
-            },
+            (MANAGER_IFACE, "EventEmitted") => {
+                match decode::<(&str, Vec<&str>)>(&body, SOURCE, member) {
+                    Ok((name, env)) => match JobEvent::from_env(name, &env) {
+                        Some(event) if current(Some(event.unit())).is_some() => {
+                            self.tracker.event(&event, now)
+                        }
+                        _ => Vec::new(),
+                    },
+                    Err(()) => Vec::new(),
+                }
+            }
             (MANAGER_IFACE, "Restarted") => {
                 // Upstart re-executed itself; what it sent meanwhile may be lost.
                 tracing::info!("Upstart re-executed itself; resyncing.");
@@ -601,7 +608,7 @@ impl Link {
         let stream = MessageStream::from(&conn);
         let (tx, queue) = mpsc::channel(QUEUE_CAPACITY);
         let dropped = Arc::new(AtomicU64::new(0));
-        let reader = tokio::spawn(read_signals(stream, tx, dropped.clone()));
+        let reader = tokio::spawn(bus::read_signals(stream, tx, dropped.clone()));
         let mut link = Link {
             conn,
             queue,
@@ -883,47 +890,6 @@ async fn timed<T>(
     tokio::time::timeout(CALL_TIMEOUT, fut)
         .await
         .unwrap_or(Err(UpstartError::Timeout { call: what }))
-}
-
-fn decode<'m, T>(body: &'m zbus::message::Body, member: &str) -> Result<T, ()>
-where
-    T: serde::Deserialize<'m> + zbus::Type,
-{
-    body.deserialize::<T>().map_err(|e| {
-        SignalDecodeError {
-            source: SOURCE,
-            member,
-            detail: &e.to_string(),
-        }
-        .emit()
-    })
-}
-
-/// Moves signals from the connection into the queue, never waiting on the consumer: a stream that
-/// is not read stalls every call on the connection.
-async fn read_signals(
-    mut stream: MessageStream,
-    queue: mpsc::Sender<Message>,
-    dropped: Arc<AtomicU64>,
-) {
-    use std::future::poll_fn;
-    use std::pin::Pin;
-
-    use futures_core::Stream;
-
-    while let Some(item) = poll_fn(|cx| Pin::new(&mut stream).poll_next(cx)).await {
-        let Ok(msg) = item else { break };
-        if msg.message_type() != MessageType::Signal {
-            continue;
-        }
-        match queue.try_send(msg) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                dropped.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => break,
-        }
-    }
 }
 
 #[cfg(test)]
