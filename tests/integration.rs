@@ -14,6 +14,8 @@ mod support;
 // would build as separate test binaries).
 #[path = "integration/cli.rs"]
 mod cli;
+#[path = "integration/end_to_end.rs"]
+mod end_to_end;
 #[path = "integration/exposition.rs"]
 mod exposition;
 #[path = "integration/harness_selftest.rs"]

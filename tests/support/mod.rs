@@ -12,6 +12,7 @@
 //! - [`Crashwatch`]: the binary under test, started against a sandbox, with scraping helpers.
 //! - [`StatsdListener`] and [`parse_statsd_line`]: a UDP sink and a strict line validator.
 //! - [`promtool_check_metrics`]: the Prometheus project's own linter as the judge of /metrics.
+//! - [`servers`]: real Prometheus, Alertmanager and reference StatsD servers on loopback ports.
 //! - gating macros ([`require_sandbox!`], [`require_promtool!`], ...): tests whose prerequisites
 //!   are missing skip with a reason, except under `CI=true`, where a skip is a failure.
 //!
@@ -32,6 +33,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
+pub mod servers;
 pub mod upstart;
 
 // libc is linked into every Rust binary on Linux anyway; declaring the two calls we need avoids a
