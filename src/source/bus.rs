@@ -39,7 +39,7 @@ pub async fn read_signals(
 
 /// Decodes a signal's body as `T`; a body of another shape is counted as a decode error of
 /// `source`'s and yields `Err(())`.
-pub fn decode<'m, T>(
+pub(crate) fn decode<'m, T>(
     body: &'m zbus::message::Body,
     source: &'static str,
     member: &str,
