@@ -39,6 +39,49 @@ pub enum Command {
     /// when the daemon did not take it, 2 when not run for a job event. See
     /// packaging/upstart/crashwatch-hook.conf.
     UpstartHook(UpstartHookArgs),
+    /// Find the crash loops in a journal export, for post-mortems.
+    ///
+    /// Reads `journalctl -o json` output (one JSON object per line), turns systemd's lifecycle
+    /// messages into starts, crashes and restarts as the daemon counts them, runs the crash-loop
+    /// detector over them on the journal's clock, and prints each loop: unit, when it was flagged
+    /// and when it ended (UTC), how it ended (`open` if still looping at the end of the input),
+    /// restarts within the window when flagged, and the most within the window while it lasted.
+    /// Exits 0 whether or not loops are found, 2 when the input cannot be read. For example:
+    /// journalctl -o json --since=-1d | crashwatch replay
+    Replay(ReplayArgs),
+}
+
+/// Options of `crashwatch replay`. The unit filter, threshold, window and overrides are the
+/// daemon's: from the configuration file, then these flags.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The export to read; "-" for standard input.
+    #[arg(value_name = "FILE", default_value = "-")]
+    pub file: String,
+
+    /// TOML configuration file (see the README for every key).
+    #[arg(long, short = 'c', value_name = "FILE", env = "CRASHWATCH_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Restarts within the window that make a crash loop [default: 3].
+    #[arg(long, value_name = "N")]
+    pub threshold: Option<u32>,
+
+    /// The sliding window, e.g. 30s, 5m, 1h [default: 5m].
+    #[arg(long, value_name = "DURATION")]
+    pub window: Option<String>,
+
+    /// Only units matching this glob; repeatable; replaces the file's list [default: *.service].
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+
+    /// Never units matching this glob; repeatable; added to the file's list.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+
+    /// Print each loop's start and end as a JSON line, as in the event record, instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options of `crashwatch upstart-hook`.
@@ -110,4 +153,8 @@ pub struct RunArgs {
     /// The Upstart job hook's socket; "" turns the hook off [default: /run/crashwatch/hook.sock].
     #[arg(long, value_name = "PATH")]
     pub upstart_hook_socket: Option<String>,
+
+    /// Do not rebuild crash-loop windows from the journal at start-up (history.journal = false).
+    #[arg(long)]
+    pub no_journal_history: bool,
 }

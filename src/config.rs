@@ -70,6 +70,22 @@ pub struct FileConfig {
     /// `[limits]`.
     #[serde(default)]
     pub limits: LimitsSection,
+    /// `[history]`.
+    #[serde(default)]
+    pub history: HistorySection,
+}
+
+/// `[history]`: what crashwatch reads about the time before it started.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistorySection {
+    /// Rebuild each unit's crash-loop window from the journal at start-up, so a loop in progress
+    /// stays flagged across a restart of crashwatch. Nothing from history is counted in the
+    /// `*_total` counters. Skipped when journald is not running. Default true.
+    pub journal: Option<bool>,
+    /// The journal directory to read (as `journalctl --directory`), e.g. a container's
+    /// `/run/log/journal`. Default: the system journal.
+    pub journal_directory: Option<String>,
 }
 
 /// `[source]`.
@@ -222,6 +238,17 @@ pub struct Overrides {
     pub upstart_address: Option<String>,
     /// `--upstart-hook-socket`.
     pub upstart_hook_socket: Option<String>,
+    /// `--no-journal-history` (only turns history off).
+    pub no_journal_history: bool,
+}
+
+/// How crashwatch reads history at start-up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryConfig {
+    /// Whether crash-loop windows are rebuilt from the journal.
+    pub journal: bool,
+    /// The journal directory to read; `None` for the system journal.
+    pub journal_directory: Option<PathBuf>,
 }
 
 /// How the Upstart source listens, and to which units.
@@ -269,6 +296,8 @@ pub struct Config {
     pub source: SourceChoice,
     /// The Upstart source's settings (used when it is the one watched).
     pub upstart: UpstartConfig,
+    /// Start-up history.
+    pub history: HistoryConfig,
 }
 
 impl Config {
@@ -375,6 +404,17 @@ impl Config {
         if max_units == 0 {
             return Err(invalid("limits.max_units must be at least 1".to_owned()));
         }
+        let journal_directory = match file.history.journal_directory {
+            Some(dir) if dir.is_empty() => return Err(invalid(
+                "history.journal_directory must not be empty (leave it out for the system journal)"
+                    .to_owned(),
+            )),
+            dir => dir.map(PathBuf::from),
+        };
+        let history = HistoryConfig {
+            journal: !cli.no_journal_history && file.history.journal.unwrap_or(true),
+            journal_directory,
+        };
         Ok(Config {
             filter,
             include,
@@ -387,6 +427,7 @@ impl Config {
             fold_instances: cli.fold_instances || file.limits.fold_instances.unwrap_or(false),
             source,
             upstart,
+            history,
         })
     }
 }
@@ -652,6 +693,45 @@ mod tests {
                 "hook_socket",
             ),
             ("[source.upstart]\nadress = \"none\"\n", "unknown field"),
+        ] {
+            let message = resolve(text).expect_err(text).to_string();
+            assert!(message.contains(expected), "{text:?}: {message}");
+            assert!(!message.contains('\n'), "{message}");
+        }
+    }
+
+    #[test]
+    fn the_history_section_is_read() {
+        let config = resolve("").expect("defaults");
+        assert_eq!(
+            config.history,
+            HistoryConfig {
+                journal: true,
+                journal_directory: None
+            }
+        );
+        let config =
+            resolve("[history]\njournal = false\njournal_directory = \"/run/log/journal\"\n")
+                .expect("valid");
+        assert!(!config.history.journal);
+        assert_eq!(
+            config.history.journal_directory.as_deref(),
+            Some(Path::new("/run/log/journal"))
+        );
+        let off = Config::resolve(
+            FileConfig::default(),
+            Overrides {
+                no_journal_history: true,
+                ..Overrides::default()
+            },
+            "command line",
+        )
+        .expect("valid");
+        assert!(!off.history.journal);
+        for (text, expected) in [
+            ("[history]\njournal_directory = \"\"\n", "must not be empty"),
+            ("[history]\njournal = \"yes\"\n", "line 2"),
+            ("[history]\njournl = true\n", "unknown field"),
         ] {
             let message = resolve(text).expect_err(text).to_string();
             assert!(message.contains(expected), "{text:?}: {message}");

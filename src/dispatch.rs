@@ -148,6 +148,8 @@ impl Dispatcher<'_> {
                 return;
             }
             prometheus::register_unit(&t.unit, t.source);
+            // Journal history may have given the unit a window before its series existed.
+            show_window(self.detector, &t.unit, t.source);
             self.units.insert(
                 t.unit.clone(),
                 UnitBook {
@@ -214,8 +216,34 @@ impl Dispatcher<'_> {
     }
 }
 
+/// Sets a unit's `crashlooping` and `restarts_in_window` gauges from what the detector holds,
+/// for a unit whose window was rebuilt from journal history rather than heard: registering its
+/// series sets them to zero. Nothing is counted. A unit the detector holds nothing about is left
+/// alone.
+pub(crate) fn show_window(detector: &Detector, unit: &str, source: SourceKind) {
+    let restarts_in_window = detector.restarts_in_window(unit);
+    if restarts_in_window > 0 {
+        prometheus::record(&Event::Window {
+            unit: unit.to_owned(),
+            source,
+            restarts_in_window,
+        });
+    }
+    if detector.is_looping(unit) {
+        // A loop event would also count a loop in crashloops_total, which history must not; the
+        // label is escaped as the Prometheus sink escapes it (backslashes doubled), so this is
+        // the series register_unit created.
+        metrics::gauge!(
+            "crashwatch_unit_crashlooping",
+            "unit" => unit.replace('\\', "\\\\"),
+            "source" => source.as_str()
+        )
+        .set(1.0);
+    }
+}
+
 /// What a transition tells the detector.
-fn observation(t: &Transition) -> Option<Observation> {
+pub(crate) fn observation(t: &Transition) -> Option<Observation> {
     if t.gave_up {
         return Some(Observation::GaveUp);
     }

@@ -11,6 +11,7 @@ pub mod dispatch;
 pub mod event;
 pub mod glob;
 pub(crate) mod internal_events;
+pub mod journal;
 pub mod notify;
 pub mod sink;
 pub mod source;
@@ -144,13 +145,17 @@ pub async fn run(
     };
     let (tx, rx) = mpsc::channel(TRANSITION_QUEUE);
     let mut tasks = tokio::task::JoinSet::new();
+    let mut history = journal::History::default();
     match kind {
         event::SourceKind::Systemd => {
+            // Taken before the snapshot: journal entries from here on are the snapshot's.
+            let snapshot_at = source::bus::now_micros();
             let source = SystemdSource::connect(SystemdSettings {
                 filter: config.filter.clone(),
                 max_backoff: std::time::Duration::from_secs(30),
             })
             .await?;
+            history = journal::history(&config, snapshot_at).await;
             ready(source.watched_units());
             tasks.spawn(source.run(tx, shutdown.child_token()));
         }
@@ -177,11 +182,12 @@ pub async fn run(
             shutdown.child_token(),
         ));
     }
-    let detector = Detector::new(config.policy, config.overrides.clone());
+    let mut detector = Detector::new(config.policy, config.overrides.clone());
     let limits = dispatch::Limits {
         max_units: config.max_units,
         fold_instances: config.fold_instances,
     };
+    journal::seed(&mut detector, &history, limits);
     dispatch::run(rx, detector, sinks, limits, shutdown.clone()).await;
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}

@@ -9,7 +9,7 @@ use std::str::FromStr;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-use crashwatch::cli::{Cli, Command, RunArgs, UpstartHookArgs};
+use crashwatch::cli::{Cli, Command, ReplayArgs, RunArgs, UpstartHookArgs};
 use crashwatch::config::{Config, FileConfig, Overrides};
 use crashwatch::notify::Notifier;
 
@@ -35,6 +35,97 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => check_config(&file),
         Command::Run(args) => run(args),
         Command::UpstartHook(args) => upstart_hook(args),
+        Command::Replay(args) => replay(args),
+    }
+}
+
+/// `crashwatch replay`: the detector over a journal export, loops printed as a table or JSON
+/// lines. Finding loops is not a failure; only unreadable input (exit 2) or output (exit 1) are.
+fn replay(args: ReplayArgs) -> ExitCode {
+    use std::io::{BufRead, BufReader, Write};
+
+    let (file, origin) = match &args.config {
+        Some(path) => match Config::load(path) {
+            Ok(file) => (file, path.display().to_string()),
+            Err(e) => {
+                eprintln!("crashwatch: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => (FileConfig::default(), "command line".to_owned()),
+    };
+    let overrides = Overrides {
+        threshold: args.threshold,
+        window: args.window,
+        include: args.include,
+        exclude: args.exclude,
+        ..Overrides::default()
+    };
+    let config = match Config::resolve(file, overrides, &origin) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("crashwatch: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (input, name): (Box<dyn BufRead>, String) = if args.file == "-" {
+        (
+            Box::new(std::io::stdin().lock()),
+            "standard input".to_owned(),
+        )
+    } else {
+        match std::fs::File::open(&args.file) {
+            Ok(f) => (Box::new(BufReader::new(f)), args.file.clone()),
+            Err(e) => {
+                eprintln!("crashwatch: cannot read {}: {e}", args.file);
+                return ExitCode::from(2);
+            }
+        }
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut written: std::io::Result<()> = Ok(());
+    let report = crashwatch::journal::replay(input, &config, |event| {
+        if args.json && written.is_ok() {
+            let event = crashwatch::event::Event::Loop(event.clone());
+            written = writeln!(out, "{}", crashwatch::sink::events::to_json(&event));
+        }
+    });
+    let report = match report {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("crashwatch: cannot read {name}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if report.malformed > 0 {
+        let (lines, were) = match report.malformed {
+            1 => ("line", "was"),
+            _ => ("lines", "were"),
+        };
+        eprintln!(
+            "crashwatch: skipped {} {lines} of {name} that {were} not journal entries",
+            report.malformed
+        );
+    }
+    if written.is_ok() && !args.json {
+        written = if report.loops.is_empty() {
+            writeln!(
+                out,
+                "No crash loops in {} lifecycle messages.",
+                report.lifecycle_messages
+            )
+        } else {
+            out.write_all(crashwatch::journal::loop_table(&report.loops).as_bytes())
+        };
+    }
+    match written.and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        // A reader that went away (`| head`) has what it wanted.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("crashwatch: writing the output: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -98,6 +189,7 @@ fn run(args: RunArgs) -> ExitCode {
         source: args.source,
         upstart_address: args.upstart_address,
         upstart_hook_socket: args.upstart_hook_socket,
+        no_journal_history: args.no_journal_history,
     };
     let config = match Config::resolve(file, overrides, &origin) {
         Ok(config) => config,

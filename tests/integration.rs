@@ -20,6 +20,8 @@ mod end_to_end;
 mod exposition;
 #[path = "integration/harness_selftest.rs"]
 mod harness_selftest;
+#[path = "integration/journal.rs"]
+mod journal;
 #[path = "integration/packaging.rs"]
 mod packaging;
 #[path = "integration/reliability.rs"]

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
+pub mod journal;
 pub mod servers;
 pub mod upstart;
 
@@ -305,12 +306,18 @@ pub struct Sandbox {
 
 impl Sandbox {
     pub fn start() -> Result<Sandbox, String> {
+        Sandbox::start_with_env(&[])
+    }
+
+    /// [`Sandbox::start`] with extra environment for the script (its knobs, e.g. SDTEST_JOURNAL).
+    pub fn start_with_env(env: &[(&str, &str)]) -> Result<Sandbox, String> {
         sweep_orphaned_sandboxes();
         let dir = TempDir::new(SANDBOX_TAG);
         let out = Command::new("bash")
             .arg(sandbox_script())
             .arg("start")
             .env("SDTEST_DIR", dir.path())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .output()
             .map_err(|e| format!("running {}: {e}", sandbox_script().display()))?;

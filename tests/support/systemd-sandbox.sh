@@ -24,7 +24,13 @@
 #
 # Knobs (env): SDTEST_DIR (instance dir, required to be unique per instance),
 #              SDTEST_TIMEOUT (startup seconds, default 30), SDTEST_LOGLEVEL (systemd, default info),
-#              SYSTEMD (path of the systemd binary, default /lib/systemd/systemd).
+#              SYSTEMD (path of the systemd binary, default /lib/systemd/systemd),
+#              SDTEST_JOURNAL=1 (also run systemd-journald, see below).
+#
+# With SDTEST_JOURNAL=1 the host's systemd-journald.service and its two sockets join the boot, PID 1
+# logs to the journal, and journald keeps it in memory only (Storage=volatile, 64M): the journal
+# is $SDTEST_DIR/run/log/journal/<machine-id>, for `journalctl --directory=$SDTEST_DIR/run/log/journal`
+# on the host. journald forwards to the console, so systemd.log still has the whole log.
 # Needs root with CAP_SYS_ADMIN and a cgroup2 hierarchy (unified or hybrid host).
 # Nothing is mounted in the host mount namespace. Host-visible artefacts: $SDTEST_DIR and the
 # cgroup directories named cwtest-<basename of SDTEST_DIR>; `stop` removes the cgroups and the run
@@ -93,6 +99,21 @@ EOF
   # Debian's dbus.service lowers its OOM score; that needs CAP_SYS_RESOURCE games we do not want.
   mkdir -p "$UNITS/dbus.service.d"
   printf '[Service]\nOOMScoreAdjust=0\n' >"$UNITS/dbus.service.d/sandbox.conf"
+  if [ "${SDTEST_JOURNAL:-0}" = 1 ]; then
+    local j
+    for j in systemd-journald.service systemd-journald.socket systemd-journald-dev-log.socket; do
+      [ -f "$src/$j" ] || { log "$src/$j not found (install the systemd package)"; return 1; }
+      cp "$src/$j" "$UNITS/"
+    done
+    # The audit socket is left out: its Wants= from the service then points at nothing, harmlessly.
+    printf 'Wants=systemd-journald.socket systemd-journald-dev-log.socket systemd-journald.service\n' \
+      >>"$UNITS/sandbox.target"
+    # A drop-in in the sandbox's own /run: read after the host's /etc/systemd/journald.conf, and
+    # last among drop-ins by its name.
+    mkdir -p "$RUN/systemd/journald.conf.d"
+    printf '[Journal]\nStorage=volatile\nRuntimeMaxUse=64M\nForwardToConsole=yes\nTTYPath=/dev/console\nForwardToSyslog=no\nForwardToWall=no\n' \
+      >"$RUN/systemd/journald.conf.d/zz-sandbox.conf"
+  fi
 }
 
 # ---------------------------------------------------------------- inside script(1): join cgroups, unshare
@@ -142,11 +163,17 @@ inner() {
   fi
   # Private /run backed by a host directory, so host-side clients reach the bus socket.
   mount --bind "$RUN" /run
+  local log_target=console
+  if [ "${SDTEST_JOURNAL:-0}" = 1 ]; then
+    log_target=journal-or-kmsg
+    # Never the host's persistent journal, whatever the configuration says.
+    if [ -d /var/log/journal ]; then mount -t tmpfs -o mode=755,size=1m sandbox-journal /var/log/journal; fi
+  fi
   hostname sandbox
   exec env -i container=crashwatch-test TERM=dumb PATH=/usr/sbin:/usr/bin:/sbin:/bin \
     SYSTEMD_UNIT_PATH="/run/systemd/system.control:/run/systemd/transient:/run/systemd/system:$UNITS" \
     setpriv --bounding-set -sys_module,-sys_time,-sys_rawio,-wake_alarm,-mac_admin,-mac_override \
-    "$SYSTEMD" --system --unit=sandbox.target --log-target=console --log-level="${SDTEST_LOGLEVEL:-info}" \
+    "$SYSTEMD" --system --unit=sandbox.target --log-target="$log_target" --log-level="${SDTEST_LOGLEVEL:-info}" \
     --show-status=no --log-color=no \
     --default-standard-output=null --default-standard-error=null
 }
