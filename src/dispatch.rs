@@ -253,7 +253,11 @@ pub(crate) fn observation(t: &Transition) -> Option<Observation> {
     match t.kind {
         TransitionKind::Restart => Some(Observation::Restart),
         TransitionKind::Started => Some(Observation::Up),
-        TransitionKind::Stopped if !t.inferred => Some(Observation::Stopped),
+        // A failure that is no crash is a stop someone asked for that ended badly (a stop job
+        // attached when the process failed): to the detector, as much a stop as a clean one.
+        TransitionKind::Stopped | TransitionKind::Failed if !t.inferred => {
+            Some(Observation::Stopped)
+        }
         _ => None,
     }
 }
@@ -261,6 +265,26 @@ pub(crate) fn observation(t: &Transition) -> Option<Observation> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stop_that_ends_in_failure_ends_the_loop() {
+        use crate::event::UnitState;
+        let failed = Transition::new(
+            "u.service",
+            SourceKind::Systemd,
+            1,
+            TransitionKind::Failed,
+            UnitState::new("deactivating", "stop-sigterm"),
+            UnitState::new("failed", "failed"),
+        );
+        assert_eq!(observation(&failed), Some(Observation::Stopped));
+        let mut crashed = failed.clone();
+        crashed.crash = Some("exit-code".to_owned());
+        assert_eq!(observation(&crashed), Some(Observation::Crashed));
+        let mut gave_up = failed;
+        gave_up.gave_up = true;
+        assert_eq!(observation(&gave_up), Some(Observation::GaveUp));
+    }
 
     #[test]
     fn instances_fold_into_their_template() {

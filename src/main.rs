@@ -198,13 +198,14 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let handle = match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
-        Ok(handle) => handle,
-        Err(e) => {
-            eprintln!("crashwatch: cannot install the metrics recorder: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    // Installed inside ChangeTracking, so a scrape with nothing new reuses the last rendering.
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let tracked = crashwatch::sink::prometheus::ChangeTracking::new(recorder);
+    if let Err(e) = metrics::set_global_recorder(tracked) {
+        eprintln!("crashwatch: cannot install the metrics recorder: {e}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -170,7 +170,7 @@ pub fn to_json(event: &Event) -> Value {
 }
 
 /// Writes every event as a line to `out` until the queue closes, then flushes.
-pub fn run(mut out: EventsWriter, events: Receiver<Event>) {
+pub fn run(mut out: EventsWriter, events: Receiver<Box<Event>>) {
     loop {
         let event = match events.try_recv() {
             Ok(event) => event,
@@ -254,12 +254,12 @@ mod reopen_tests {
             ),
             restarts: 0,
         };
-        tx.send(event()).expect("send");
+        tx.send(Box::new(event())).expect("send");
         assert!(wait_for(
             || std::fs::read_to_string(&path).is_ok_and(|t| t.lines().count() == 1)
         ));
         std::fs::remove_file(&path).expect("deleting the record");
-        tx.send(event()).expect("send");
+        tx.send(Box::new(event())).expect("send");
         drop(tx);
         writer.join().expect("writer thread");
         let text = std::fs::read_to_string(&path).expect("the record is back");

@@ -4,6 +4,9 @@
 //! through the `metrics` facade, which never blocks. StatsD and the event record do I/O, so each
 //! runs on a thread of its own behind a bounded queue: the detector hands an event over with a
 //! `try_send` and a sink that is slow or dead costs a counted drop, never a stalled event path.
+//! Queued events are boxed: a bounded std channel allocates (and touches) all of its slots up
+//! front, and 16,384 inline events of ~270 bytes were 4.4 MB of resident memory per sink before
+//! anything happened; boxed they are 16 bytes a slot.
 
 pub mod events;
 pub mod prometheus;
@@ -21,7 +24,7 @@ pub const QUEUE_CAPACITY: usize = 16_384;
 /// The sending side of a sink that runs on its own thread.
 pub struct ThreadedSink {
     name: &'static str,
-    queue: Option<SyncSender<Event>>,
+    queue: Option<SyncSender<Box<Event>>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -29,7 +32,7 @@ impl ThreadedSink {
     /// Starts `body` on a thread named after the sink; it receives events until the queue closes.
     pub fn spawn(
         name: &'static str,
-        body: impl FnOnce(Receiver<Event>) + Send + 'static,
+        body: impl FnOnce(Receiver<Box<Event>>) + Send + 'static,
     ) -> std::io::Result<ThreadedSink> {
         let (queue, events) = sync_channel(QUEUE_CAPACITY);
         let thread = std::thread::Builder::new()
@@ -45,7 +48,7 @@ impl ThreadedSink {
     /// Hands an event over without waiting; a full queue drops it and counts the drop.
     pub fn send(&self, event: &Event) {
         let Some(queue) = &self.queue else { return };
-        match queue.try_send(event.clone()) {
+        match queue.try_send(Box::new(event.clone())) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => SinkDropped {
                 sink: self.name,

@@ -8,12 +8,21 @@
 //! GET requests, bounds how long a client may take to send its request or to read the answer, and
 //! caps connections, so a scraper that connects and never reads costs a counted error, not a
 //! stuck task.
+//!
+//! Rendering is the whole cost of a scrape (no D-Bus traffic), and the exporter spends about
+//! 14,000 instructions per series on it: tens of milliseconds at 1,000 units. Between two scrapes
+//! a quiet node changes nothing, so the daemon installs [`ChangeTracking`] around the recorder and
+//! a scrape that finds no metric changed since the last rendering serves that rendering again.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use metrics::{counter, describe_counter, describe_gauge, gauge, Unit};
+use metrics::{
+    counter, describe_counter, describe_gauge, gauge, Counter, CounterFn, Gauge, GaugeFn,
+    Histogram, HistogramFn, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -217,6 +226,7 @@ pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
 /// Serves `/metrics` (and a small index at `/`) until `shutdown` is cancelled.
 pub async fn serve(listener: TcpListener, handle: PrometheusHandle, shutdown: CancellationToken) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let handle = Exposition::new(handle);
     loop {
         let permit = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -244,7 +254,7 @@ pub async fn serve(listener: TcpListener, handle: PrometheusHandle, shutdown: Ca
     }
 }
 
-async fn answer(mut stream: TcpStream, handle: &PrometheusHandle) -> Result<(), String> {
+async fn answer(mut stream: TcpStream, handle: &Exposition) -> Result<(), String> {
     let head = tokio::time::timeout(CLIENT_TIMEOUT, read_head(&mut stream))
         .await
         .map_err(|_| "request not received in time".to_owned())??;
@@ -263,20 +273,14 @@ async fn answer(mut stream: TcpStream, handle: &PrometheusHandle) -> Result<(), 
             "200 OK",
             "text/html; charset=utf-8",
             "<html><head><title>crashwatch</title></head><body><h1>crashwatch</h1>\
-             <p><a href=\"/metrics\">Metrics</a></p></body></html>\n"
-                .to_owned(),
+             <p><a href=\"/metrics\">Metrics</a></p></body></html>\n",
             method == "HEAD",
         ),
-        ("GET" | "HEAD", _) => response(
-            "404 Not Found",
-            "text/plain",
-            "not found\n".to_owned(),
-            false,
-        ),
+        ("GET" | "HEAD", _) => response("404 Not Found", "text/plain", "not found\n", false),
         _ => response(
             "405 Method Not Allowed",
             "text/plain",
-            "method not allowed\n".to_owned(),
+            "method not allowed\n",
             false,
         ),
     };
@@ -310,7 +314,8 @@ async fn read_head(stream: &mut TcpStream) -> Result<String, String> {
     }
 }
 
-fn response(status: &str, content_type: &str, body: String, head_only: bool) -> Vec<u8> {
+fn response(status: &str, content_type: &str, body: impl AsRef<str>, head_only: bool) -> Vec<u8> {
+    let body = body.as_ref();
     let mut out = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
@@ -321,6 +326,165 @@ fn response(status: &str, content_type: &str, body: String, head_only: bool) -> 
     }
     out
 }
+
+/// Moves on every metric update made through [`ChangeTracking`].
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+/// Whether a [`ChangeTracking`] exists; without one nothing moves [`GENERATION`], so every scrape
+/// renders afresh.
+static TRACKING: AtomicBool = AtomicBool::new(false);
+
+fn changed() {
+    // Release after the update: a renderer that reads the new generation sees the new value.
+    GENERATION.fetch_add(1, Ordering::Release);
+}
+
+/// A recorder layer that notes every metric update, so `/metrics` is rendered again only when
+/// something changed. Wrap the recorder whose handle is served, and install the wrapper
+/// globally; an embedder that does not gets a fresh rendering on every scrape, as before.
+pub struct ChangeTracking<R>(R);
+
+impl<R> ChangeTracking<R> {
+    /// Wraps `recorder` and turns on the reuse of renderings.
+    pub fn new(recorder: R) -> ChangeTracking<R> {
+        TRACKING.store(true, Ordering::Release);
+        ChangeTracking(recorder)
+    }
+}
+
+/// A metric handle that reports its updates. Every handle the recorder gives out is wrapped, so
+/// one that a caller keeps and updates later is noticed too.
+struct Tracked<H>(H);
+
+impl CounterFn for Tracked<Counter> {
+    fn increment(&self, value: u64) {
+        self.0.increment(value);
+        changed();
+    }
+
+    fn absolute(&self, value: u64) {
+        self.0.absolute(value);
+        changed();
+    }
+}
+
+impl GaugeFn for Tracked<Gauge> {
+    fn increment(&self, value: f64) {
+        self.0.increment(value);
+        changed();
+    }
+
+    fn decrement(&self, value: f64) {
+        self.0.decrement(value);
+        changed();
+    }
+
+    fn set(&self, value: f64) {
+        self.0.set(value);
+        changed();
+    }
+}
+
+impl HistogramFn for Tracked<Histogram> {
+    fn record(&self, value: f64) {
+        self.0.record(value);
+        changed();
+    }
+}
+
+impl<R: Recorder> Recorder for ChangeTracking<R> {
+    fn describe_counter(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.0.describe_counter(key, unit, description);
+        changed();
+    }
+
+    fn describe_gauge(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.0.describe_gauge(key, unit, description);
+        changed();
+    }
+
+    fn describe_histogram(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.0.describe_histogram(key, unit, description);
+        changed();
+    }
+
+    // Registering creates the series (at zero) in the exporter: that is a change too.
+    fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
+        let counter = self.0.register_counter(key, metadata);
+        changed();
+        Counter::from_arc(Arc::new(Tracked(counter)))
+    }
+
+    fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
+        let gauge = self.0.register_gauge(key, metadata);
+        changed();
+        Gauge::from_arc(Arc::new(Tracked(gauge)))
+    }
+
+    fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
+        let histogram = self.0.register_histogram(key, metadata);
+        changed();
+        Histogram::from_arc(Arc::new(Tracked(histogram)))
+    }
+}
+
+/// A rendering of the exposition and the [`GENERATION`] it was made at.
+type Rendering = (u64, Arc<str>);
+
+/// The exposition text, rendered again only when a metric changed since the last rendering.
+#[derive(Clone)]
+struct Exposition {
+    handle: PrometheusHandle,
+    last: Arc<Mutex<Option<Rendering>>>,
+}
+
+impl Exposition {
+    fn new(handle: PrometheusHandle) -> Exposition {
+        Exposition {
+            handle,
+            last: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Shared rather than copied for each scrape: at 10,000 units the text is 6 MB.
+    fn render(&self) -> Arc<str> {
+        if !TRACKING.load(Ordering::Acquire) {
+            return Arc::from(self.handle.render());
+        }
+        // Read before rendering: an update racing with the rendering moves the generation past
+        // this one, so the next scrape renders again.
+        let generation = GENERATION.load(Ordering::Acquire);
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((rendered, text)) = last.as_ref() {
+            if *rendered == generation {
+                return text.clone();
+            }
+        }
+        let text: Arc<str> = Arc::from(self.handle.render());
+        *last = Some((generation, Arc::clone(&text)));
+        release_free_memory();
+        text
+    }
+}
+
+/// Hands the heap pages a rendering freed back to the kernel. The exporter builds a copy of
+/// every series to render them (about 6 MB at 1,000 units, for 650 kB of text), and glibc keeps
+/// freed memory below the heap's top: without this, resident memory grows by the peak of one
+/// rendering and stays there. It costs well under a millisecond, once per changed scrape.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn release_free_memory() {
+    extern "C" {
+        // glibc's, linked into every gnu target already; declared here rather than adding libc.
+        fn malloc_trim(pad: usize) -> i32;
+    }
+    // SAFETY: malloc_trim takes no pointers and only releases free pages; any thread may call it.
+    unsafe {
+        malloc_trim(0);
+    }
+}
+
+/// Other C libraries return freed memory on their own terms.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_free_memory() {}
 
 #[cfg(test)]
 mod tests {
@@ -345,6 +509,21 @@ mod tests {
         assert!(text.contains(r#"unit="q\"uote\\\"d.service""#), "{text}");
         assert!(text.contains(r#"unit="new\nline""#), "{text}");
         assert!(text.contains(r#"unit="tail\\""#), "{text}");
+    }
+
+    #[test]
+    fn a_rendering_is_reused_until_a_metric_changes() {
+        let recorder = ChangeTracking::new(
+            metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder(),
+        );
+        let exposition = Exposition::new(recorder.0.handle());
+        metrics::with_local_recorder(&recorder, || counter!("t_total").increment(1));
+        assert!(exposition.render().contains("t_total 1"));
+        // Bypassing the tracking shows the reuse: the rendering is not redone.
+        metrics::with_local_recorder(&recorder.0, || counter!("t_total").increment(1));
+        assert!(exposition.render().contains("t_total 1"));
+        metrics::with_local_recorder(&recorder, || counter!("t_total").increment(1));
+        assert!(exposition.render().contains("t_total 3"));
     }
 
     #[test]

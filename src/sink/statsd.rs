@@ -112,7 +112,7 @@ pub fn stats(event: &Event) -> Vec<Stat> {
 }
 
 /// Sends every event's updates to `client`, one datagram per event, until the queue closes.
-pub fn run(client: statsd::Client, events: Receiver<Event>) {
+pub fn run(client: statsd::Client, events: Receiver<Box<Event>>) {
     for event in events {
         let mut pipeline = client.pipeline();
         for stat in stats(&event) {

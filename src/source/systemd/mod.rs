@@ -341,8 +341,11 @@ impl SystemdSource {
             self.snapshot_positions.remove(&name);
         }
         let body = msg.body();
-        let Ok((iface, changed, _invalidated)) = body
-            .deserialize::<(&str, HashMap<&str, Variant<'_>>, Vec<&str>)>()
+        let Ok(props::PropertiesChanged {
+            interface: iface,
+            changed,
+        }) = body
+            .deserialize::<props::PropertiesChanged<'_>>()
             .map_err(|e| {
                 SignalDecodeError {
                     source: SOURCE,

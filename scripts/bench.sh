@@ -1,0 +1,611 @@
+#!/usr/bin/env bash
+# Benchmarks crashwatch side by side with node_exporter's systemd collector and with the bus
+# itself, on a real systemd, and writes the results as Markdown to stdout and BENCHMARKS.md.
+#
+#   sudo scripts/bench.sh            # the full run, about 5 minutes on 2 cores once built
+#   sudo scripts/bench.sh --quick    # fewer runs and sizes, no cargo bench: about 2 minutes
+#   (a first release build from a fresh clone adds about 5 minutes on 2 cores)
+#   options: --runs N (repetitions of each timed figure), --no-micro (skip cargo bench),
+#            --out FILE (instead of BENCHMARKS.md); CW_BENCH_KEEP=1 keeps the work directory
+#            (logs, event record, raw figures) for a post-mortem
+#
+# Everything runs in one go so that the ratios compare figures taken on the same machine within
+# minutes of each other: on a shared machine absolute figures move by ±20% from one run to the
+# next, ratios much less. Each figure is repeated and reported as the median with the spread
+# (min..max) of the repetitions.
+#
+# What it starts, all stopped and removed on exit:
+#   - a real systemd 252 as PID 1 of fresh namespaces with its own system bus
+#     (tests/support/systemd-sandbox.sh, the integration tests' harness), running up to 3,000
+#     `sleep infinity` services and 7,000 process-less oneshot services;
+#   - crashwatch (release build) and prometheus-node-exporter on that bus, each on a free port;
+#   - for the throughput figures, a private dbus-daemon and a fake systemd (examples/benchtool.rs)
+#     sending systemd-shaped PropertiesChanged signals.
+# Measurements are made by examples/benchtool.rs (HTTP timing, /proc accounting, StatsD arrival
+# stamps) so that no figure depends on the resolution of a shell's clock.
+#
+# Needs root (namespaces, cgroups, nsenter). On Debian/Ubuntu it installs what is missing:
+# prometheus-node-exporter, dbus, systemd, util-linux, bsdutils. Network use is loopback only.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+
+QUICK=0 RUNS="" MICRO=1 OUT=$ROOT/BENCHMARKS.md
+while [ $# -gt 0 ]; do
+  case $1 in
+    --quick) QUICK=1 ;;
+    --runs) RUNS=$2; shift ;;
+    --no-micro) MICRO=0 ;;
+    --out) OUT=$2; shift ;;
+    -h | --help) sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "scripts/bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+if [ "$QUICK" = 1 ]; then
+  : "${RUNS:=3}"
+  SIZES=(100 1000)
+  MISSED_RUNS=1 LOOPS=20 IDLE_S=5 CYCLES=15 TP_RUNS=$RUNS
+  MICRO=0
+else
+  : "${RUNS:=5}"
+  SIZES=(100 1000 3000)
+  # Loops: a p99 needs about 100 samples. Throughput runs: the bus rate moves most with the
+  # machine's other load, so it gets more pairs.
+  MISSED_RUNS=3 LOOPS=100 IDLE_S=10 CYCLES=30 TP_RUNS=$((RUNS * 2 - 1))
+fi
+FOOTPRINT_UNITS=10000 # RSS is also taken with this many units
+
+say() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
+die() {
+  printf 'scripts/bench.sh: %s\n' "$*" >&2
+  exit 1
+}
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
+T0=$SECONDS
+
+# ------------------------------------------------------------------------------------ prerequisites
+[ "$(id -u)" = 0 ] || die "needs root: it runs systemd in namespaces (see tests/support/systemd-sandbox.sh)"
+
+missing_packages() {
+  local pkgs=()
+  have prometheus-node-exporter || pkgs+=(prometheus-node-exporter)
+  { have dbus-daemon && have dbus-monitor && [ -f /lib/systemd/system/dbus.socket ]; } || pkgs+=(dbus)
+  { have busctl && have systemctl && [ -x /lib/systemd/systemd ]; } || pkgs+=(systemd)
+  { have unshare && have nsenter && have setpriv; } || pkgs+=(util-linux)
+  have script || pkgs+=(bsdutils)
+  echo "${pkgs[@]}"
+}
+read -r -a pkgs <<<"$(missing_packages)"
+if [ "${#pkgs[@]}" -gt 0 ]; then
+  have apt-get || die "missing ${pkgs[*]} and no apt-get to install them"
+  say "installing ${pkgs[*]}"
+  # Package scripts must not start the node_exporter daemon on machines that boot with systemd.
+  added_policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    added_policy=1
+  fi
+  rc=0
+  {
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}"
+  } >&2 || rc=$?
+  if [ -n "$added_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
+  [ "$rc" = 0 ] || die "apt-get install ${pkgs[*]} failed"
+fi
+NODE_EXPORTER=$(command -v prometheus-node-exporter)
+NE_VERSION=$("$NODE_EXPORTER" --version 2>&1 | head -1 | awk '{print $3}')
+SYSTEMD_VERSION=$(/lib/systemd/systemd --version | head -1 | awk '{print $2}')
+
+# ------------------------------------------------------------------------------------ build
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+locked=()
+if [ -f Cargo.lock ]; then locked=(--locked); fi
+say "building crashwatch and examples/benchtool (release)"
+cargo build --release "${locked[@]}" --bin crashwatch --example benchtool >&2
+CW_BIN=$CARGO_TARGET_DIR/release/crashwatch
+BT=$CARGO_TARGET_DIR/release/examples/benchtool
+
+# ------------------------------------------------------------------------------------ clean-up
+WORK=$(mktemp -d /tmp/cw-bench.XXXXXX)
+PIDS=()
+SDTEST_DIR=""
+cleanup() {
+  local p
+  set +e
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
+  sleep 0.3
+  for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null; done
+  wait 2>/dev/null
+  if [ -n "$SDTEST_DIR" ]; then
+    SDTEST_DIR=$SDTEST_DIR bash "$ROOT/tests/support/systemd-sandbox.sh" stop >/dev/null 2>&1
+  fi
+  if [ -n "${CW_BENCH_KEEP:-}" ]; then
+    echo "scripts/bench.sh: kept $WORK" >&2
+  else
+    rm -rf "$WORK"
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Stops one process started here and forgets it.
+stop_pid() {
+  local pid=$1 p keep=()
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
+  PIDS=("${keep[@]}")
+}
+
+# ------------------------------------------------------------------------------------ helpers
+# Retries "$@" every 0.1 s until it succeeds or $1 seconds pass.
+wait_until() {
+  local end=$((SECONDS + $1))
+  shift
+  until "$@"; do
+    [ "$SECONDS" -lt "$end" ] || return 1
+    sleep 0.1
+  done
+}
+# Whether file $2 (which may not exist yet) contains $1.
+has() { grep -q "$1" "$2" 2>/dev/null; }
+# The value of key $1 in a `key=value key=value` line on stdin.
+kv() { tr ' ' '\n' | sed -n "s/^$1=//p" | head -1; }
+# Median, min and max of the numbers on stdin.
+stats() { sort -g | awk '{a[NR]=$1} END {if (NR == 0) {print "nan nan nan"; exit}; m = (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2; print m, a[1], a[NR]}'; }
+num() { LC_ALL=C printf "%.${2:-2}f" "$1"; }
+# "median (min..max)" of the numbers on stdin, with $1 decimals.
+spread() {
+  local m lo hi
+  read -r m lo hi < <(stats)
+  echo "$(num "$m" "$1") ($(num "$lo" "$1")..$(num "$hi" "$1"))"
+}
+median() { stats | awk '{print $1}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "inf"; else printf "%.0f", a / b }'; }
+
+REPORT=$WORK/report.md
+md() { printf '%s\n' "$*" >>"$REPORT"; }
+
+# ------------------------------------------------------------------------------------ sandbox
+say "starting a sandboxed systemd"
+SDTEST_DIR=$WORK/cwbench-$$ # its basename names the sandbox's cgroups, so it must be unique
+# No journald in the sandbox: it would add its own work to systemd's on every change.
+env_out=$(SDTEST_DIR=$SDTEST_DIR SDTEST_JOURNAL=0 bash "$ROOT/tests/support/systemd-sandbox.sh" start 2>"$WORK/sandbox.err") ||
+  die "the systemd sandbox did not start: $(cat "$WORK/sandbox.err")"
+ADDR=$(sed -n 's/^DBUS_SYSTEM_BUS_ADDRESS=//p' <<<"$env_out")
+PID1=$(sed -n 's/^SDTEST_PID1=//p' <<<"$env_out")
+UNIT_DIR=$(sed -n 's/^SDTEST_UNIT_DIR=//p' <<<"$env_out")
+SD_RUN=$SDTEST_DIR/run # /run inside the sandbox
+
+sd() { nsenter -t "$PID1" -p -m -- timeout 300 systemctl "$@"; }
+prop() { sd show -p "$2" --value "$1"; }
+reload() {
+  busctl --address="$ADDR" call org.freedesktop.systemd1 /org/freedesktop/systemd1 \
+    org.freedesktop.systemd1.Manager Reload >/dev/null
+}
+
+mkdir -p "$SD_RUN/cwbench"
+# A service that fails its first N runs and then stays up: a crash loop that ends by itself, so
+# systemd's NRestarts is known exactly.
+cat >"$SD_RUN/cwbench/fail-first.sh" <<'EOF'
+#!/bin/sh
+f=/run/cwbench/$1.count
+n=$(cat "$f" 2>/dev/null || echo 0)
+echo $((n + 1)) >"$f"
+[ "$n" -ge "$2" ] && exec sleep infinity
+exit 1
+EOF
+chmod 755 "$SD_RUN/cwbench/fail-first.sh"
+printf '[Unit]\nDescription=bench load %%i\n[Service]\nExecStart=/bin/sleep infinity\n' >"$UNIT_DIR/bench@.service"
+# No process at all: a oneshot that stays active, for the 10,000-unit footprint.
+printf '[Unit]\nDescription=idle %%i\n[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStop=/bin/true\n' >"$UNIT_DIR/idle@.service"
+printf '[Unit]\nDescription=crash loop %%i for detection latency\nStartLimitIntervalSec=0\n[Service]\nExecStart=/bin/false\nRestart=always\nRestartSec=100ms\n' >"$UNIT_DIR/latency@.service"
+for r in $(seq "$MISSED_RUNS"); do
+  printf '[Unit]\nStartLimitIntervalSec=0\n[Service]\nExecStart=/bin/sh /run/cwbench/fail-first.sh %%n 10\nRestart=on-failure\nRestartSec=100ms\n' >"$UNIT_DIR/auto-$r.service"
+  printf '[Unit]\nStartLimitIntervalSec=0\n[Service]\nExecStart=/bin/sh /run/cwbench/fail-first.sh %%n 3\nRestart=on-failure\nRestartSec=100ms\n' >"$UNIT_DIR/flap-$r.service"
+  # Manual starts count against the start limit too; 10 in a few seconds would hit it.
+  printf '[Unit]\nStartLimitIntervalSec=0\n[Service]\nExecStart=/bin/false\n' >"$UNIT_DIR/ext-$r.service"
+done
+reload
+SD_DBUS=$(ps -o pid=,comm= --ppid "$PID1" | awk '$2 == "dbus-daemon" {print $1; exit}')
+[ -n "$SD_DBUS" ] || die "no dbus-daemon in the sandbox"
+
+# ------------------------------------------------------------------------------------ daemons
+"$BT" statsd-listen --out "$WORK/statsd.log" >"$WORK/statsd.port" &
+PIDS+=($!)
+wait_until 10 has port= "$WORK/statsd.port" || die "the StatsD listener did not start"
+STATSD_PORT=$(kv port <"$WORK/statsd.port")
+
+CW_PORT=$("$BT" free-port)
+DBUS_SYSTEM_BUS_ADDRESS=$ADDR "$CW_BIN" run --listen "127.0.0.1:$CW_PORT" \
+  --statsd "127.0.0.1:$STATSD_PORT" --events "$WORK/events.jsonl" --max-units 12000 \
+  2>"$WORK/crashwatch.log" &
+CWP=$!
+PIDS+=("$CWP")
+CW_URL=http://127.0.0.1:$CW_PORT/metrics
+wait_until 20 has Watching "$WORK/crashwatch.log" || die "crashwatch did not start: $(cat "$WORK/crashwatch.log")"
+
+NE_PORT=$("$BT" free-port)
+DBUS_SYSTEM_BUS_ADDRESS=$ADDR "$NODE_EXPORTER" --web.listen-address="127.0.0.1:$NE_PORT" \
+  --collector.disable-defaults --collector.systemd --collector.systemd.enable-restarts-metrics \
+  >"$WORK/node_exporter.log" 2>&1 &
+NEP=$!
+PIDS+=("$NEP")
+NE_URL=http://127.0.0.1:$NE_PORT/metrics
+wait_until 20 "$BT" metric --url "$NE_URL" --name node_systemd_system_running >/dev/null 2>&1 ||
+  die "node_exporter did not start: $(cat "$WORK/node_exporter.log")"
+
+cwm() { "$BT" metric --url "$CW_URL" "$@"; }
+nem() { "$BT" metric --url "$NE_URL" "$@"; }
+
+# ------------------------------------------------------------------------------------ footprint, idle
+say "idle: CPU, wake-ups and RSS over ${IDLE_S} s with nothing happening"
+sleep 2
+"$BT" proc --pids "$CWP,$NEP" --seconds "$IDLE_S" >"$WORK/idle0.txt"
+CW_IDLE=$(grep "pid=$CWP " "$WORK/idle0.txt")
+NE_IDLE=$(grep "pid=$NEP " "$WORK/idle0.txt")
+RSS0=$(kv rss_kib <<<"$CW_IDLE")
+
+# ------------------------------------------------------------------------------------ missed restarts
+say "missed restarts: $MISSED_RUNS run(s) of three scenarios"
+settled() { # unit, NRestarts wanted: the loop has ended and the unit is up
+  [ "$(prop "$1" NRestarts)" = "$2" ] && [ "$(prop "$1" SubState)" = running ]
+}
+is_failed() { [ "$(prop "$1" ActiveState)" = failed ]; }
+cw_restarts() { cwm --name crashwatch_unit_restarts_total --label "unit=$1"; }
+ne_restarts() { nem --name node_systemd_service_restart_total --label "name=$1"; }
+declare -A TRUTH CWC NEC
+for s in auto ext flap; do TRUTH[$s]=0 CWC[$s]=0 NEC[$s]=0; done
+add() { # scenario truth cw_before cw_after ne_before ne_after
+  TRUTH[$1]=$((TRUTH[$1] + $2))
+  CWC[$1]=$(awk -v a="${CWC[$1]}" -v b="$3" -v c="$4" 'BEGIN {print a + c - b}')
+  NEC[$1]=$(awk -v a="${NEC[$1]}" -v b="$5" -v c="$6" 'BEGIN {print a + c - b}')
+}
+for r in $(seq "$MISSED_RUNS"); do
+  # 1. Restart= loop: systemd restarts the unit 10 times, then it stays up.
+  u=auto-$r.service
+  nb=$(ne_restarts "$u") cb=$(cw_restarts "$u")
+  sd start --no-block "$u"
+  wait_until 60 settled "$u" 10 || die "$u did not settle: NRestarts $(prop "$u" NRestarts)"
+  sleep 0.5
+  add auto "$(prop "$u" NRestarts)" "$cb" "$(cw_restarts "$u")" "$nb" "$(ne_restarts "$u")"
+  # 2. Driven from outside: Restart=no, started again by hand each time it fails, 10 starts.
+  u=ext-$r.service
+  nb=$(ne_restarts "$u") cb=$(cw_restarts "$u")
+  for i in $(seq 10); do
+    sd start "$u" || true # the start job may already see the exit
+    wait_until 20 is_failed "$u" || die "$u did not fail"
+  done
+  sleep 0.5
+  # Every start after the first followed a failure: 9 restarts (systemd's NRestarts stays 0).
+  add ext 9 "$cb" "$(cw_restarts "$u")" "$nb" "$(ne_restarts "$u")"
+  # 3. A loop that starts and ends between two scrapes: 3 automatic restarts, then up, then
+  # stopped (and unloaded by systemd) before the next scrape.
+  u=flap-$r.service
+  nb=$(ne_restarts "$u") cb=$(cw_restarts "$u")
+  sd start --no-block "$u"
+  wait_until 60 settled "$u" 3 || die "$u did not settle"
+  truth=$(prop "$u" NRestarts)
+  sd stop "$u"
+  sleep 0.5
+  add flap "$truth" "$cb" "$(cw_restarts "$u")" "$nb" "$(ne_restarts "$u")"
+done
+
+# ------------------------------------------------------------------------------------ detection latency
+say "detection latency: $LOOPS crash loops"
+# One unit per loop, so every loop starts from a clean slate whatever the previous stop left.
+flagged() { grep -qF "unit.latency_$1_service.crashlooping:1|g" "$WORK/statsd.log"; }
+# A subscriber next to crashwatch stamps when systemd's signals reach the bus's clients, to split
+# each latency into systemd and the bus, then crashwatch.
+"$BT" stamp --address "$ADDR" --units latency@ --out "$WORK/stamps.txt" >"$WORK/stamp.out" &
+STAMP=$!
+PIDS+=("$STAMP")
+wait_until 10 has ready "$WORK/stamp.out" || die "the stamping subscriber did not start"
+for i in $(seq "$LOOPS"); do
+  sd start --no-block "latency@$i.service"
+  wait_until 30 flagged "$i" || die "the loop of latency@$i.service was not flagged"
+  sd stop "latency@$i.service"
+done
+sleep 1
+stop_pid "$STAMP"
+"$BT" latency --events "$WORK/events.jsonl" --statsd "$WORK/statsd.log" --stamps "$WORK/stamps.txt" \
+  --units latency@ >"$WORK/latency.txt"
+
+# ------------------------------------------------------------------------------------ scrapes
+declare -A SCR
+prev=0
+for n in "${SIZES[@]}"; do
+  say "scrapes at $n running units: starting units"
+  seq -f 'bench@%g.service' $((prev + 1)) "$n" |
+    xargs -n 500 nsenter -t "$PID1" -p -m -- timeout 300 systemctl start
+  prev=$n
+  cw_units() { [ "$(cwm --name crashwatch_unit_active --label-prefix unit=bench@ --series)" -ge "$1" ]; }
+  wait_until 120 cw_units "$n" || die "crashwatch did not hear $n starts"
+  sleep 1
+  say "scrapes at $n running units: $RUNS runs"
+  if [ "$n" -ge 3000 ]; then ne_count=2; elif [ "$n" -ge 1000 ]; then ne_count=3; else ne_count=10; fi
+  for run in $(seq "$RUNS"); do
+    # Alternate who goes first, so a drift in the machine's load does not favour one side.
+    order=(cw cwc ne)
+    if [ $((run % 2)) = 0 ]; then order=(ne cwc cw); fi
+    for who in "${order[@]}"; do
+      case $who in
+        cw) "$BT" scrape --url "$CW_URL" --count 50 --pids "$CWP,$SD_DBUS,$PID1" ;;
+        cwc) "$BT" scrape --url "$CW_URL" --count 10 --pids "$CWP,$SD_DBUS,$PID1" --poke ;;
+        ne) "$BT" scrape --url "$NE_URL" --count "$ne_count" --pids "$NEP,$SD_DBUS,$PID1" ;;
+      esac >>"$WORK/scrape-$n-$who.txt"
+    done
+  done
+  # D-Bus messages per scrape, in a separate pass: the monitor itself costs dbus-daemon time.
+  dbus-monitor --address "$ADDR" --profile >"$WORK/monitor-$n.txt" 2>/dev/null &
+  MON=$!
+  PIDS+=("$MON")
+  wait_until 10 test -s "$WORK/monitor-$n.txt"
+  sleep 0.5
+  l0=$(wc -l <"$WORK/monitor-$n.txt")
+  "$BT" scrape --url "$CW_URL" --count 10 --pids "$CWP" --poke >/dev/null # 11 GETs with the warm-up
+  sleep 0.5
+  l1=$(wc -l <"$WORK/monitor-$n.txt")
+  "$BT" scrape --url "$NE_URL" --count 1 --pids "$NEP" >/dev/null # 2 GETs
+  sleep 0.5
+  l2=$(wc -l <"$WORK/monitor-$n.txt")
+  stop_pid "$MON"
+  SCR[$n,cw_msgs]=$(awk -v a="$l0" -v b="$l1" 'BEGIN {printf "%.1f", (b - a) / 11}')
+  SCR[$n,ne_msgs]=$(awk -v a="$l1" -v b="$l2" 'BEGIN {printf "%.0f", (b - a) / 2}')
+  SCR[$n,cw_rss]=$("$BT" proc --pids "$CWP" --seconds 0 | kv rss_kib)
+  SCR[$n,ne_rss]=$("$BT" proc --pids "$NEP" --seconds 0 | kv rss_kib)
+done
+
+# ------------------------------------------------------------------------------------ footprint at 10,000
+have_units=${SIZES[-1]}
+say "footprint at $FOOTPRINT_UNITS units: starting $((FOOTPRINT_UNITS - have_units)) more"
+seq -f 'idle@%g.service' 1 $((FOOTPRINT_UNITS - have_units)) |
+  xargs -n 500 nsenter -t "$PID1" -p -m -- timeout 300 systemctl start
+all_units() {
+  local a b
+  a=$(cwm --name crashwatch_unit_active --label-prefix unit=bench@ --series)
+  b=$(cwm --name crashwatch_unit_active --label-prefix unit=idle@ --series)
+  [ $((a + b)) -ge "$FOOTPRINT_UNITS" ]
+}
+wait_until 300 all_units || die "crashwatch did not hear $FOOTPRINT_UNITS units"
+sleep 2
+"$BT" proc --pids "$CWP" --seconds "$IDLE_S" >"$WORK/idle10k.txt"
+RSS10K=$(kv rss_kib <"$WORK/idle10k.txt")
+CW_BYTES_10K=$("$BT" scrape --url "$CW_URL" --count 1 --pids "$CWP" | kv bytes)
+DROPPED_A=$(cwm --name crashwatch_sink_events_dropped_total)
+
+stop_pid "$NEP"
+stop_pid "$CWP"
+SDTEST_DIR=$SDTEST_DIR bash "$ROOT/tests/support/systemd-sandbox.sh" stop >/dev/null 2>&1 || true
+SDTEST_DIR=""
+
+# ------------------------------------------------------------------------------------ throughput
+say "throughput: $TP_RUNS runs of $CYCLES crash-restart cycles of 100 units through a private bus"
+BUS=$WORK/bus.sock
+cat >"$WORK/bus.conf" <<EOF
+<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path=$BUS</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_type="method_return"/>
+    <allow send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="signal"/>
+    <allow receive_type="error"/>
+  </policy>
+</busconfig>
+EOF
+dbus-daemon --config-file="$WORK/bus.conf" --nofork >"$WORK/dbus.log" 2>&1 &
+PIDS+=($!)
+PADDR=unix:path=$BUS
+wait_until 10 test -S "$BUS" || die "the private dbus-daemon did not start"
+"$BT" fake-systemd --address "$PADDR" --units 100 >"$WORK/fake.out" 2>&1 &
+PIDS+=($!)
+wait_until 10 has ready "$WORK/fake.out" || die "the fake systemd did not start: $(cat "$WORK/fake.out")"
+SENT=$((CYCLES * 100 * 14))
+HOLE_PORT=$("$BT" free-port) # StatsD with nobody listening: datagrams are built and sent
+
+tp_subscriber() {
+  "$BT" subscribe --address "$PADDR" --count "$SENT" >"$WORK/sub.out" &
+  local sp=$!
+  PIDS+=("$sp")
+  wait_until 10 has ready "$WORK/sub.out"
+  "$BT" blast --address "$PADDR" --cycles "$CYCLES" >"$WORK/blast.out"
+  wait "$sp" || true
+  local start sent recv last c0 c1
+  start=$(kv start_us <"$WORK/blast.out") sent=$(kv sent <"$WORK/blast.out")
+  recv=$(tail -1 "$WORK/sub.out" | kv received) last=$(tail -1 "$WORK/sub.out" | kv last_us)
+  c0=$(head -1 "$WORK/sub.out" | kv cpu_ms) c1=$(tail -1 "$WORK/sub.out" | kv cpu_ms)
+  echo "rate=$(awk -v n="$recv" -v a="$start" -v b="$last" 'BEGIN {printf "%.0f", n / ((b - a) / 1e6)}') lost=$((sent - recv)) cpu_us=$(awk -v c0="$c0" -v c1="$c1" -v n="$recv" 'BEGIN {printf "%.2f", (c1 - c0) * 1e3 / n}')"
+}
+tp_crashwatch() { # extra crashwatch flags
+  local port log cp
+  port=$("$BT" free-port)
+  log=$WORK/tp-crashwatch.log
+  DBUS_SYSTEM_BUS_ADDRESS=$PADDR "$CW_BIN" run --listen "127.0.0.1:$port" "$@" 2>"$log" &
+  cp=$!
+  PIDS+=("$cp")
+  wait_until 20 has Watching "$log" || die "crashwatch did not start on the private bus: $(cat "$log")"
+  "$BT" blast --address "$PADDR" --cycles "$CYCLES" --metrics "127.0.0.1:$port" --pid "$cp" >"$WORK/blast.out"
+  stop_pid "$cp"
+  local start sent handled done lost dropped cpu tr etr
+  start=$(kv start_us <"$WORK/blast.out") sent=$(kv sent <"$WORK/blast.out")
+  handled=$(kv handled <"$WORK/blast.out") done=$(kv done_us <"$WORK/blast.out")
+  dropped=$(kv dropped <"$WORK/blast.out") cpu=$(kv cpu_ms <"$WORK/blast.out")
+  tr=$(kv transitions <"$WORK/blast.out") etr=$(kv expected_transitions <"$WORK/blast.out")
+  lost=$(awk -v s="$sent" -v h="$handled" 'BEGIN {print s - h}')
+  if [ "$done" = 0 ]; then
+    echo "rate=0 lost=$lost dropped=$dropped cpu_us=nan transitions=$tr/$etr"
+  else
+    echo "rate=$(awk -v n="$handled" -v a="$start" -v b="$done" 'BEGIN {printf "%.0f", n / ((b - a) / 1e6)}') lost=$lost dropped=$dropped cpu_us=$(awk -v c="$cpu" -v n="$handled" 'BEGIN {printf "%.2f", c * 1e3 / n}') transitions=$tr/$etr"
+  fi
+}
+for run in $(seq "$TP_RUNS"); do
+  order=(sub cw cwall)
+  if [ $((run % 2)) = 0 ]; then order=(cwall cw sub); fi
+  for who in "${order[@]}"; do
+    case $who in
+      sub) tp_subscriber ;;
+      cw) tp_crashwatch ;;
+      cwall) tp_crashwatch --statsd "127.0.0.1:$HOLE_PORT" --events "$WORK/tp-events.jsonl" ;;
+    esac >>"$WORK/tp-$who.txt"
+    rm -f "$WORK/tp-events.jsonl"
+  done
+done
+
+# ------------------------------------------------------------------------------------ in process
+if [ "$MICRO" = 1 ]; then
+  say "in-process benches (cargo bench)"
+  cargo bench "${locked[@]}" --bench detect --bench systemd --bench render 2>/dev/null |
+    grep -E '^(detector|pipeline|signal|tracker|source|render)/' >"$WORK/micro.txt" || true
+fi
+
+# ------------------------------------------------------------------------------------ report
+col() { awk -v k="$1" '{for (i = 1; i <= NF; i++) if (index($i, k "=") == 1) print substr($i, length(k) + 2)}' "$2"; }
+scr() { col "$1" "$WORK/scrape-$2-$3.txt" | spread "${4:-2}"; }
+scrm() { col "$1" "$WORK/scrape-$2-$3.txt" | median; }
+
+md "# crashwatch benchmarks"
+md ""
+md "Written by \`scripts/bench.sh$([ "$QUICK" = 1 ] && echo " --quick")\` on $(date -u +%F) ($(nproc) cores, $(uname -r), systemd $SYSTEMD_VERSION in a sandbox, node_exporter $NE_VERSION, $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo "crashwatch $($CW_BIN --version 2>/dev/null | awk '{print $2}')")). Figures are medians over $RUNS runs ($TP_RUNS for throughput) with the spread (min..max) in brackets; every ratio compares figures taken in this same run."
+md ""
+md "## Scrapes"
+md ""
+md "| units | exporter | latency ms | CPU ms/scrape | D-Bus msgs/scrape | bytes | RSS MiB |"
+md "| ---: | --- | ---: | ---: | ---: | ---: | ---: |"
+for n in "${SIZES[@]}"; do
+  md "| $n | node_exporter | $(scr lat_median_ms "$n" ne 1) | $(scr cpu_ms "$n" ne 1) | ${SCR[$n,ne_msgs]} | $(scrm bytes "$n" ne) | $(num "$(awk -v k="${SCR[$n,ne_rss]}" 'BEGIN {print k / 1024}')" 1) |"
+  md "| $n | crashwatch, after a change | $(scr lat_median_ms "$n" cwc 2) | $(scr cpu_ms "$n" cwc 2) | ${SCR[$n,cw_msgs]} | $(scrm bytes "$n" cwc) | $(num "$(awk -v k="${SCR[$n,cw_rss]}" 'BEGIN {print k / 1024}')" 1) |"
+  md "| $n | crashwatch, unchanged | $(scr lat_median_ms "$n" cw 3) | $(scr cpu_ms "$n" cw 3) | ${SCR[$n,cw_msgs]} | $(scrm bytes "$n" cw) | |"
+done
+md ""
+md "| units | node_exporter / crashwatch: latency | CPU | (unchanged: latency | CPU) |"
+md "| ---: | ---: | ---: | ---: | ---: |"
+for n in "${SIZES[@]}"; do
+  md "| $n | $(ratio "$(scrm lat_median_ms "$n" ne)" "$(scrm lat_median_ms "$n" cwc)")× | $(ratio "$(scrm cpu_ms "$n" ne)" "$(scrm cpu_ms "$n" cwc)")× | $(ratio "$(scrm lat_median_ms "$n" ne)" "$(scrm lat_median_ms "$n" cw)")× | $(ratio "$(scrm cpu_ms "$n" ne)" "$(scrm cpu_ms "$n" cw)")× |"
+done
+md ""
+md "How: \`N\` instances of \`bench@.service\` (\`ExecStart=/bin/sleep infinity\`) running in the sandbox, started while both exporters ran, so crashwatch holds the series of every unit. Each run times sequential HTTP GETs of \`/metrics\` (plain HTTP/1.1, no compression, one connection each; 50 for crashwatch unchanged, 10 after a change, $([ "${#SIZES[@]}" -gt 2 ] && echo "10/3/2" || echo "10/3") for node_exporter) after one untimed GET. *Latency* is the median GET time as the client sees it. *CPU* is on-CPU time per GET of the exporter **plus the sandbox's dbus-daemon and systemd**, from \`/proc/<pid>/task/*/schedstat\` before and after (nanosecond resolution; utime+stime agree to within their 10 ms ticks). *After a change*: before each GET a connection is opened and closed unused, which crashwatch counts in \`crashwatch_errors_total\`, so \`/metrics\` has changed since the previous GET and is rendered afresh; *unchanged*: nothing happened since the previous GET, as on a quiet node between two Prometheus scrapes. *D-Bus messages* are counted with \`dbus-monitor --profile\` on the sandbox bus during separate GETs. node_exporter runs with \`--collector.disable-defaults --collector.systemd --collector.systemd.enable-restarts-metrics\`."
+md ""
+
+md "## Missed restarts"
+md ""
+md "| scenario | systemd's truth | crashwatch counted | node_exporter counted |"
+md "| --- | ---: | ---: | ---: |"
+md "| \`Restart=on-failure\` loop: 10 automatic restarts, then up | ${TRUTH[auto]} | ${CWC[auto]} | ${NEC[auto]} |"
+md "| driven from outside: \`Restart=no\`, 10 manual starts each after a failure | ${TRUTH[ext]} | ${CWC[ext]} | ${NEC[ext]} |"
+md "| loop between two scrapes: 3 automatic restarts, up, stopped | ${TRUTH[flap]} | ${CWC[flap]} | ${NEC[flap]} |"
+md ""
+md "How: summed over $MISSED_RUNS run(s) with fresh units each. Truth is systemd's \`NRestarts\` read while the unit is still loaded, except for the outside-driven loop, whose restarts are the 9 starts of each run made while the unit was \`failed\` (systemd's own \`NRestarts\` stays 0 there). Counted is the increase of \`crashwatch_unit_restarts_total{unit}\` and of node_exporter's \`node_systemd_service_restart_total{name}\` between a scrape before and a scrape after the scenario; a series that is absent reads 0. The third unit is stopped before the second scrape and systemd unloads it, so node_exporter never lists it."
+md ""
+
+md "## Detection latency"
+md ""
+md "| from | to | p50 ms | p99 ms | max ms | samples |"
+md "| --- | --- | ---: | ---: | ---: | ---: |"
+lat_row() {
+  local line
+  line=$(grep "^$1 " "$WORK/latency.txt")
+  md "| $2 | $3 | $(num "$(kv p50_ms <<<"$line")" 2) | $(num "$(kv p99_ms <<<"$line")" 2) | $(num "$(kv max_ms <<<"$line")" 2) | $(kv n <<<"$line") |"
+}
+lat_row crash_to_crash_datagram "crash (\`ExecMainExitTimestamp\`)" "its StatsD \`crashes\` datagram received"
+lat_row crash_to_bus "… of which: crash" "systemd's signal received by a bus client"
+lat_row bus_to_crash_datagram "… and: signal received" "datagram received (crashwatch's share)"
+lat_row restart_to_flag_datagram "the restart that completes the loop (its \`InactiveExitTimestamp\`)" "StatsD \`crashlooping:1\` received"
+lat_row restart_to_bus "… of which: restart" "systemd's signal received by a bus client"
+lat_row bus_to_flag_datagram "… and: signal received" "datagram received (crashwatch's share)"
+lat_row crash_to_flag_datagram "the last crash before the loop is flagged" "StatsD \`crashlooping:1\` received"
+if grep -q mismatch "$WORK/latency.txt"; then md "Warning: $(grep mismatch "$WORK/latency.txt")"; fi
+md ""
+md "How: $LOOPS times, an instance of \`latency@.service\` (\`ExecStart=/bin/false\`, \`Restart=always\`, \`RestartSec=100ms\`) is started, crashwatch flags the loop at its third restart (default threshold), and the unit is stopped. crashwatch sends StatsD to a UDP listener on 127.0.0.1 that stamps each datagram on arrival (\`CLOCK_REALTIME\`, the clock systemd's timestamps use); datagrams are paired in order with the crash and \`crashloop_started\` records of the event record, whose \`timestamp_us\` are systemd's own times. The gauge on \`/metrics\` is set just before the datagram is handed to the StatsD thread, so the datagram's arrival bounds the gauge's change from above. The split rows come from a second subscriber on the same bus that stamps the arrival of the unit's \`PropertiesChanged\` signals carrying the same systemd timestamp: before it is systemd (reaping, forking, queueing its signals) and dbus-daemon, after it crashwatch and its StatsD thread. The last row includes systemd's own \`RestartSec\` wait (100 ms plus timer slack) between that crash and the restart that completes the loop: no watcher can flag a loop before the restart that makes it one."
+md ""
+
+md "## Throughput"
+md ""
+md "| receiver | signals/s | of the bare subscriber | lost | CPU µs/signal |"
+md "| --- | ---: | ---: | ---: | ---: |"
+tpm() { col rate "$WORK/tp-$1.txt" | median; }
+lost_sum() { col lost "$WORK/tp-$1.txt" | awk '{s += $1} END {print s + 0}'; }
+sub_rate=$(tpm sub)
+md "| bare zbus subscriber (the bus ceiling) | $(col rate "$WORK/tp-sub.txt" | spread 0) | 100% | $(lost_sum sub) | $(col cpu_us "$WORK/tp-sub.txt" | spread 1) |"
+for who in cw cwall; do
+  label="crashwatch (Prometheus only)"
+  if [ "$who" = cwall ]; then label="crashwatch with StatsD and the event record"; fi
+  pct=$(paste -d' ' <(col rate "$WORK/tp-$who.txt") <(col rate "$WORK/tp-sub.txt") | awk '{printf "%.1f\n", 100 * $1 / $2}' | spread 1)
+  md "| $label | $(col rate "$WORK/tp-$who.txt" | spread 0) | $pct% | $(lost_sum "$who") (dropped and resynced: $(col dropped "$WORK/tp-$who.txt" | awk '{s += $1} END {print s + 0}')) | $(col cpu_us "$WORK/tp-$who.txt" | spread 1) |"
+done
+md ""
+md "How: a private dbus-daemon (system-bus limits), a fake systemd that owns \`org.freedesktop.systemd1\` and answers crashwatch's start-up calls (examples/benchtool.rs), and one receiver at a time. In each of $TP_RUNS runs the fake systemd sends $CYCLES crash-restart cycles of 100 services, $SENT \`PropertiesChanged\` signals of 1.06 kB on average, shaped like systemd 252's (full property sets, seven Service+Unit pairs per cycle, duplicates included), as fast as the bus takes them; the percentage compares with the bare subscriber of the same run. The bare subscriber adds crashwatch's match rule and decodes every body as crashwatch does; its rate is signals received over the time from the first send to the last arrival. crashwatch's rate is \`crashwatch_events_total\` over the time from the first send to the moment its CPU time stops moving (polled from /proc every millisecond, then confirmed on /metrics: every signal counted and all $((CYCLES * 100 * 4)) transitions and $((CYCLES * 100)) restarts expected are there). *Lost* is sent minus received or handled. *CPU* is the receiver's on-CPU time per signal."
+md ""
+
+md "## Footprint"
+md ""
+md "| | crashwatch | node_exporter |"
+md "| --- | ---: | ---: |"
+md "| RSS, 0 units (after start-up) | $(num "$(awk -v k="$RSS0" 'BEGIN {print k / 1024}')" 1) MiB | $(num "$(awk -v k="$(kv rss_kib <<<"$NE_IDLE")" 'BEGIN {print k / 1024}')" 1) MiB |"
+for n in "${SIZES[@]}"; do
+  md "| RSS, $n units | $(num "$(awk -v k="${SCR[$n,cw_rss]}" 'BEGIN {print k / 1024}')" 1) MiB | $(num "$(awk -v k="${SCR[$n,ne_rss]}" 'BEGIN {print k / 1024}')" 1) MiB |"
+done
+md "| RSS, $FOOTPRINT_UNITS units | $(num "$(awk -v k="$RSS10K" 'BEGIN {print k / 1024}')" 1) MiB ($((CW_BYTES_10K / 1024)) KiB of /metrics) | |"
+md "| CPU while idle | $(kv cpu_ms_per_s <<<"$CW_IDLE") ms/s | $(kv cpu_ms_per_s <<<"$NE_IDLE") ms/s |"
+md "| wake-ups while idle | $(kv wakeups_per_s <<<"$CW_IDLE")/s | $(kv wakeups_per_s <<<"$NE_IDLE")/s |"
+md "| wake-ups while idle, $FOOTPRINT_UNITS units | $(kv wakeups_per_s <"$WORK/idle10k.txt")/s | |"
+md ""
+md "How: RSS is \`VmRSS\` from /proc/<pid>/status: at start-up before any unit changed, after the scrapes at each size (crashwatch then holds the series of every running unit), and with $FOOTPRINT_UNITS units (the sleep services plus process-less oneshot services, \`--max-units 12000\`). Idle CPU and wake-ups are taken over ${IDLE_S} s with nothing happening in the sandbox, right after start-up: on-CPU time from schedstat and context switches (voluntary plus involuntary, all threads) from /proc/<pid>/task/*/status; an idle thread blocked in the kernel switches only when woken. crashwatch ran with StatsD and the event record on (their threads count). Sink events dropped during the whole run: ${DROPPED_A:-0}."
+md ""
+
+if [ "$MICRO" = 1 ] && [ -s "$WORK/micro.txt" ]; then
+  md "## In process (cargo bench)"
+  md ""
+  md "\`cargo bench --bench detect --bench systemd --bench render\`: median time per operation over 7 runs [min .. max], operations per second on one core, allocations and bytes allocated per operation (a counting global allocator)."
+  md ""
+  md '```'
+  cat "$WORK/micro.txt" >>"$REPORT"
+  md '```'
+  md ""
+fi
+
+md "## Targets"
+md ""
+cw1k_cpu=$(scrm cpu_ms 1000 cwc) ne1k_cpu=$(scrm cpu_ms 1000 ne)
+cw1k_lat=$(scrm lat_median_ms 1000 cwc) ne1k_lat=$(scrm lat_median_ms 1000 ne)
+cw1ku_cpu=$(scrm cpu_ms 1000 cw) cw1ku_lat=$(scrm lat_median_ms 1000 cw)
+tp_pct=$(paste -d' ' <(col rate "$WORK/tp-cw.txt") <(col rate "$WORK/tp-sub.txt") | awk '{print 100 * $1 / $2}' | median)
+p99=$(grep '^restart_to_flag_datagram ' "$WORK/latency.txt" | kv p99_ms)
+p99_own=$(grep '^bus_to_flag_datagram ' "$WORK/latency.txt" | kv p99_ms)
+p99_bus=$(grep '^restart_to_bus ' "$WORK/latency.txt" | kv p99_ms)
+missed=$(( (TRUTH[auto] - ${CWC[auto]%.*}) + (TRUTH[ext] - ${CWC[ext]%.*}) + (TRUTH[flap] - ${CWC[flap]%.*}) ))
+rss1k=$(awk -v k="${SCR[1000,cw_rss]}" 'BEGIN {printf "%.1f", k / 1024}')
+wake=$(kv wakeups_per_s <<<"$CW_IDLE")
+verdict() { if awk "BEGIN {exit !($1)}"; then echo met; else echo "**not met**"; fi; }
+md "| target | result | |"
+md "| --- | --- | --- |"
+md "| scrape CPU at 1,000 units ≥100× lower than node_exporter's | $(ratio "$ne1k_cpu" "$cw1k_cpu")× after a change, $(ratio "$ne1k_cpu" "$cw1ku_cpu")× unchanged | unchanged: $(verdict "$ne1k_cpu >= 100 * $cw1ku_cpu"); after a change: $(verdict "$ne1k_cpu >= 100 * $cw1k_cpu") |"
+md "| scrape latency at 1,000 units ≥100× lower | $(ratio "$ne1k_lat" "$cw1k_lat")× after a change, $(ratio "$ne1k_lat" "$cw1ku_lat")× unchanged | unchanged: $(verdict "$ne1k_lat >= 100 * $cw1ku_lat"); after a change: $(verdict "$ne1k_lat >= 100 * $cw1k_lat") |"
+md "| 0 D-Bus messages per scrape | ${SCR[1000,cw_msgs]} | $(verdict "${SCR[1000,cw_msgs]} == 0") |"
+md "| throughput ≥90% of the bare subscriber, 0 lost | $(num "$tp_pct" 1)%, $(lost_sum cw) lost | $(verdict "$tp_pct >= 90 && $(lost_sum cw) == 0") |"
+md "| detection latency p99 < 5 ms (restart completing the loop → \`crashlooping:1\` received) | $(num "$p99" 2) ms in all, of which crashwatch $(num "$p99_own" 2) ms and systemd with the bus $(num "$p99_bus" 2) ms | $(verdict "$p99 < 5"); crashwatch's share: $(verdict "$p99_own < 5") |"
+md "| 0 missed restarts | $missed | $(verdict "$missed == 0") |"
+md "| RSS ≤ 15 MiB at 1,000 units | $rss1k MiB | $(verdict "$rss1k <= 15") |"
+md "| 0 wake-ups/s idle | $wake | $(verdict "$wake == 0") |"
+md ""
+md "Run time: $(((SECONDS - T0) / 60)) min $(((SECONDS - T0) % 60)) s including the build. Reproduce with \`sudo scripts/bench.sh\` (\`--quick\` for a shorter run)."
+
+cat "$REPORT"
+cp "$REPORT" "$OUT"
+say "done in $((SECONDS - T0)) s; written to $OUT"
