@@ -29,6 +29,8 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/lib/apt.sh
+source scripts/lib/apt.sh
 ROOT=$PWD
 
 QUICK=0 RUNS="" MICRO=1 OUT=$ROOT/BENCHMARKS.md
@@ -82,20 +84,7 @@ read -r -a pkgs <<<"$(missing_packages)"
 if [ "${#pkgs[@]}" -gt 0 ]; then
   have apt-get || die "missing ${pkgs[*]} and no apt-get to install them"
   say "installing ${pkgs[*]}"
-  # Package scripts must not start the node_exporter daemon on machines that boot with systemd.
-  added_policy=""
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-    chmod 755 /usr/sbin/policy-rc.d
-    added_policy=1
-  fi
-  rc=0
-  {
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}"
-  } >&2 || rc=$?
-  if [ -n "$added_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
-  [ "$rc" = 0 ] || die "apt-get install ${pkgs[*]} failed"
+  apt_install_quietly "${pkgs[@]}" || die "apt-get install ${pkgs[*]} failed"
 fi
 NODE_EXPORTER=$(command -v prometheus-node-exporter)
 NE_VERSION=$("$NODE_EXPORTER" --version 2>&1 | head -1 | awk '{print $3}')

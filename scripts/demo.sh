@@ -34,6 +34,8 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/lib/apt.sh
+source "$REPO/scripts/lib/apt.sh"
 SANDBOX_SCRIPT=$REPO/tests/support/systemd-sandbox.sh
 RULES=$REPO/alerts/crashwatch.rules.yml
 
@@ -121,21 +123,7 @@ read -r -a pkgs <<<"$(missing_packages)"
 if [ "${#pkgs[@]}" -gt 0 ]; then
   have apt-get || die "missing ${pkgs[*]} (install them, then run the demo again)"
   say "Installing ${pkgs[*]} with apt-get"
-  # The packages ship system services; the demo runs its own instances on other ports. A
-  # policy-rc.d that denies service starts keeps apt from starting them (unless the machine has
-  # a policy of its own).
-  policy=/usr/sbin/policy-rc.d added_policy=""
-  if [ ! -e "$policy" ]; then
-    printf '#!/bin/sh\nexit 101\n' >"$policy"
-    chmod 755 "$policy"
-    added_policy=1
-  fi
-  rc=0
-  DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" ||
-    rc=$?
-  if [ -n "$added_policy" ]; then rm -f "$policy"; fi
-  [ "$rc" = 0 ] || die "apt-get install ${pkgs[*]} failed"
+  apt_install_quietly "${pkgs[@]}" || die "apt-get install ${pkgs[*]} failed"
 fi
 
 # ------------------------------------------------------------------------------------ crashwatch

@@ -19,6 +19,9 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# shellcheck source=scripts/lib/apt.sh
+source scripts/lib/apt.sh
+
 step() { printf '\n==> %s\n' "$*"; }
 note() { printf '    %s\n' "$*"; }
 die() {
@@ -60,28 +63,8 @@ install_packages() {
     note "cannot install them here (needs root and apt-get); the tests that need them will skip"
     return
   fi
-  # The prometheus and prometheus-alertmanager packages ship services; the tests start their own
-  # servers on loopback ports and want no system-wide instances. Keep package scripts from
-  # starting daemons on machines that boot with systemd (the usual policy-rc.d mechanism), unless
-  # the machine already has a policy of its own.
-  local policy=/usr/sbin/policy-rc.d added_policy=""
-  if [ ! -e "$policy" ]; then
-    printf '#!/bin/sh\nexit 101\n' >"$policy"
-    chmod 755 "$policy"
-    added_policy=1
-    trap 'rm -f /usr/sbin/policy-rc.d' EXIT # also if apt-get is interrupted
-  fi
   note "installing with apt-get: ${pkgs[*]}"
-  local rc=0
-  {
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}"
-  } || rc=$?
-  if [ -n "$added_policy" ]; then
-    rm -f "$policy"
-    trap - EXIT
-  fi
-  [ "$rc" = 0 ] || die "apt-get install ${pkgs[*]} failed"
+  apt_install_quietly "${pkgs[@]}" || die "apt-get install ${pkgs[*]} failed"
   read -r -a pkgs <<<"$(missing_packages)"
   [ "${#pkgs[@]}" -eq 0 ] || die "still missing after install: ${pkgs[*]}"
 }
