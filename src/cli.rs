@@ -63,6 +63,17 @@ pub struct ReplayArgs {
     #[arg(long, short = 'c', value_name = "FILE", env = "CRASHWATCH_CONFIG")]
     pub config: Option<PathBuf>,
 
+    #[command(flatten)]
+    pub detection: DetectionArgs,
+
+    /// Print each loop's start and end as a JSON line, as in the event record, instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What counts as a crash loop and which units are judged; shared by `run` and `replay`.
+#[derive(Debug, Args)]
+pub struct DetectionArgs {
     /// Restarts within the window that make a crash loop [default: 3].
     #[arg(long, value_name = "N")]
     pub threshold: Option<u32>,
@@ -71,17 +82,13 @@ pub struct ReplayArgs {
     #[arg(long, value_name = "DURATION")]
     pub window: Option<String>,
 
-    /// Only units matching this glob; repeatable; replaces the file's list [default: *.service].
+    /// Watch only units matching this glob; repeatable; replaces the file's list [default: *.service].
     #[arg(long, value_name = "GLOB")]
     pub include: Vec<String>,
 
-    /// Never units matching this glob; repeatable; added to the file's list.
+    /// Never watch units matching this glob; repeatable; added to the file's list.
     #[arg(long, value_name = "GLOB")]
     pub exclude: Vec<String>,
-
-    /// Print each loop's start and end as a JSON line, as in the event record, instead of a table.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// Options of `crashwatch upstart-hook`.
@@ -115,21 +122,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub events: Option<String>,
 
-    /// Restarts within the window that make a crash loop [default: 3].
-    #[arg(long, value_name = "N")]
-    pub threshold: Option<u32>,
-
-    /// The sliding window, e.g. 30s, 5m, 1h [default: 5m].
-    #[arg(long, value_name = "DURATION")]
-    pub window: Option<String>,
-
-    /// Watch only units matching this glob; repeatable; replaces the file's list [default: *.service].
-    #[arg(long, value_name = "GLOB")]
-    pub include: Vec<String>,
-
-    /// Never watch units matching this glob; repeatable; added to the file's list.
-    #[arg(long, value_name = "GLOB")]
-    pub exclude: Vec<String>,
+    #[command(flatten)]
+    pub detection: DetectionArgs,
 
     /// Most units with series of their own; the rest are counted in crashwatch_units_overflow_total [default: 10000].
     #[arg(long, value_name = "N")]

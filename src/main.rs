@@ -44,29 +44,16 @@ fn main() -> ExitCode {
 fn replay(args: ReplayArgs) -> ExitCode {
     use std::io::{BufRead, BufReader, Write};
 
-    let (file, origin) = match &args.config {
-        Some(path) => match Config::load(path) {
-            Ok(file) => (file, path.display().to_string()),
-            Err(e) => {
-                eprintln!("crashwatch: {e}");
-                return ExitCode::from(2);
-            }
-        },
-        None => (FileConfig::default(), "command line".to_owned()),
-    };
     let overrides = Overrides {
-        threshold: args.threshold,
-        window: args.window,
-        include: args.include,
-        exclude: args.exclude,
+        threshold: args.detection.threshold,
+        window: args.detection.window,
+        include: args.detection.include,
+        exclude: args.detection.exclude,
         ..Overrides::default()
     };
-    let config = match Config::resolve(file, overrides, &origin) {
+    let config = match resolve_config(args.config.as_deref(), overrides) {
         Ok(config) => config,
-        Err(e) => {
-            eprintln!("crashwatch: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let (input, name): (Box<dyn BufRead>, String) = if args.file == "-" {
         (
@@ -164,26 +151,35 @@ fn check_config(file: &Path) -> ExitCode {
     }
 }
 
-fn run(args: RunArgs) -> ExitCode {
-    let (file, origin) = match &args.config {
+/// Reads the configuration file, if any, and applies the command line over it. A bad file or
+/// value is one line on stderr and exit 2.
+fn resolve_config(path: Option<&Path>, overrides: Overrides) -> Result<Config, ExitCode> {
+    let (file, origin) = match path {
         Some(path) => match Config::load(path) {
             Ok(file) => (file, path.display().to_string()),
             Err(e) => {
                 eprintln!("crashwatch: {e}");
-                return ExitCode::from(2);
+                return Err(ExitCode::from(2));
             }
         },
         None => (FileConfig::default(), "command line".to_owned()),
     };
+    Config::resolve(file, overrides, &origin).map_err(|e| {
+        eprintln!("crashwatch: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn run(args: RunArgs) -> ExitCode {
     let overrides = Overrides {
         listen: args.listen,
         statsd: args.statsd,
         statsd_prefix: args.statsd_prefix,
         events: args.events,
-        threshold: args.threshold,
-        window: args.window,
-        include: args.include,
-        exclude: args.exclude,
+        threshold: args.detection.threshold,
+        window: args.detection.window,
+        include: args.detection.include,
+        exclude: args.detection.exclude,
         max_units: args.max_units,
         fold_instances: args.fold_instances,
         source: args.source,
@@ -191,12 +187,9 @@ fn run(args: RunArgs) -> ExitCode {
         upstart_hook_socket: args.upstart_hook_socket,
         no_journal_history: args.no_journal_history,
     };
-    let config = match Config::resolve(file, overrides, &origin) {
+    let config = match resolve_config(args.config.as_deref(), overrides) {
         Ok(config) => config,
-        Err(e) => {
-            eprintln!("crashwatch: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     // Installed inside ChangeTracking, so a scrape with nothing new reuses the last rendering.
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
