@@ -156,70 +156,13 @@ fn unreachable_bus_is_one_line_and_nonzero() {
     );
 }
 
-/// A bare dbus-daemon on a socket of our own, killed on drop.
-struct PlainBus {
-    child: Child,
-    _dir: TempDir,
-    address: String,
-}
-
-impl PlainBus {
-    fn start() -> PlainBus {
-        let dir = TempDir::new("cw-bus");
-        let socket = dir.path().join("bus");
-        let config = dir.path().join("bus.conf");
-        std::fs::write(
-            &config,
-            format!(
-                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>custom</type>
-  <listen>unix:path={}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>
-"#,
-                socket.display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("dbus-daemon")
-            .arg(format!("--config-file={}", config.display()))
-            .args(["--nofork", "--nopidfile"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawning dbus-daemon");
-        let ready = wait_until(Duration::from_secs(10), || socket.exists());
-        assert!(ready, "dbus-daemon did not create {}", socket.display());
-        PlainBus {
-            child,
-            address: format!("unix:path={}", socket.display()),
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for PlainBus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn bus_without_systemd_is_one_line_and_exit_1() {
     require_dbus_daemon!();
-    let bus = PlainBus::start();
+    let bus = PrivateBus::start();
     let child = Command::new(BIN)
         .args(["run", "--listen", &format!("127.0.0.1:{}", free_port())])
-        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+        .env("DBUS_SYSTEM_BUS_ADDRESS", bus.address())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -295,6 +295,70 @@ fn sweep_orphaned_sandboxes() {
     });
 }
 
+/// A dbus-daemon of our own on a socket in a temporary directory, killed on drop. Its policy
+/// lets anyone own any name, as a test bus should.
+pub struct PrivateBus {
+    child: Option<Child>,
+    address: String,
+    _dir: TempDir,
+}
+
+impl PrivateBus {
+    pub fn start() -> PrivateBus {
+        let dir = TempDir::new("cw-bus");
+        let socket = dir.path().join("bus");
+        let config = dir.path().join("bus.conf");
+        std::fs::write(
+            &config,
+            format!(
+                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>custom</type>
+  <listen>unix:path={}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>
+</busconfig>
+"#,
+                socket.display()
+            ),
+        )
+        .expect("writing the bus configuration");
+        let child = Command::new("dbus-daemon")
+            .arg(format!("--config-file={}", config.display()))
+            .args(["--nofork", "--nopidfile"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning dbus-daemon");
+        let ready = wait_until(Duration::from_secs(10), || socket.exists());
+        assert!(ready, "dbus-daemon did not create {}", socket.display());
+        PrivateBus {
+            child: Some(child),
+            address: format!("unix:path={}", socket.display()),
+            _dir: dir,
+        }
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+}
+
+impl Drop for PrivateBus {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// A real systemd (PID 1 of its own namespaces) with its own system bus. Stopped and removed on
 /// drop: no processes, cgroups or directories are left behind.
 pub struct Sandbox {

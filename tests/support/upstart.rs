@@ -27,7 +27,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::process::{Child, Command, Stdio};
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -37,7 +37,7 @@ use tokio::sync::mpsc;
 use zbus::message::Type as MessageType;
 use zbus::{Connection, Message, MessageStream, Variant};
 
-use super::{wait_until, TempDir};
+use super::PrivateBus;
 
 pub const UPSTART_NAME: &str = "com.ubuntu.Upstart";
 pub const MANAGER_PATH: &str = "/com/ubuntu/Upstart";
@@ -86,70 +86,6 @@ pub fn job_path(job: &str) -> String {
 /// The object path of an instance.
 pub fn instance_path(job: &str, instance: &str) -> String {
     format!("{}/{}", job_path(job), upstart_escape(instance))
-}
-
-/// A dbus-daemon of our own on a socket in a temporary directory, killed on drop. Its policy
-/// lets anyone own any name, as a test bus should.
-pub struct PrivateBus {
-    child: Option<Child>,
-    address: String,
-    _dir: TempDir,
-}
-
-impl PrivateBus {
-    pub fn start() -> PrivateBus {
-        let dir = TempDir::new("cw-upstart-bus");
-        let socket = dir.path().join("bus");
-        let config = dir.path().join("bus.conf");
-        std::fs::write(
-            &config,
-            format!(
-                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>custom</type>
-  <listen>unix:path={}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>
-"#,
-                socket.display()
-            ),
-        )
-        .expect("writing the bus configuration");
-        let child = Command::new("dbus-daemon")
-            .arg(format!("--config-file={}", config.display()))
-            .args(["--nofork", "--nopidfile"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawning dbus-daemon");
-        let ready = wait_until(Duration::from_secs(10), || socket.exists());
-        assert!(ready, "dbus-daemon did not create {}", socket.display());
-        PrivateBus {
-            child: Some(child),
-            address: format!("unix:path={}", socket.display()),
-            _dir: dir,
-        }
-    }
-
-    pub fn address(&self) -> &str {
-        &self.address
-    }
-}
-
-impl Drop for PrivateBus {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 /// One emulated instance.
