@@ -12,6 +12,25 @@ use crate::support::*;
 
 const CRASHY: &str = "crashy.service";
 
+/// A sandbox with the crashing unit written and kept loaded, so NRestarts stays readable.
+fn sandbox_with_crashy() -> Sandbox {
+    let sb = Sandbox::start().unwrap_or_else(|e| panic!("{e}"));
+    sb.write_unit(CRASHY, CRASHY_UNIT);
+    sb.pin_loaded(&[CRASHY]);
+    sb
+}
+
+/// Starts `units` and waits until crashwatch has counted `restarts` of the crashing one.
+fn start_loop(sb: &Sandbox, cw: &Crashwatch, units: &[&str], restarts: f64) {
+    let mut start = vec!["start"];
+    start.extend_from_slice(units);
+    sb.systemctl_ok(&start);
+    let seen = wait_until(Duration::from_secs(20), || {
+        cw.unit_metric("crashwatch_unit_restarts_total", CRASHY) >= restarts
+    });
+    assert!(seen, "no loop of {CRASHY} seen\n{}", cw.diag(CRASHY));
+}
+
 /// Makes the crashing unit stay up, then waits until it does, so NRestarts stops moving.
 fn fix_unit(sb: &Sandbox, unit: &str) {
     let dropins = sb.dir().join("units").join(format!("{unit}.d"));
@@ -51,18 +70,9 @@ fn assert_counts_match(sb: &Sandbox, cw: &Crashwatch, unit: &str) {
 #[test]
 fn bus_killed_mid_loop_loses_no_restart() {
     require_sandbox!();
-    let sb = Sandbox::start().unwrap_or_else(|e| panic!("{e}"));
-    sb.write_unit(CRASHY, CRASHY_UNIT);
-    sb.pin_loaded(&[CRASHY]);
+    let sb = sandbox_with_crashy();
     let cw = Crashwatch::spawn(&sb, &[]);
-    sb.systemctl_ok(&["start", CRASHY]);
-    assert!(
-        wait_until(Duration::from_secs(20), || {
-            cw.unit_metric("crashwatch_unit_restarts_total", CRASHY) >= 3.0
-        }),
-        "no loop seen before the bus was killed\n{}",
-        cw.diag(CRASHY)
-    );
+    start_loop(&sb, &cw, &[CRASHY], 3.0);
 
     // SIGKILL, so the bus cannot say goodbye; systemd keeps running units and counting.
     sb.systemctl_ok(&["kill", "--signal=SIGKILL", "dbus.service"]);
@@ -116,22 +126,14 @@ fn sb_restarts_while_down(sb: &Sandbox) -> u64 {
 #[test]
 fn reloads_and_reexec_neither_reset_nor_double_counts() {
     require_sandbox!();
-    let sb = Sandbox::start().unwrap_or_else(|e| panic!("{e}"));
-    sb.write_unit(CRASHY, CRASHY_UNIT);
+    let sb = sandbox_with_crashy();
     sb.write_unit(
         "steady.service",
         "[Service]\nExecStart=/bin/sleep infinity\n",
     );
-    sb.pin_loaded(&[CRASHY]);
+    sb.reload();
     let cw = Crashwatch::spawn(&sb, &[]);
-    sb.systemctl_ok(&["start", CRASHY, "steady.service"]);
-    assert!(
-        wait_until(Duration::from_secs(20), || {
-            cw.unit_metric("crashwatch_unit_restarts_total", CRASHY) >= 2.0
-        }),
-        "no loop seen\n{}",
-        cw.diag(CRASHY)
-    );
+    start_loop(&sb, &cw, &[CRASHY, "steady.service"], 2.0);
 
     for _ in 0..3 {
         sb.systemctl_ok(&["daemon-reload"]);
@@ -171,18 +173,9 @@ fn reloads_and_reexec_neither_reset_nor_double_counts() {
 #[test]
 fn a_rogue_sender_is_ignored_and_counted() {
     require_sandbox!();
-    let sb = Sandbox::start().unwrap_or_else(|e| panic!("{e}"));
-    sb.write_unit(CRASHY, CRASHY_UNIT);
-    sb.pin_loaded(&[CRASHY]);
+    let sb = sandbox_with_crashy();
     let cw = Crashwatch::spawn(&sb, &[]);
-    sb.systemctl_ok(&["start", CRASHY]);
-    assert!(
-        wait_until(Duration::from_secs(20), || {
-            cw.unit_metric("crashwatch_unit_restarts_total", CRASHY) >= 2.0
-        }),
-        "no loop seen\n{}",
-        cw.diag(CRASHY)
-    );
+    start_loop(&sb, &cw, &[CRASHY], 2.0);
 
     // A signal sent straight to a client passes its match rules whatever the sender, so send
     // forged ones to every connection on the bus: a fake crash, a fake new run, and a body with
@@ -339,9 +332,7 @@ fn per_flood_unit(cw: &Crashwatch, metric: &str, value: f64) -> usize {
 #[test]
 fn dead_and_slow_sinks_never_stall_the_event_path() {
     require_sandbox!();
-    let sb = Sandbox::start().unwrap_or_else(|e| panic!("{e}"));
-    sb.write_unit(CRASHY, CRASHY_UNIT);
-    sb.pin_loaded(&[CRASHY]);
+    let sb = sandbox_with_crashy();
     // A StatsD socket that is bound but never read: once its buffer is full, datagrams vanish.
     let black_hole = std::net::UdpSocket::bind("127.0.0.1:0").expect("binding a UDP socket");
     let statsd = black_hole.local_addr().expect("address").to_string();
@@ -390,13 +381,12 @@ fn dead_and_slow_sinks_never_stall_the_event_path() {
 #[test]
 fn a_restarted_crashwatch_raises_no_false_loop_from_old_history() {
     require_sandbox!();
-    let sb = Sandbox::start().unwrap_or_else(|e| panic!("{e}"));
-    sb.write_unit(CRASHY, CRASHY_UNIT);
+    let sb = sandbox_with_crashy();
     sb.write_unit(
         "steady.service",
         "[Service]\nExecStart=/bin/sleep infinity\n",
     );
-    sb.pin_loaded(&[CRASHY]);
+    sb.reload();
     sb.systemctl_ok(&["start", "steady.service"]);
     // A unit that crash-looped before crashwatch started and is now up.
     sb.systemctl_ok(&["start", CRASHY]);
