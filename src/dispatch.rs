@@ -230,15 +230,8 @@ pub(crate) fn show_window(detector: &Detector, unit: &str, source: SourceKind) {
         });
     }
     if detector.is_looping(unit) {
-        // A loop event would also count a loop in crashloops_total, which history must not; the
-        // label is escaped as the Prometheus sink escapes it (backslashes doubled), so this is
-        // the series register_unit created.
-        metrics::gauge!(
-            "crashwatch_unit_crashlooping",
-            "unit" => unit.replace('\\', "\\\\"),
-            "source" => source.as_str()
-        )
-        .set(1.0);
+        // Not a loop event: that would also count the loop in crashloops_total.
+        prometheus::show_loop_in_progress(unit, source);
     }
 }
 

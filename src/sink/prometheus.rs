@@ -123,6 +123,13 @@ pub fn register_unit(unit: &str, source: SourceKind) {
     gauge!("crashwatch_unit_restarts_in_window", "unit" => unit, "source" => source).set(0.0);
 }
 
+/// Shows a loop that started before crashwatch did (seeded from history): the gauge only, since
+/// the loop's start was counted by whoever saw it begin, not by this run.
+pub fn show_loop_in_progress(unit: &str, source: SourceKind) {
+    gauge!("crashwatch_unit_crashlooping", "unit" => label(unit), "source" => source.as_str())
+        .set(1.0);
+}
+
 /// Records one event.
 pub fn record(event: &Event) {
     match event {
