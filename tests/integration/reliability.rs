@@ -382,36 +382,39 @@ fn dead_and_slow_sinks_never_stall_the_event_path() {
 fn a_restarted_crashwatch_raises_no_false_loop_from_old_history() {
     require_sandbox!();
     let sb = sandbox_with_crashy();
-    sb.write_unit(
-        "steady.service",
-        "[Service]\nExecStart=/bin/sleep infinity\n",
-    );
-    sb.reload();
-    sb.systemctl_ok(&["start", "steady.service"]);
-    // A unit that crash-looped before crashwatch started and is now up.
+    // The loop is well under way before crashwatch starts: NRestarts is high, and a snapshot
+    // that failed to take it as the baseline would count it all as missed restarts.
     sb.systemctl_ok(&["start", CRASHY]);
     assert!(wait_until(Duration::from_secs(20), || sb
         .n_restarts(CRASHY)
         >= 4));
-    fix_unit(&sb, CRASHY);
+    let before = sb.n_restarts(CRASHY);
 
-    let cw = Crashwatch::spawn(&sb, &[]);
-    thread::sleep(Duration::from_secs(1));
-    for unit in [CRASHY, "steady.service"] {
-        assert_ne!(
-            cw.metric("crashwatch_unit_crashlooping", &[("unit", unit)]),
-            Some(1.0),
-            "{unit} flagged from history crashwatch did not see"
-        );
-        assert_eq!(
-            cw.unit_metric("crashwatch_unit_restarts_total", unit),
-            0.0,
-            "{unit}"
-        );
-        assert_eq!(
-            cw.unit_metric("crashwatch_unit_crashes_total", unit),
-            0.0,
-            "{unit}"
-        );
-    }
+    let cw = Crashwatch::spawn(&sb, &["--no-journal-history"]);
+    let after = sb.n_restarts(CRASHY);
+    assert_ne!(
+        cw.metric("crashwatch_unit_crashlooping", &[("unit", CRASHY)]),
+        Some(1.0),
+        "flagged at start-up from history crashwatch did not see"
+    );
+    // It sees the loop it does watch: three live restarts flag it.
+    let flagged = wait_until(Duration::from_secs(20), || {
+        cw.metric("crashwatch_unit_crashlooping", &[("unit", CRASHY)]) == Some(1.0)
+    });
+    assert!(
+        flagged,
+        "the live loop was not flagged\n{}",
+        cw.diag(CRASHY)
+    );
+
+    fix_unit(&sb, CRASHY);
+    let end = sb.n_restarts(CRASHY);
+    let counted = cw.unit_metric("crashwatch_unit_restarts_total", CRASHY) as u64;
+    // Only restarts after the snapshot count: at most those after `before`, at least those
+    // after `after` (the snapshot fell between the two readings).
+    assert!(
+        counted <= end - before && counted >= end - after,
+        "restarts_total {counted}, systemd's NRestarts {before} → {after} at start-up, {end} at the end\n{}",
+        cw.diag(CRASHY)
+    );
 }
