@@ -53,11 +53,9 @@ fn may_log(key: &'static str) -> Option<u64> {
 }
 
 /// Logs a warning at most once per [`LOG_INTERVAL`] for the call site's `key`.
-#[macro_export]
-#[doc(hidden)]
 macro_rules! warn_limited {
     ($key:expr, $($arg:tt)+) => {
-        if let Some(suppressed) = $crate::internal_events::may_log_pub($key) {
+        if let Some(suppressed) = may_log($key) {
             if suppressed > 0 {
                 tracing::warn!(suppressed, $($arg)+);
             } else {
@@ -65,11 +63,6 @@ macro_rules! warn_limited {
             }
         }
     };
-}
-
-#[doc(hidden)]
-pub fn may_log_pub(key: &'static str) -> Option<u64> {
-    may_log(key)
 }
 
 fn count(component: &'static str, error_type: &'static str) {
