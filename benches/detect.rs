@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crashwatch::detect::{Detector, Observation, Policy};
 use crashwatch::dispatch::{self, Sinks};
-use crashwatch::event::Transition;
+use crashwatch::event::{SourceEvent, Transition};
 use crashwatch::sink::prometheus::ChangeTracking;
 use crashwatch::sink::{self, ThreadedSink};
 use crashwatch::source::systemd::tracker::Tracker;
@@ -179,7 +179,7 @@ fn fresh(all_sinks: bool) -> Pipeline {
 fn drive(
     p: Pipeline,
     produce: impl FnOnce(
-        mpsc::Sender<Transition>,
+        mpsc::Sender<SourceEvent>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
 ) -> String {
     let Pipeline {
@@ -199,8 +199,11 @@ fn drive(
                     let limits = dispatch::Limits {
                         max_units: 100_000,
                         fold_instances: false,
+                        unloaded_retention: Duration::from_secs(900),
                     };
-                    dispatch::run(rx, detector, sinks, limits, CancellationToken::new()).await;
+                    let units = crashwatch::units::SharedUnits::new();
+                    dispatch::run(rx, detector, units, sinks, limits, CancellationToken::new())
+                        .await;
                     let _ = producer.await;
                 })
                 .await
@@ -238,7 +241,7 @@ fn pipeline(args: &Args) {
             drive(p, |tx| {
                 Box::pin(async move {
                     for t in ready {
-                        if tx.send(t).await.is_err() {
+                        if tx.send(t.into()).await.is_err() {
                             break;
                         }
                     }
@@ -270,7 +273,7 @@ fn pipeline(args: &Args) {
                     Box::pin(async move {
                         for (unit, service, props) in owned {
                             for t in tracker.apply(&unit, service, Some(props), 0) {
-                                if tx.send(t).await.is_err() {
+                                if tx.send(t.into()).await.is_err() {
                                     return;
                                 }
                             }

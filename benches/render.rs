@@ -1,18 +1,19 @@
 //! `/metrics` rendering at 100, 1,000 and 10,000 units.
 //!
-//! A scrape costs crashwatch one render of the Prometheus recorder and no D-Bus traffic, so this
-//! is the whole CPU cost of a scrape apart from the HTTP exchange. Units get their series
-//! through the crate's own sink functions, in two shapes: `running`, started once (8 series, what
-//! most units of a node have), and `looping`, which also crashed, restarted and began a crash
-//! loop (13 series, the worst case per unit).
+//! A scrape costs crashwatch one rendering of the unit table (plus crashwatch's few own metrics
+//! through the `metrics` exporter) and no D-Bus traffic, so this is the whole CPU cost of a scrape
+//! apart from the HTTP exchange. Units get their series through the same calls the detector
+//! task makes, in two shapes: `running`, started once (8 series, what most units of a node
+//! have), and `looping`, which also crashed, restarted and began a crash loop (13 series, the
+//! worst case per unit).
 //!
 //!     cargo bench --bench render [-- FILTER]
 
 mod common;
 
+use crashwatch::detect::Policy;
 use crashwatch::event::{Event, LoopEvent, SourceKind, Transition, TransitionKind, UnitState};
-use crashwatch::sink::prometheus;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use crashwatch::units::UnitTable;
 
 use common::{bench, Args};
 
@@ -25,13 +26,18 @@ fn main() {
             if !args.wants(&name) {
                 continue;
             }
-            let (recorder, handle) = populated(units, looping);
-            let bytes = handle.render().len();
+            let table = populated(units, looping);
+            let bytes = render(&table).len();
             let name = format!("{name} ({} KiB)", bytes / 1024);
-            bench(&args, &name, "render", 1, || (), |()| handle.render());
-            drop(recorder);
+            bench(&args, &name, "render", 1, || (), |()| render(&table));
         }
     }
+}
+
+fn render(table: &UnitTable) -> String {
+    let mut out = String::new();
+    table.render_prometheus(&mut out);
+    out
 }
 
 fn transition(unit: &str, kind: TransitionKind, at: u64) -> Transition {
@@ -45,48 +51,44 @@ fn transition(unit: &str, kind: TransitionKind, at: u64) -> Transition {
     )
 }
 
-/// A recorder holding the series of `units` units, each having started (and, when `looping`,
-/// crashed, restarted and begun a crash loop).
-fn populated(units: usize, looping: bool) -> (PrometheusRecorder, PrometheusHandle) {
-    let recorder = PrometheusBuilder::new().build_recorder();
-    let handle = recorder.handle();
-    metrics::with_local_recorder(&recorder, || {
-        prometheus::describe();
-        for n in 0..units {
-            let unit = format!("bench-{n}.service");
-            prometheus::register_unit(&unit, SourceKind::Systemd);
-            let mut history = vec![
-                transition(&unit, TransitionKind::Starting, 500),
-                transition(&unit, TransitionKind::Started, 600),
-            ];
-            if looping {
-                let mut crash = transition(&unit, TransitionKind::Failed, 1_000);
-                crash.crash = Some("exit-code".into());
-                history.extend([
-                    crash,
-                    transition(&unit, TransitionKind::Restart, 2_000),
-                    transition(&unit, TransitionKind::Starting, 2_000),
-                    transition(&unit, TransitionKind::Started, 2_100),
-                ]);
-            }
-            for t in history {
-                prometheus::record(&Event::Transition {
-                    transition: t,
-                    restarts: 1,
-                });
-            }
-            if looping {
-                prometheus::record(&Event::Loop(LoopEvent {
-                    unit: unit.clone(),
-                    source: SourceKind::Systemd,
-                    timestamp: 2_000,
-                    ended: None,
-                    restarts_in_window: 3,
-                    threshold: 3,
-                    window_seconds: 300.0,
-                }));
-            }
+/// A table holding `units` units, each having started (and, when `looping`, crashed, restarted
+/// and begun a crash loop).
+fn populated(units: usize, looping: bool) -> UnitTable {
+    let mut table = UnitTable::new();
+    for n in 0..units {
+        let unit = format!("bench-{n}.service");
+        table.register(&unit, SourceKind::Systemd, Policy::default());
+        let mut history = vec![
+            transition(&unit, TransitionKind::Starting, 500),
+            transition(&unit, TransitionKind::Started, 600),
+        ];
+        if looping {
+            let mut crash = transition(&unit, TransitionKind::Failed, 1_000);
+            crash.crash = Some("exit-code".into());
+            history.extend([
+                crash,
+                transition(&unit, TransitionKind::Restart, 2_000),
+                transition(&unit, TransitionKind::Starting, 2_000),
+                transition(&unit, TransitionKind::Started, 2_100),
+            ]);
         }
-    });
-    (recorder, handle)
+        for t in history {
+            table.record(&Event::Transition {
+                transition: t,
+                restarts: 1,
+            });
+        }
+        if looping {
+            table.record(&Event::Loop(LoopEvent {
+                unit: unit.clone(),
+                source: SourceKind::Systemd,
+                timestamp: 2_000,
+                ended: None,
+                restarts_in_window: 3,
+                threshold: 3,
+                window_seconds: 300.0,
+            }));
+        }
+    }
+    table
 }

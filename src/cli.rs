@@ -49,6 +49,34 @@ pub enum Command {
     /// Exits 0 whether or not loops are found, 2 when the input cannot be read. For example:
     /// journalctl -o json --since=-1d | crashwatch replay
     Replay(ReplayArgs),
+    /// Show the units the running daemon watches, crash-looping units first.
+    ///
+    /// Asks the daemon's status API (GET /api/units on its listen address) and prints one line
+    /// per unit: state, whether it is crash-looping, restarts within the window against the
+    /// threshold, and the last crash with its cause. With a UNIT, prints that unit's recent
+    /// transitions instead. Exits 0 with an answer, 1 when no daemon answers.
+    Status(StatusArgs),
+}
+
+/// Options of `crashwatch status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Show this unit's recent transitions instead of the list of units.
+    #[arg(value_name = "UNIT")]
+    pub unit: Option<String>,
+
+    /// Print the API's JSON document instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// The daemon's listen address [default: the configuration file's, else 127.0.0.1:9863].
+    #[arg(long, value_name = "ADDR")]
+    pub address: Option<String>,
+
+    /// The daemon's configuration file, to find its listen address [default:
+    /// /etc/crashwatch/crashwatch.toml when it exists].
+    #[arg(long, short = 'c', value_name = "FILE", env = "CRASHWATCH_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 /// Options of `crashwatch replay`. The unit filter, threshold, window and overrides are the
@@ -132,6 +160,11 @@ pub struct RunArgs {
     /// Count template instances as their template (getty@tty1.service as getty@.service).
     #[arg(long)]
     pub fold_instances: bool,
+
+    /// How long a unit the init system unloaded keeps its series before they are dropped, e.g.
+    /// "15m" [default: 15m].
+    #[arg(long, value_name = "DURATION")]
+    pub unloaded_retention: Option<String>,
 
     /// The init system to watch: systemd, upstart, or auto (systemd if it is on the system bus,
     /// else Upstart) [default: systemd].

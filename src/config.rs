@@ -24,6 +24,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9863";
 pub const DEFAULT_STATSD_PREFIX: &str = "crashwatch";
 /// The most units with series of their own unless told otherwise.
 pub const DEFAULT_MAX_UNITS: usize = 10_000;
+/// How long the series of a unit the init system unloaded are kept, by default.
+pub const DEFAULT_UNLOADED_RETENTION: Duration = Duration::from_secs(15 * 60);
 
 /// A configuration that could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -207,6 +209,11 @@ pub struct LimitsSection {
     /// Upstart `job (instance)` as `job`), so a unit per instance cannot flood the series.
     /// Default false.
     pub fold_instances: Option<bool>,
+    /// How long a unit the init system unloaded (a transient unit that ended, a stopped unit
+    /// systemd garbage-collected) keeps its series, so scrapes see its last counts; then they
+    /// are dropped. A unit still in a crash-loop window is kept until it leaves it. At the unit
+    /// cap, unloaded units make room first. Default "15m".
+    pub unloaded_retention: Option<String>,
 }
 
 /// Values given on the command line; each replaces its file counterpart.
@@ -232,6 +239,8 @@ pub struct Overrides {
     pub max_units: Option<usize>,
     /// `--fold-instances` (only turns folding on).
     pub fold_instances: bool,
+    /// `--unloaded-retention`.
+    pub unloaded_retention: Option<String>,
     /// `--source`.
     pub source: Option<String>,
     /// `--upstart-address`.
@@ -292,6 +301,8 @@ pub struct Config {
     pub max_units: usize,
     /// Whether template instances are counted as their template.
     pub fold_instances: bool,
+    /// How long an unloaded unit keeps its series.
+    pub unloaded_retention: Duration,
     /// Which init system to watch.
     pub source: SourceChoice,
     /// The Upstart source's settings (used when it is the one watched).
@@ -404,6 +415,15 @@ impl Config {
         if max_units == 0 {
             return Err(invalid("limits.max_units must be at least 1".to_owned()));
         }
+        let unloaded_retention = match cli
+            .unloaded_retention
+            .as_deref()
+            .or(file.limits.unloaded_retention.as_deref())
+        {
+            Some(text) => parse_duration(text)
+                .map_err(|e| invalid(format!("limits.unloaded_retention: {e}")))?,
+            None => DEFAULT_UNLOADED_RETENTION,
+        };
         let journal_directory = match file.history.journal_directory {
             Some(dir) if dir.is_empty() => return Err(invalid(
                 "history.journal_directory must not be empty (leave it out for the system journal)"
@@ -425,6 +445,7 @@ impl Config {
             events,
             max_units,
             fold_instances: cli.fold_instances || file.limits.fold_instances.unwrap_or(false),
+            unloaded_retention,
             source,
             upstart,
             history,

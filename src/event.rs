@@ -268,3 +268,37 @@ pub enum Event {
         restarts_in_window: u32,
     },
 }
+
+/// What a source sends down the channel to the detector task.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SourceEvent {
+    /// A lifecycle step of a unit.
+    Transition(Transition),
+    /// A unit a snapshot found (at start-up, after a reconnect or a resync), with its state then.
+    /// Gives every watched unit its series from the start, counters at zero, so the first crash
+    /// of a unit that was running before crashwatch is an increase too. Nothing is counted.
+    Present {
+        /// The unit's full name.
+        unit: String,
+        /// The source of the unit.
+        source: SourceKind,
+        /// Its state in the snapshot.
+        state: UnitState,
+    },
+    /// The init system unloaded a unit (systemd garbage-collected it, an Upstart instance went
+    /// away). Its series are kept for a while, so the last of it is scraped, then dropped.
+    Unloaded {
+        /// The unit's full name.
+        unit: String,
+        /// The source of the unit.
+        source: SourceKind,
+        /// When it was heard, in microseconds since the Unix epoch.
+        at: Micros,
+    },
+}
+
+impl From<Transition> for SourceEvent {
+    fn from(transition: Transition) -> SourceEvent {
+        SourceEvent::Transition(transition)
+    }
+}

@@ -54,6 +54,7 @@ use crate::event::{
     TransitionKind, UnitState,
 };
 use crate::source::upstart::tracker::signal_number;
+use crate::units::UnitTable;
 
 /// "A start job for unit @UNIT@ has begun execution" (`SD_MESSAGE_UNIT_STARTING`).
 pub const UNIT_STARTING: &str = "7d4958e842da4a758f6c1cdc7b36dcc5";
@@ -994,7 +995,12 @@ pub async fn history(config: &Config, snapshot_at: Micros) -> History {
 /// them in the `crashlooping` and `restarts_in_window` gauges. Nothing is counted: the `*_total`
 /// counters only count what is heard live. Units are folded and capped as the detector task
 /// does. Returns how many units hold restarts or a loop from history.
-pub fn seed(detector: &mut Detector, history: &History, limits: Limits) -> usize {
+pub fn seed(
+    detector: &mut Detector,
+    table: &mut UnitTable,
+    history: &History,
+    limits: Limits,
+) -> usize {
     let mut units: HashMap<String, SourceKind> = HashMap::new();
     let mut clock = 0;
     for t in &history.transitions {
@@ -1021,8 +1027,8 @@ pub fn seed(detector: &mut Detector, history: &History, limits: Limits) -> usize
         .collect();
     seeded.sort_by(|a, b| a.0.cmp(b.0));
     for (unit, &source) in &seeded {
-        crate::sink::prometheus::register_unit(unit, source);
-        dispatch::show_window(detector, unit, source);
+        table.register(unit, source, detector.policy_for(unit));
+        dispatch::show_window(detector, table, unit);
         if detector.is_looping(unit) {
             tracing::info!(
                 unit = unit.as_str(),
@@ -1877,8 +1883,6 @@ mod tests {
 
     #[test]
     fn seeding_rebuilds_the_window_and_counts_nothing() {
-        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-
         let mut lines = Vec::new();
         for run in 0..5u32 {
             lines.extend(failing_run(
@@ -1903,60 +1907,24 @@ mod tests {
         let limits = Limits {
             max_units: 100,
             fold_instances: false,
+            unloaded_retention: std::time::Duration::from_secs(60),
         };
-        let recorder = DebuggingRecorder::new();
-        let snapshotter = recorder.snapshotter();
-        let seeded =
-            metrics::with_local_recorder(&recorder, || seed(&mut detector, &history, limits));
+        let mut table = UnitTable::new();
+        let seeded = seed(&mut detector, &mut table, &history, limits);
         assert_eq!(seeded, 1, "only crashy.service holds anything now");
         assert!(detector.is_looping("crashy.service"));
         assert_eq!(detector.restarts_in_window("crashy.service"), 4);
         assert!(!detector.is_looping("old.service"));
 
-        // Name, labels, value.
-        type Sample = (String, Vec<(String, String)>, DebugValue);
-        let metrics: Vec<Sample> = snapshotter
-            .snapshot()
-            .into_vec()
-            .into_iter()
-            .map(|(key, _, _, value)| {
-                let key = key.key();
-                let labels = key
-                    .labels()
-                    .map(|l| (l.key().to_owned(), l.value().to_owned()))
-                    .collect();
-                (key.name().to_owned(), labels, value)
-            })
-            .collect();
-        let value = |name: &str| {
-            metrics
-                .iter()
-                .find(|(n, labels, _)| {
-                    n == name
-                        && labels
-                            .iter()
-                            .any(|(k, v)| k == "unit" && v == "crashy.service")
-                })
-                .map(|(_, _, v)| v)
-        };
+        let crashy = table.get("crashy.service").expect("registered");
+        assert!(crashy.crashlooping);
+        assert_eq!(crashy.restarts_in_window, 4);
+        // Nothing counted: the counters count only what is heard live.
         assert_eq!(
-            value("crashwatch_unit_crashlooping"),
-            Some(&DebugValue::Gauge(1.0.into()))
+            (crashy.restarts, crashy.crashloops, crashy.starts),
+            (0, 0, 0)
         );
-        assert_eq!(
-            value("crashwatch_unit_restarts_in_window"),
-            Some(&DebugValue::Gauge(4.0.into()))
-        );
-        for counter in [
-            "crashwatch_unit_restarts_total",
-            "crashwatch_unit_crashloops_total",
-            "crashwatch_unit_starts_total",
-        ] {
-            assert_eq!(value(counter), Some(&DebugValue::Counter(0)), "{counter}");
-        }
-        assert!(!metrics
-            .iter()
-            .any(|(_, labels, _)| labels.iter().any(|(_, v)| v == "old.service")));
+        assert!(!table.contains("old.service"));
 
         // Live again: the next restart is the fifth in the window, not a new loop.
         let update = detector

@@ -10,11 +10,14 @@ pub mod detect;
 pub mod dispatch;
 pub mod event;
 pub mod glob;
+pub mod http;
 pub(crate) mod internal_events;
 pub mod journal;
 pub mod notify;
 pub mod sink;
 pub mod source;
+pub mod status;
+pub mod units;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::mpsc;
@@ -105,7 +108,7 @@ pub async fn run(
 
     let listener = match &metrics {
         Some(_) => Some(
-            sink::prometheus::bind(config.listen)
+            http::bind(config.listen)
                 .await
                 .map_err(|source| RunError::Listen {
                     address: config.listen,
@@ -175,20 +178,22 @@ pub async fn run(
             tasks.spawn(source.run(tx, shutdown.child_token()));
         }
     }
+    let units = units::SharedUnits::new();
     if let (Some(listener), Some(handle)) = (listener, metrics) {
-        tasks.spawn(sink::prometheus::serve(
-            listener,
-            handle,
-            shutdown.child_token(),
-        ));
+        let routes = http::Routes {
+            exposition: sink::prometheus::Exposition::new(handle, units.clone()),
+            units: units.clone(),
+        };
+        tasks.spawn(http::serve(listener, routes, shutdown.child_token()));
     }
     let mut detector = Detector::new(config.policy, config.overrides.clone());
     let limits = dispatch::Limits {
         max_units: config.max_units,
         fold_instances: config.fold_instances,
+        unloaded_retention: config.unloaded_retention,
     };
-    journal::seed(&mut detector, &history, limits);
-    dispatch::run(rx, detector, sinks, limits, shutdown.clone()).await;
+    journal::seed(&mut detector, &mut units.lock(), &history, limits);
+    dispatch::run(rx, detector, units, sinks, limits, shutdown.clone()).await;
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
     Ok(())

@@ -9,7 +9,7 @@ use std::str::FromStr;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-use crashwatch::cli::{Cli, Command, ReplayArgs, RunArgs, UpstartHookArgs};
+use crashwatch::cli::{Cli, Command, ReplayArgs, RunArgs, StatusArgs, UpstartHookArgs};
 use crashwatch::config::{Config, FileConfig, Overrides};
 use crashwatch::notify::Notifier;
 
@@ -36,6 +36,76 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::UpstartHook(args) => upstart_hook(args),
         Command::Replay(args) => replay(args),
+        Command::Status(args) => status(args),
+    }
+}
+
+/// Where the packaged configuration lives; `crashwatch status` reads the listen address there.
+const PACKAGED_CONFIG: &str = "/etc/crashwatch/crashwatch.toml";
+
+/// `crashwatch status`: the daemon's units as a table (or JSON), or one unit's transitions.
+fn status(args: StatusArgs) -> ExitCode {
+    use std::io::Write;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+    let address = match &args.address {
+        Some(text) => match text.parse::<SocketAddr>() {
+            Ok(address) => address,
+            Err(_) => {
+                eprintln!("crashwatch: --address {text:?} is not IP:PORT");
+                return ExitCode::from(2);
+            }
+        },
+        None => {
+            let path = args.config.clone().or_else(|| {
+                let packaged = Path::new(PACKAGED_CONFIG);
+                packaged.exists().then(|| packaged.to_path_buf())
+            });
+            match resolve_config(path.as_deref(), Overrides::default()) {
+                Ok(config) => config.listen,
+                Err(code) => return code,
+            }
+        }
+    };
+    // A daemon listening on every address answers on loopback too.
+    let address = match address.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), address.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), address.port())
+        }
+        _ => address,
+    };
+    let path = match &args.unit {
+        Some(unit) => format!(
+            "/api/units/{}/events",
+            crashwatch::http::percent_encode(unit)
+        ),
+        None => "/api/units".to_owned(),
+    };
+    let document = match crashwatch::status::fetch(address, &path) {
+        Ok(document) => document,
+        Err(e) => {
+            eprintln!("crashwatch: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let text = if args.json {
+        format!("{document:#}\n")
+    } else if args.unit.is_some() {
+        crashwatch::status::events_table(&document)
+    } else {
+        crashwatch::status::units_table(&document)
+    };
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("crashwatch: writing the output: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -182,6 +252,7 @@ fn run(args: RunArgs) -> ExitCode {
         exclude: args.detection.exclude,
         max_units: args.max_units,
         fold_instances: args.fold_instances,
+        unloaded_retention: args.unloaded_retention,
         source: args.source,
         upstart_address: args.upstart_address,
         upstart_hook_socket: args.upstart_hook_socket,

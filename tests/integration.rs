@@ -28,6 +28,8 @@ mod packaging;
 mod reliability;
 #[path = "integration/statsd.rs"]
 mod statsd;
+#[path = "integration/status.rs"]
+mod status;
 #[path = "integration/systemd_loops.rs"]
 mod systemd_loops;
 #[path = "integration/upstart.rs"]

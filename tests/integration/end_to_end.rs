@@ -182,8 +182,23 @@ fn crash_loop_alert_reaches_alertmanager_fills_the_dashboard_and_resolves() {
     sb.write_unit(EXTRA, HEALTHY_UNIT);
     sb.reload();
     // --window 10s: the loop ends 10 s after the fix instead of 5 minutes.
-    // --max-units 2: room for CRASHY and HEALTHY only, see EXTRA.
-    let cw = Crashwatch::spawn(&sb, &["--window", "10s", "--max-units", "2"]);
+    // --max-units 2: room for CRASHY and HEALTHY only, see EXTRA. Every watched unit takes a
+    // slot once seen, so only the test's own units are watched.
+    let cw = Crashwatch::spawn(
+        &sb,
+        &[
+            "--window",
+            "10s",
+            "--max-units",
+            "2",
+            "--include",
+            HEALTHY,
+            "--include",
+            CRASHY,
+            "--include",
+            EXTRA,
+        ],
+    );
     let am = Alertmanager::start();
     let prom = Prometheus::start(&rules, cw.port(), am.port());
     phase("sandbox, crashwatch, Alertmanager and Prometheus up");

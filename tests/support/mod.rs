@@ -488,21 +488,20 @@ impl Sandbox {
     /// /run/systemd/private, which refuses clients whose pid it cannot see. `timeout` sits inside
     /// nsenter because nsenter does not forward signals.
     pub fn systemctl(&self, args: &[&str]) -> Output {
+        self.run_inside(30, "systemctl", args)
+    }
+
+    /// Runs `program args` in the sandbox's pid and mount namespaces, killed after `timeout`
+    /// seconds.
+    pub fn run_inside(&self, timeout: u32, program: &str, args: &[&str]) -> Output {
         Command::new("nsenter")
-            .args([
-                "-t",
-                &self.pid1.to_string(),
-                "-p",
-                "-m",
-                "--",
-                "timeout",
-                "30",
-            ])
-            .arg("systemctl")
+            .args(["-t", &self.pid1.to_string(), "-p", "-m", "--", "timeout"])
+            .arg(timeout.to_string())
+            .arg(program)
             .args(args)
             .stdin(Stdio::null())
             .output()
-            .expect("running nsenter ... systemctl")
+            .unwrap_or_else(|e| panic!("running nsenter ... {program}: {e}"))
     }
 
     /// [`Sandbox::systemctl`], panicking with systemctl's output if it fails.
@@ -711,6 +710,22 @@ impl Crashwatch {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// The daemon's resident memory in KiB (VmRSS).
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
     }
 
     pub fn events_path(&self) -> &Path {

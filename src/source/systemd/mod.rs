@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use zbus::message::Sequence;
 use zbus::{Connection, Message, MessageStream, Variant};
 
-use crate::event::{Micros, Transition};
+use crate::event::{Micros, SourceEvent, SourceKind, Transition, UnitState};
 use crate::glob::UnitFilter;
 use crate::internal_events::{
     BusConnectError, BusDisconnected, SignalDecodeError, SignalFromStranger, SignalsDropped,
@@ -122,6 +122,8 @@ pub struct SystemdSource {
     /// received before that reply is older than what the tracker knows and is dropped: applied
     /// after the snapshot it would bring back a previous run and count it twice.
     snapshot_positions: HashMap<String, Sequence>,
+    /// The units of the snapshot taken by `connect`, for `run` to announce.
+    present: Vec<SourceEvent>,
 }
 
 /// One live connection: the bus, the queue its reader fills, and who systemd is on it.
@@ -142,6 +144,15 @@ impl Drop for Link {
     }
 }
 
+/// What a snapshot says of a unit, for the unit table.
+fn presence(snapshot: &Snapshot) -> SourceEvent {
+    SourceEvent::Present {
+        unit: snapshot.name.clone(),
+        source: SourceKind::Systemd,
+        state: UnitState::new(snapshot.active_state.as_str(), snapshot.sub_state.as_str()),
+    }
+}
+
 impl SystemdSource {
     /// Connects, subscribes and takes the initial snapshot. Fails with one clear error when the
     /// bus cannot be reached or has no systemd; after this, nothing is fatal.
@@ -151,8 +162,10 @@ impl SystemdSource {
         let link = Link::open().await?;
         let mut tracker = Tracker::new();
         let mut snapshot_positions = HashMap::new();
+        let mut present = Vec::new();
         for (snapshot, position) in link.snapshot(&settings.filter).await? {
             snapshot_positions.insert(snapshot.name.clone(), position);
+            present.push(presence(&snapshot));
             tracker.baseline(snapshot);
         }
         gauge!("crashwatch_source_up", "source" => SOURCE).set(1.0);
@@ -161,6 +174,7 @@ impl SystemdSource {
             link,
             tracker,
             snapshot_positions,
+            present,
         })
     }
 
@@ -171,7 +185,12 @@ impl SystemdSource {
 
     /// Reads signals and sends transitions until `shutdown` is cancelled, reconnecting whenever
     /// the bus goes away.
-    pub async fn run(mut self, out: mpsc::Sender<Transition>, shutdown: CancellationToken) {
+    pub async fn run(mut self, out: mpsc::Sender<SourceEvent>, shutdown: CancellationToken) {
+        for event in std::mem::take(&mut self.present) {
+            if out.send(event).await.is_err() {
+                return;
+            }
+        }
         loop {
             let lost = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -210,14 +229,14 @@ impl SystemdSource {
     }
 
     /// Reconnects and reconciles the tracker with a fresh snapshot.
-    async fn reopen(&mut self, out: &mpsc::Sender<Transition>) -> Result<(), SystemdError> {
+    async fn reopen(&mut self, out: &mpsc::Sender<SourceEvent>) -> Result<(), SystemdError> {
         let link = Link::open().await?;
         self.link = link;
         self.resync(out).await
     }
 
     /// Reconciles every watched unit against a fresh snapshot.
-    async fn resync(&mut self, out: &mpsc::Sender<Transition>) -> Result<(), SystemdError> {
+    async fn resync(&mut self, out: &mpsc::Sender<SourceEvent>) -> Result<(), SystemdError> {
         let now = now_micros();
         // Positions belong to one connection; a reopened link starts a new sequence.
         self.snapshot_positions.clear();
@@ -225,8 +244,11 @@ impl SystemdSource {
         for (snapshot, position) in self.link.snapshot(&self.settings.filter).await? {
             self.snapshot_positions
                 .insert(snapshot.name.clone(), position);
+            if out.send(presence(&snapshot)).await.is_err() {
+                break;
+            }
             for t in self.tracker.reconcile(snapshot, now) {
-                if out.send(t).await.is_err() {
+                if out.send(t.into()).await.is_err() {
                     break;
                 }
             }
@@ -235,7 +257,7 @@ impl SystemdSource {
     }
 
     /// Handles signals until the connection is lost; returns why.
-    async fn pump(&mut self, out: &mpsc::Sender<Transition>) -> String {
+    async fn pump(&mut self, out: &mpsc::Sender<SourceEvent>) -> String {
         loop {
             let Some(msg) = self.link.queue.recv().await else {
                 return "the connection closed".to_owned();
@@ -259,7 +281,7 @@ impl SystemdSource {
     }
 
     /// Applies one signal. Returns whether the source must resync (systemd changed hands).
-    async fn handle(&mut self, msg: &Message, out: &mpsc::Sender<Transition>) -> bool {
+    async fn handle(&mut self, msg: &Message, out: &mpsc::Sender<SourceEvent>) -> bool {
         let header = msg.header();
         let member = header.member().map(|m| m.as_str()).unwrap_or("");
         let interface = header.interface().map(|i| i.as_str()).unwrap_or("");
@@ -283,6 +305,7 @@ impl SystemdSource {
         let path = header.path().map(|p| p.as_str()).unwrap_or("");
         let now = now_micros();
         let body = msg.body();
+        let mut unloaded = None;
         let transitions = match (interface, member) {
             (PROPERTIES_IFACE, "PropertiesChanged") => self.properties_changed(msg, path, now),
             (MANAGER_IFACE, "JobNew") => {
@@ -311,16 +334,21 @@ impl SystemdSource {
                 // daemon-reload removes and re-adds every unit; their state survives it.
                 if let Ok((unit, _)) = decode::<(&str, zbus::ObjectPath<'_>)>(&body, SOURCE, member)
                 {
-                    if !self.link.reloading {
-                        self.tracker.remove(unit);
+                    if !self.link.reloading && self.tracker.remove(unit) {
+                        unloaded = Some(SourceEvent::Unloaded {
+                            unit: unit.to_owned(),
+                            source: SourceKind::Systemd,
+                            at: now,
+                        });
                     }
                 }
                 Vec::new()
             }
             _ => Vec::new(),
         };
-        for t in transitions {
-            if out.send(t).await.is_err() {
+        let events = transitions.into_iter().map(SourceEvent::from);
+        for event in events.chain(unloaded) {
+            if out.send(event).await.is_err() {
                 break;
             }
         }

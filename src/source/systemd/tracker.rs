@@ -237,10 +237,13 @@ impl Tracker {
 
     /// Forgets a unit systemd unloaded, unless its last run crashed: a unit garbage-collected
     /// between the runs of a loop driven from outside must still count its next start as a restart.
-    pub fn remove(&mut self, unit: &str) {
+    /// Returns whether it was forgotten.
+    pub fn remove(&mut self, unit: &str) -> bool {
         if self.units.get(unit).is_some_and(|u| !u.crash_pending) {
             self.units.remove(unit);
+            return true;
         }
+        false
     }
 
     /// Applies one change of a unit: the Service properties and the Unit properties systemd sent

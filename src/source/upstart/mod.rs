@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 use zbus::message::Sequence;
 use zbus::{Connection, Message, MessageStream, Variant};
 
-use crate::event::Transition;
+use crate::event::{SourceEvent, SourceKind, Transition, UnitState};
 use crate::glob::UnitFilter;
 use crate::internal_events::{
     BusConnectError, BusDisconnected, HookDecodeError, SignalFromStranger, SignalsDropped,
@@ -197,6 +197,8 @@ pub struct UpstartSource {
     /// Per unit, the receive position of the snapshot reply that last described it (positions
     /// belong to one connection and are cleared with it).
     snapshot_positions: HashMap<String, Sequence>,
+    /// The units of the snapshot taken by `connect`, for `run` to announce.
+    present: Vec<SourceEvent>,
 }
 
 /// Whose signals are believed on a connection.
@@ -241,6 +243,7 @@ impl UpstartSource {
             tracker: Tracker::new(),
             hook: None,
             snapshot_positions: HashMap::new(),
+            present: Vec::new(),
         };
         if source.settings.address != UpstartAddress::None {
             let link = Link::open(&source.settings.address).await?;
@@ -248,6 +251,7 @@ impl UpstartSource {
                 source
                     .snapshot_positions
                     .insert(snapshot.unit.clone(), position);
+                source.present.push(presence(&snapshot));
                 source.tracker.baseline(snapshot);
             }
             source.tracker.set_live(true);
@@ -276,7 +280,12 @@ impl UpstartSource {
 
     /// Reads signals and hook messages and sends transitions until `shutdown` is cancelled,
     /// reconnecting whenever the connection goes away.
-    pub async fn run(mut self, out: mpsc::Sender<Transition>, shutdown: CancellationToken) {
+    pub async fn run(mut self, out: mpsc::Sender<SourceEvent>, shutdown: CancellationToken) {
+        for event in std::mem::take(&mut self.present) {
+            if out.send(event).await.is_err() {
+                return;
+            }
+        }
         let mut buf = vec![0u8; MAX_MESSAGE + 1];
         let mut backoff = FIRST_BACKOFF;
         let mut retry_at: Option<tokio::time::Instant> = None;
@@ -364,23 +373,30 @@ impl UpstartSource {
     }
 
     /// Reconnects and reconciles the tracker with a fresh snapshot.
-    async fn reopen(&mut self, out: &mpsc::Sender<Transition>) -> Result<(), UpstartError> {
+    async fn reopen(&mut self, out: &mpsc::Sender<SourceEvent>) -> Result<(), UpstartError> {
         self.snapshot_positions.clear();
         self.link = Some(Link::open(&self.settings.address).await?);
         self.resync(out).await
     }
 
     /// Reconciles every watched instance against a fresh snapshot, then trusts signals again.
-    async fn resync(&mut self, out: &mpsc::Sender<Transition>) -> Result<(), UpstartError> {
+    async fn resync(&mut self, out: &mpsc::Sender<SourceEvent>) -> Result<(), UpstartError> {
         let Some(link) = &self.link else {
             return Ok(());
         };
         let mut snapshot = Vec::new();
         self.snapshot_positions.clear();
+        let mut present = Vec::new();
         for (instance, position) in link.snapshot(&self.settings.filter).await? {
             self.snapshot_positions
                 .insert(instance.unit.clone(), position);
+            present.push(presence(&instance));
             snapshot.push(instance);
+        }
+        for event in present {
+            if out.send(event).await.is_err() {
+                return Ok(());
+            }
         }
         let transitions = self.tracker.reconcile(snapshot, now_micros());
         self.tracker.set_live(true);
@@ -389,7 +405,7 @@ impl UpstartSource {
     }
 
     /// Applies one datagram from the job hook.
-    async fn hook_message(&mut self, bytes: &[u8], out: &mpsc::Sender<Transition>) {
+    async fn hook_message(&mut self, bytes: &[u8], out: &mpsc::Sender<SourceEvent>) {
         counter!("crashwatch_events_total", "source" => SOURCE).increment(1);
         match HookMessage::decode(bytes) {
             Ok(event) => {
@@ -406,7 +422,7 @@ impl UpstartSource {
     }
 
     /// Applies one signal. Returns whether the source must resync.
-    async fn handle(&mut self, msg: &Message, out: &mpsc::Sender<Transition>) -> bool {
+    async fn handle(&mut self, msg: &Message, out: &mpsc::Sender<SourceEvent>) -> bool {
         let Some(link) = &mut self.link else {
             return false;
         };
@@ -832,9 +848,18 @@ fn unwrap_variant<'a, 'v>(value: &'a Variant<'v>) -> &'a Variant<'v> {
     }
 }
 
-async fn send(out: &mpsc::Sender<Transition>, transitions: Vec<Transition>) {
+/// What a snapshot says of an instance, for the unit table.
+fn presence(snapshot: &InstanceSnapshot) -> SourceEvent {
+    SourceEvent::Present {
+        unit: snapshot.unit.clone(),
+        source: SourceKind::Upstart,
+        state: UnitState::new(snapshot.goal.as_str(), snapshot.state.as_str()),
+    }
+}
+
+async fn send(out: &mpsc::Sender<SourceEvent>, transitions: Vec<Transition>) {
     for t in transitions {
-        if out.send(t).await.is_err() {
+        if out.send(t.into()).await.is_err() {
             break;
         }
     }

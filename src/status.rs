@@ -1,0 +1,399 @@
+//! The status API's documents, and `crashwatch status`, which reads them from a running daemon.
+//!
+//! `GET /api/units` lists every watched unit: its state, its window, whether it is crash-looping,
+//! its last crash and last transition. `GET /api/units/{unit}/events` gives one unit's recent
+//! transitions (at most [`RECENT_TRANSITIONS`](crate::units::RECENT_TRANSITIONS)). Times are
+//! given twice: microseconds since the epoch for programs, RFC 3339 for people.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::event::Micros;
+use crate::journal::format_timestamp;
+use crate::units::{UnitRecord, UnitTable};
+
+/// The document of `GET /api/units`: every unit, by name.
+pub fn units_document(table: &UnitTable) -> Value {
+    let units: Vec<Value> = table
+        .iter()
+        .map(|(name, record)| unit_summary(name, record))
+        .collect();
+    let looping = table.iter().filter(|(_, r)| r.crashlooping).count();
+    json!({
+        "units": units,
+        "crashlooping": looping,
+        "generated_at": format_timestamp(crate::source::bus::now_micros()),
+    })
+}
+
+fn unit_summary(name: &str, record: &UnitRecord) -> Value {
+    let (state, substate) = match &record.state {
+        Some((active, sub)) => (Some(&**active), Some(&**sub)),
+        None => (None, None),
+    };
+    json!({
+        "unit": name,
+        "source": record.source,
+        "state": state,
+        "substate": substate,
+        "active": record.active,
+        "crashlooping": record.crashlooping,
+        "restarts_in_window": record.restarts_in_window,
+        "threshold": record.policy.threshold,
+        "window_seconds": record.policy.window.as_secs_f64(),
+        "starts_total": record.starts,
+        "restarts_total": record.restarts,
+        "crashloops_total": record.crashloops,
+        "last_crash": record.last_crash.as_ref().map(|crash| {
+            let mut value = json!(crash);
+            with_time(&mut value, crash.timestamp_us);
+            value
+        }),
+        "last_transition": record.last_transition.map(|(at, kind)| json!({
+            "timestamp_us": at,
+            "time": format_timestamp(at),
+            "transition": kind,
+        })),
+        "unloaded": record.unloaded_at.is_some(),
+    })
+}
+
+fn with_time(value: &mut Value, at: Micros) {
+    if let Some(map) = value.as_object_mut() {
+        map.insert("time".to_owned(), json!(format_timestamp(at)));
+    }
+}
+
+/// The document of `GET /api/units/{unit}/events`: the unit's recent transitions, oldest first;
+/// `None` for a unit that is not watched.
+pub fn events_document(table: &UnitTable, unit: &str) -> Option<Value> {
+    let record = table.get(unit)?;
+    let events: Vec<Value> = record
+        .recent()
+        .map(|t| {
+            let mut value = json!(t);
+            with_time(&mut value, t.timestamp_us);
+            value
+        })
+        .collect();
+    Some(json!({
+        "unit": unit,
+        "source": record.source,
+        "events": events,
+    }))
+}
+
+/// Why the daemon's status could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// Nothing listens there.
+    #[error("no crashwatch daemon answers on {address} ({reason}); is it running, and is that its listen address?")]
+    NotRunning {
+        /// Where it was asked.
+        address: SocketAddr,
+        /// What the connection attempt said.
+        reason: String,
+    },
+    /// Something answered, but not with the status API.
+    #[error("{address} did not answer like crashwatch: {reason}")]
+    BadAnswer {
+        /// Where it was asked.
+        address: SocketAddr,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// How long `crashwatch status` waits for the daemon.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reads `path` of the daemon's API at `address` as JSON.
+pub fn fetch(address: SocketAddr, path: &str) -> Result<Value, StatusError> {
+    let not_running = |e: std::io::Error| StatusError::NotRunning {
+        address,
+        reason: e.to_string(),
+    };
+    let bad = |reason: String| StatusError::BadAnswer { address, reason };
+    let mut stream = TcpStream::connect_timeout(&address, CLIENT_TIMEOUT).map_err(not_running)?;
+    stream
+        .set_read_timeout(Some(CLIENT_TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(CLIENT_TIMEOUT)))
+        .map_err(|e| bad(e.to_string()))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| bad(format!("sending the request: {e}")))?;
+    let mut reply = Vec::new();
+    stream
+        .read_to_end(&mut reply)
+        .map_err(|e| bad(format!("reading the answer: {e}")))?;
+    let reply = String::from_utf8_lossy(&reply);
+    let (head, body) = reply
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| bad("no HTTP answer".to_owned()))?;
+    let status = head.lines().next().unwrap_or("");
+    let document: Value = serde_json::from_str(body)
+        .map_err(|_| bad(format!("{path} answered {status:?}, not JSON")))?;
+    if !status.contains(" 200 ") {
+        let error = document["error"].as_str().unwrap_or(status);
+        return Err(bad(format!("{path}: {error}")));
+    }
+    Ok(document)
+}
+
+/// `crashwatch status` as a table: crash-looping units first, then by restarts in the window,
+/// then by name.
+pub fn units_table(document: &Value) -> String {
+    let empty = Vec::new();
+    let mut units: Vec<&Value> = document["units"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .collect();
+    units.sort_by(|a, b| {
+        let looping = |u: &Value| u["crashlooping"].as_bool().unwrap_or(false);
+        let in_window = |u: &Value| u["restarts_in_window"].as_u64().unwrap_or(0);
+        looping(b)
+            .cmp(&looping(a))
+            .then(in_window(b).cmp(&in_window(a)))
+            .then(a["unit"].as_str().cmp(&b["unit"].as_str()))
+    });
+    let rows: Vec<[String; 6]> = units
+        .iter()
+        .map(|u| {
+            let text = |v: &Value| v.as_str().unwrap_or("-").to_owned();
+            let state = format!("{}/{}", text(&u["state"]), text(&u["substate"]));
+            let looping = if u["crashlooping"].as_bool().unwrap_or(false) {
+                "LOOPING"
+            } else {
+                "no"
+            };
+            let window = format!(
+                "{}/{} in {}",
+                u["restarts_in_window"].as_u64().unwrap_or(0),
+                u["threshold"].as_u64().unwrap_or(0),
+                duration(u["window_seconds"].as_f64().unwrap_or(0.0))
+            );
+            let last_crash = match u["last_crash"].as_object() {
+                Some(crash) => {
+                    let mut cause = text(&crash["reason"]);
+                    if let (Some(code), Some(status)) =
+                        (crash["exit_code"].as_str(), crash["exit_status"].as_i64())
+                    {
+                        cause.push_str(&format!(" ({code} {status})"));
+                    }
+                    format!("{} {cause}", text(&crash["time"]))
+                }
+                None => "-".to_owned(),
+            };
+            [
+                sanitize(&text(&u["unit"])),
+                text(&u["source"]),
+                state,
+                looping.to_owned(),
+                window,
+                last_crash,
+            ]
+        })
+        .collect();
+    let header = [
+        "UNIT",
+        "SOURCE",
+        "STATE",
+        "LOOPING",
+        "RESTARTS",
+        "LAST CRASH",
+    ];
+    let mut out = columns(header, &rows);
+    let looping = document["crashlooping"].as_u64().unwrap_or(0);
+    out.push_str(&format!(
+        "\n{} units watched, {looping} crash-looping.\n",
+        rows.len()
+    ));
+    out
+}
+
+/// One unit's recent transitions as a table, oldest first.
+pub fn events_table(document: &Value) -> String {
+    let empty = Vec::new();
+    let events = document["events"].as_array().unwrap_or(&empty);
+    let rows: Vec<[String; 4]> = events
+        .iter()
+        .map(|e| {
+            let text = |v: &Value| v.as_str().unwrap_or("-").to_owned();
+            let mut detail = Vec::new();
+            if let Some(reason) = e["crash_reason"].as_str() {
+                detail.push(format!("crash: {reason}"));
+            }
+            if let (Some(code), Some(status)) = (e["exit_code"].as_str(), e["exit_status"].as_i64())
+            {
+                detail.push(format!("{code} {status}"));
+            }
+            if let Some(cause) = e["restart_cause"].as_str() {
+                detail.push(format!("restart: {cause}"));
+            }
+            if e["inferred"].as_bool().unwrap_or(false) {
+                detail.push("inferred".to_owned());
+            }
+            [
+                text(&e["time"]),
+                text(&e["transition"]),
+                format!("{}/{}", text(&e["to_state"]), text(&e["to_substate"])),
+                detail.join(", "),
+            ]
+        })
+        .collect();
+    let mut out = format!(
+        "{} ({})\n",
+        sanitize(document["unit"].as_str().unwrap_or("?")),
+        document["source"].as_str().unwrap_or("?")
+    );
+    out.push_str(&columns(["TIME", "TRANSITION", "STATE", "DETAIL"], &rows));
+    out
+}
+
+/// Left-aligned columns two spaces apart, as `systemctl list-units` prints them.
+fn columns<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+    let header = header.map(str::to_owned);
+    let mut widths = header.clone().map(|h| h.chars().count());
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(rows) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Unit names come from outside: control characters would garble a terminal.
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+/// `300` as `5m`, `90` as `90s`, `7200` as `2h`.
+fn duration(seconds: f64) -> String {
+    let s = seconds.round() as u64;
+    match s {
+        s if s >= 3_600 && s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::Policy;
+    use crate::event::{Event, SourceKind, Transition, TransitionKind, UnitState};
+
+    fn table_with(units: &[(&str, bool, u32)]) -> UnitTable {
+        let mut table = UnitTable::new();
+        for &(unit, looping, in_window) in units {
+            table.register(unit, SourceKind::Systemd, Policy::default());
+            let mut crash = Transition::new(
+                unit,
+                SourceKind::Systemd,
+                1_700_000_000_000_000,
+                TransitionKind::Failed,
+                UnitState::new("active", "running"),
+                UnitState::new("activating", "auto-restart"),
+            );
+            crash.crash = Some("exit-code".into());
+            crash.exit = Some(crate::event::ExitCause {
+                code: crate::event::ExitCode::Exited,
+                status: 1,
+            });
+            table.record(&Event::Transition {
+                transition: crash,
+                restarts: 0,
+            });
+            table.show_window(unit, in_window, looping);
+        }
+        table
+    }
+
+    #[test]
+    fn the_units_document_says_what_an_operator_asks_first() {
+        let table = table_with(&[("a.service", false, 1), ("b.service", true, 4)]);
+        let document = units_document(&table);
+        assert_eq!(document["crashlooping"], 1);
+        let b = &document["units"][1];
+        assert_eq!(b["unit"], "b.service");
+        assert_eq!(b["crashlooping"], true);
+        assert_eq!(b["restarts_in_window"], 4);
+        assert_eq!(b["state"], "activating");
+        assert_eq!(b["substate"], "auto-restart");
+        assert_eq!(b["last_crash"]["reason"], "exit-code");
+        assert_eq!(b["last_crash"]["exit_code"], "exited");
+        assert_eq!(b["last_crash"]["exit_status"], 1);
+        assert_eq!(b["last_crash"]["time"], "2023-11-14T22:13:20.000Z");
+        assert_eq!(b["last_transition"]["transition"], "failed");
+        assert_eq!(b["threshold"], Policy::default().threshold);
+    }
+
+    #[test]
+    fn events_are_given_for_watched_units_only() {
+        let table = table_with(&[("a.service", false, 0)]);
+        let document = events_document(&table, "a.service").unwrap();
+        assert_eq!(document["events"].as_array().unwrap().len(), 1);
+        assert_eq!(document["events"][0]["transition"], "failed");
+        assert_eq!(document["events"][0]["crash_reason"], "exit-code");
+        assert!(events_document(&table, "nope.service").is_none());
+        let text = events_table(&document);
+        assert!(text.starts_with("a.service (systemd)\nTIME"), "{text}");
+        assert!(
+            text.contains("failed      activating/auto-restart  crash: exit-code, exited 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_table_puts_crash_looping_units_first() {
+        let table = table_with(&[
+            ("a.service", false, 2),
+            ("b.service", true, 4),
+            ("c\nd.service", false, 0),
+        ]);
+        let text = units_table(&units_document(&table));
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("UNIT"), "{text}");
+        assert!(
+            lines[1].starts_with("b.service") && lines[1].contains("LOOPING"),
+            "{text}"
+        );
+        assert!(lines[2].starts_with("a.service"), "{text}");
+        assert!(lines[3].starts_with("c?d.service"), "{text}");
+        assert!(lines[1].contains("exit-code (exited 1)"), "{text}");
+        assert!(
+            text.ends_with("3 units watched, 1 crash-looping.\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn no_daemon_is_said_plainly() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        drop(listener);
+        let error = fetch(address, "/api/units").unwrap_err();
+        assert!(matches!(error, StatusError::NotRunning { .. }), "{error}");
+        assert!(error
+            .to_string()
+            .starts_with("no crashwatch daemon answers on"));
+    }
+}

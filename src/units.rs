@@ -1,0 +1,683 @@
+//! What crashwatch knows of each watched unit now: counters, the state it is in, its window, its
+//! last crash and its recent transitions.
+//!
+//! The detector task is the only writer: it records every event here before handing it to the
+//! threaded sinks. `/metrics` and the status API read it. Keeping per-unit series in a table of
+//! our own, rather than in the `metrics` recorder, is what makes a scrape cheap: each unit's
+//! label set is escaped once, when the unit is first seen, and a rendering is a walk over plain
+//! counters (about 1 µs per unit, against about 100 µs per unit through the exporter's registry).
+//! It also lets a unit that systemd unloaded disappear from `/metrics`, which a `metrics`
+//! recorder cannot do, so memory follows the units that exist rather than every unit ever seen.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use serde::Serialize;
+
+use crate::detect::Policy;
+use crate::event::{
+    Event, ExitCause, LoopEvent, Micros, RestartCause, SourceKind, Transition, TransitionKind,
+    UnitState,
+};
+
+/// Recent transitions kept per unit for `/api/units/{unit}/events`.
+pub const RECENT_TRANSITIONS: usize = 32;
+
+/// systemd's documented `Result` values: the `reason` label takes one of these, else `other`, so
+/// an unknown value from outside cannot create series.
+pub const CRASH_REASONS: [&str; 15] = [
+    "success",
+    "exit-code",
+    "signal",
+    "core-dump",
+    "timeout",
+    "watchdog",
+    "start-limit-hit",
+    "resources",
+    "oom-kill",
+    "protocol",
+    "exec-condition",
+    "cgroup",
+    "unknown",
+    "failed",
+    "other",
+];
+
+/// The `reason` label for a crash reason: itself when documented, `other` when not.
+pub fn crash_reason_label(reason: &str) -> &'static str {
+    CRASH_REASONS[crash_reason_index(reason)]
+}
+
+fn crash_reason_index(reason: &str) -> usize {
+    CRASH_REASONS
+        .iter()
+        .position(|known| *known == reason)
+        .unwrap_or(CRASH_REASONS.len() - 1)
+}
+
+/// The last crash of a unit.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LastCrash {
+    /// When, in microseconds since the Unix epoch.
+    pub timestamp_us: Micros,
+    /// The reason (systemd's Result), as labelled.
+    pub reason: &'static str,
+    /// How the main process ended, when known.
+    #[serde(flatten)]
+    pub exit: Option<ExitSummary>,
+}
+
+/// [`ExitCause`] with the names the event record uses.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct ExitSummary {
+    /// `exited`, `killed` or `dumped`.
+    pub exit_code: crate::event::ExitCode,
+    /// The exit status, or the signal number.
+    pub exit_status: i32,
+}
+
+impl From<ExitCause> for ExitSummary {
+    fn from(cause: ExitCause) -> ExitSummary {
+        ExitSummary {
+            exit_code: cause.code,
+            exit_status: cause.status,
+        }
+    }
+}
+
+/// One transition as the status API shows it; the unit and source are the unit's own.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RecentTransition {
+    /// When, by the source's clock, in microseconds since the Unix epoch.
+    pub timestamp_us: Micros,
+    /// What happened.
+    pub transition: TransitionKind,
+    /// The state after (systemd's ActiveState).
+    pub to_state: Box<str>,
+    /// The sub-state after (systemd's SubState).
+    pub to_substate: Box<str>,
+    /// The crash reason, when this was a crash.
+    pub crash_reason: Option<&'static str>,
+    /// How the main process ended, when known.
+    #[serde(flatten)]
+    pub exit: Option<ExitSummary>,
+    /// For a restart: who started the unit again.
+    pub restart_cause: Option<RestartCause>,
+    /// Reconstructed from counters rather than heard.
+    pub inferred: bool,
+}
+
+impl RecentTransition {
+    fn of(t: &Transition) -> RecentTransition {
+        RecentTransition {
+            timestamp_us: t.timestamp,
+            transition: t.kind,
+            to_state: t.to.active.as_str().into(),
+            to_substate: t.to.sub.as_str().into(),
+            crash_reason: t.crash.as_deref().map(crash_reason_label),
+            exit: t.exit.map(ExitSummary::from),
+            restart_cause: t.restart_cause,
+            inferred: t.inferred,
+        }
+    }
+}
+
+/// Everything kept about one unit.
+#[derive(Clone, Debug)]
+pub struct UnitRecord {
+    /// The source that reports the unit.
+    pub source: SourceKind,
+    /// The threshold and window the unit is judged by.
+    pub policy: Policy,
+    /// `unit="…",source="…"`, escaped once for every series of the unit.
+    labels: Box<str>,
+    /// The unit's state as of its last transition.
+    pub state: Option<(Box<str>, Box<str>)>,
+    /// Up (1) or down (0) as of the last transition that says; `None` before one does.
+    pub active: Option<bool>,
+    /// Starts (new runs) seen.
+    pub starts: u64,
+    /// Restarts (starts after a crash) seen.
+    pub restarts: u64,
+    /// Crash loops that began.
+    pub crashloops: u64,
+    /// Transitions seen, by kind, in [`TransitionKind::ALL`] order.
+    transitions: [u64; 6],
+    /// Crashes seen, by reason, in [`CRASH_REASONS`] order.
+    crashes: [u64; CRASH_REASONS.len()],
+    /// Whether the unit is crash-looping now.
+    pub crashlooping: bool,
+    /// Restarts within the unit's window now.
+    pub restarts_in_window: u32,
+    /// The last crash.
+    pub last_crash: Option<LastCrash>,
+    /// The last transition: when, and what.
+    pub last_transition: Option<(Micros, TransitionKind)>,
+    /// When the init system unloaded the unit, if it has and has not loaded it since.
+    pub unloaded_at: Option<Micros>,
+    recent: VecDeque<RecentTransition>,
+}
+
+impl UnitRecord {
+    fn new(unit: &str, source: SourceKind, policy: Policy) -> UnitRecord {
+        let mut labels = String::with_capacity(unit.len() + 24);
+        labels.push_str("unit=\"");
+        escape_label_value(unit, &mut labels);
+        labels.push_str("\",source=\"");
+        labels.push_str(source.as_str());
+        labels.push('"');
+        UnitRecord {
+            source,
+            policy,
+            labels: labels.into(),
+            state: None,
+            active: None,
+            starts: 0,
+            restarts: 0,
+            crashloops: 0,
+            transitions: [0; 6],
+            crashes: [0; CRASH_REASONS.len()],
+            crashlooping: false,
+            restarts_in_window: 0,
+            last_crash: None,
+            last_transition: None,
+            unloaded_at: None,
+            recent: VecDeque::new(),
+        }
+    }
+
+    /// The unit's recent transitions, oldest first.
+    pub fn recent(&self) -> impl DoubleEndedIterator<Item = &RecentTransition> + ExactSizeIterator {
+        self.recent.iter()
+    }
+
+    /// Crashes by reason label, for reasons seen at least once.
+    pub fn crashes(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        CRASH_REASONS
+            .iter()
+            .zip(self.crashes)
+            .filter(|(_, n)| *n > 0)
+            .map(|(reason, n)| (*reason, n))
+    }
+
+    fn transition(&mut self, t: &Transition) {
+        let kind_index = TransitionKind::ALL
+            .iter()
+            .position(|k| *k == t.kind)
+            .unwrap_or(0);
+        self.transitions[kind_index] += 1;
+        match t.kind {
+            TransitionKind::Starting => self.starts += 1,
+            TransitionKind::Restart => self.restarts += 1,
+            _ => {}
+        }
+        match t.kind {
+            TransitionKind::Started => self.active = Some(true),
+            TransitionKind::Stopping | TransitionKind::Stopped | TransitionKind::Failed => {
+                self.active = Some(false)
+            }
+            _ => {}
+        }
+        if let Some(reason) = &t.crash {
+            let index = crash_reason_index(reason);
+            self.crashes[index] += 1;
+            self.last_crash = Some(LastCrash {
+                timestamp_us: t.timestamp,
+                reason: CRASH_REASONS[index],
+                exit: t.exit.map(ExitSummary::from),
+            });
+        }
+        if self
+            .state
+            .as_ref()
+            .is_none_or(|(active, sub)| **active != *t.to.active || **sub != *t.to.sub)
+        {
+            self.state = Some((t.to.active.as_str().into(), t.to.sub.as_str().into()));
+        }
+        self.last_transition = Some((t.timestamp, t.kind));
+        self.unloaded_at = None;
+        if self.recent.len() == RECENT_TRANSITIONS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(RecentTransition::of(t));
+    }
+}
+
+/// Every unit with series of its own, by name.
+#[derive(Debug, Default)]
+pub struct UnitTable {
+    units: BTreeMap<Box<str>, UnitRecord>,
+    /// Moves on every change, so a rendering can be reused until something changes.
+    generation: u64,
+}
+
+impl UnitTable {
+    /// An empty table.
+    pub fn new() -> UnitTable {
+        UnitTable::default()
+    }
+
+    /// Units in the table.
+    pub fn len(&self) -> usize {
+        self.units.len()
+    }
+
+    /// Whether the table holds no unit.
+    pub fn is_empty(&self) -> bool {
+        self.units.is_empty()
+    }
+
+    /// Moves whenever the table changes.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The record of `unit`, if it has one.
+    pub fn get(&self, unit: &str) -> Option<&UnitRecord> {
+        self.units.get(unit)
+    }
+
+    /// Every unit and its record, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &UnitRecord)> {
+        self.units.iter().map(|(name, record)| (&**name, record))
+    }
+
+    /// Whether `unit` has a record.
+    pub fn contains(&self, unit: &str) -> bool {
+        self.units.contains_key(unit)
+    }
+
+    /// Gives `unit` a record with every counter at zero, so the first increase is visible to
+    /// `increase()` and `rate()`. A unit that has one keeps it.
+    pub fn register(&mut self, unit: &str, source: SourceKind, policy: Policy) {
+        if !self.units.contains_key(unit) {
+            self.units
+                .insert(unit.into(), UnitRecord::new(unit, source, policy));
+            self.generation += 1;
+        }
+    }
+
+    /// Drops `unit` and its series.
+    pub fn remove(&mut self, unit: &str) -> bool {
+        let removed = self.units.remove(unit).is_some();
+        if removed {
+            self.generation += 1;
+        }
+        removed
+    }
+
+    /// Notes that a snapshot found `unit` loaded, in `state`. Nothing is counted; the state is
+    /// taken only by a unit that has none yet (a transition heard since knows better).
+    pub fn present(&mut self, unit: &str, state: &UnitState) {
+        let Some(record) = self.units.get_mut(unit) else {
+            return;
+        };
+        record.unloaded_at = None;
+        if record.state.is_none() {
+            record.state = Some((state.active.as_str().into(), state.sub.as_str().into()));
+            record.active = match state.active.as_str() {
+                "active" | "reloading" => Some(true),
+                "inactive" | "failed" | "deactivating" => Some(false),
+                // Upstart: goal/state.
+                _ if state.sub == "running" => Some(true),
+                _ if state.sub == "waiting" => Some(false),
+                _ => None,
+            };
+        }
+        self.generation += 1;
+    }
+
+    /// Notes that the init system unloaded `unit` at `at`.
+    pub fn unloaded(&mut self, unit: &str, at: Micros) {
+        if let Some(record) = self.units.get_mut(unit) {
+            record.unloaded_at = Some(at);
+            self.generation += 1;
+        }
+    }
+
+    /// Shows a window rebuilt from history (nothing counted): the restarts in it, and whether a
+    /// loop is in progress.
+    pub fn show_window(&mut self, unit: &str, restarts_in_window: u32, looping: bool) {
+        if let Some(record) = self.units.get_mut(unit) {
+            record.restarts_in_window = restarts_in_window;
+            record.crashlooping = looping;
+            self.generation += 1;
+        }
+    }
+
+    /// Applies one event to the unit it is about. Events of units without a record are ignored:
+    /// the detector task registers the units it exports.
+    pub fn record(&mut self, event: &Event) {
+        let unit = match event {
+            Event::Transition { transition, .. } => &transition.unit,
+            Event::Loop(event) => &event.unit,
+            Event::Window { unit, .. } => unit,
+        };
+        let Some(record) = self.units.get_mut(unit.as_str()) else {
+            return;
+        };
+        match event {
+            Event::Transition { transition, .. } => record.transition(transition),
+            Event::Loop(LoopEvent {
+                ended,
+                restarts_in_window,
+                ..
+            }) => {
+                if ended.is_none() {
+                    record.crashloops += 1;
+                }
+                record.crashlooping = ended.is_none();
+                record.restarts_in_window = *restarts_in_window;
+            }
+            Event::Window {
+                restarts_in_window, ..
+            } => record.restarts_in_window = *restarts_in_window,
+        }
+        self.generation += 1;
+    }
+
+    /// Writes every unit's series in the Prometheus text format (0.0.4), a family at a time.
+    pub fn render_prometheus(&self, out: &mut String) {
+        out.reserve(self.units.len() * 700);
+        let units = || self.units.values();
+        family(out, "crashwatch_unit_starts_total", COUNTER, STARTS_HELP);
+        for u in units() {
+            sample(out, "crashwatch_unit_starts_total", &u.labels, u.starts);
+        }
+        family(
+            out,
+            "crashwatch_unit_restarts_total",
+            COUNTER,
+            RESTARTS_HELP,
+        );
+        for u in units() {
+            sample(out, "crashwatch_unit_restarts_total", &u.labels, u.restarts);
+        }
+        family(
+            out,
+            "crashwatch_unit_crashloops_total",
+            COUNTER,
+            CRASHLOOPS_HELP,
+        );
+        for u in units() {
+            sample(
+                out,
+                "crashwatch_unit_crashloops_total",
+                &u.labels,
+                u.crashloops,
+            );
+        }
+        family(out, "crashwatch_unit_crashes_total", COUNTER, CRASHES_HELP);
+        for u in units() {
+            for (reason, n) in u.crashes() {
+                let name = "crashwatch_unit_crashes_total";
+                let _ = writeln!(out, "{name}{{{},reason=\"{reason}\"}} {n}", u.labels);
+            }
+        }
+        family(
+            out,
+            "crashwatch_unit_transitions_total",
+            COUNTER,
+            TRANSITIONS_HELP,
+        );
+        for u in units() {
+            for (kind, n) in TransitionKind::ALL.iter().zip(u.transitions) {
+                if n > 0 {
+                    let (name, kind) = ("crashwatch_unit_transitions_total", kind.as_str());
+                    let _ = writeln!(out, "{name}{{{},transition=\"{kind}\"}} {n}", u.labels);
+                }
+            }
+        }
+        family(
+            out,
+            "crashwatch_unit_crashlooping",
+            GAUGE,
+            CRASHLOOPING_HELP,
+        );
+        for u in units() {
+            let looping = u64::from(u.crashlooping);
+            sample(out, "crashwatch_unit_crashlooping", &u.labels, looping);
+        }
+        family(
+            out,
+            "crashwatch_unit_restarts_in_window",
+            GAUGE,
+            IN_WINDOW_HELP,
+        );
+        for u in units() {
+            let in_window = u64::from(u.restarts_in_window);
+            sample(
+                out,
+                "crashwatch_unit_restarts_in_window",
+                &u.labels,
+                in_window,
+            );
+        }
+        family(out, "crashwatch_unit_active", GAUGE, ACTIVE_HELP);
+        for u in units() {
+            if let Some(up) = u.active {
+                sample(out, "crashwatch_unit_active", &u.labels, u64::from(up));
+            }
+        }
+        family(
+            out,
+            "crashwatch_unit_last_crash_timestamp_seconds",
+            GAUGE,
+            LAST_CRASH_HELP,
+        );
+        for u in units() {
+            if let Some(crash) = &u.last_crash {
+                let at = crash.timestamp_us;
+                let _ = writeln!(
+                    out,
+                    "crashwatch_unit_last_crash_timestamp_seconds{{{}}} {}.{:06}",
+                    u.labels,
+                    at / 1_000_000,
+                    at % 1_000_000
+                );
+            }
+        }
+    }
+}
+
+const COUNTER: &str = "counter";
+const GAUGE: &str = "gauge";
+const STARTS_HELP: &str = "Starts of the unit (new runs) seen by crashwatch.";
+const RESTARTS_HELP: &str = "Starts of the unit that followed a crash, whoever started it.";
+const CRASHLOOPS_HELP: &str = "Crash loops of the unit that began.";
+const CRASHES_HELP: &str =
+    "Stops of the unit that nobody asked for, by reason (the init system's Result).";
+const TRANSITIONS_HELP: &str = "Lifecycle transitions of the unit, by kind.";
+const CRASHLOOPING_HELP: &str = "Whether the unit is crash-looping now (1) or not (0).";
+const IN_WINDOW_HELP: &str = "Restarts of the unit within its detection window.";
+const ACTIVE_HELP: &str = "Whether the unit is up (1) or not (0), as of its last transition.";
+const LAST_CRASH_HELP: &str = "When the unit last crashed, in seconds since the Unix epoch.";
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+}
+
+fn sample(out: &mut String, name: &str, labels: &str, value: u64) {
+    let _ = writeln!(out, "{name}{{{labels}}} {value}");
+}
+
+/// Escapes a label value as the text format wants: backslash, double quote and line feed.
+pub fn escape_label_value(value: &str, out: &mut String) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// The table shared between the detector task, its only writer, and the HTTP readers.
+#[derive(Clone, Debug, Default)]
+pub struct SharedUnits(Arc<Mutex<UnitTable>>);
+
+impl SharedUnits {
+    /// An empty shared table.
+    pub fn new() -> SharedUnits {
+        SharedUnits::default()
+    }
+
+    /// Locks the table. Hold it briefly: the detector task waits for it.
+    pub fn lock(&self) -> MutexGuard<'_, UnitTable> {
+        // A panic while holding the lock leaves counters, not broken invariants: keep serving.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transition(unit: &str, kind: TransitionKind, at: Micros) -> Transition {
+        Transition::new(
+            unit,
+            SourceKind::Systemd,
+            at,
+            kind,
+            UnitState::new("activating", "start"),
+            UnitState::new("active", "running"),
+        )
+    }
+
+    fn rendered(table: &UnitTable) -> String {
+        let mut out = String::new();
+        table.render_prometheus(&mut out);
+        out
+    }
+
+    #[test]
+    fn a_registered_unit_shows_its_counters_at_zero() {
+        let mut table = UnitTable::new();
+        table.register("a.service", SourceKind::Systemd, Policy::default());
+        let text = rendered(&table);
+        for name in [
+            "crashwatch_unit_starts_total",
+            "crashwatch_unit_restarts_total",
+            "crashwatch_unit_crashloops_total",
+            "crashwatch_unit_crashlooping",
+            "crashwatch_unit_restarts_in_window",
+        ] {
+            let line = format!("{name}{{unit=\"a.service\",source=\"systemd\"}} 0\n");
+            assert!(text.contains(&line), "{line:?} missing from\n{text}");
+        }
+        assert!(!text.contains("crashwatch_unit_active{"), "{text}");
+    }
+
+    #[test]
+    fn events_move_the_counters_and_gauges() {
+        let mut table = UnitTable::new();
+        let unit = "b.service";
+        table.register(unit, SourceKind::Systemd, Policy::default());
+        let mut crash = transition(unit, TransitionKind::Failed, 2_500_000);
+        crash.crash = Some("exit-code".into());
+        crash.exit = Some(ExitCause {
+            code: crate::event::ExitCode::Exited,
+            status: 3,
+        });
+        let mut odd = transition(unit, TransitionKind::Stopped, 2_600_000);
+        odd.crash = Some("not-a-result\"".into());
+        for t in [
+            transition(unit, TransitionKind::Starting, 1_000_000),
+            transition(unit, TransitionKind::Started, 1_100_000),
+            crash,
+            odd,
+            transition(unit, TransitionKind::Restart, 3_000_000),
+        ] {
+            table.record(&Event::Transition {
+                transition: t,
+                restarts: 0,
+            });
+        }
+        table.record(&Event::Loop(LoopEvent {
+            unit: unit.into(),
+            source: SourceKind::Systemd,
+            timestamp: 3_000_000,
+            ended: None,
+            restarts_in_window: 3,
+            threshold: 3,
+            window_seconds: 300.0,
+        }));
+        let text = rendered(&table);
+        let labels = "unit=\"b.service\",source=\"systemd\"";
+        for line in [
+            format!("crashwatch_unit_starts_total{{{labels}}} 1"),
+            format!("crashwatch_unit_restarts_total{{{labels}}} 1"),
+            format!("crashwatch_unit_crashloops_total{{{labels}}} 1"),
+            format!("crashwatch_unit_crashes_total{{{labels},reason=\"exit-code\"}} 1"),
+            format!("crashwatch_unit_crashes_total{{{labels},reason=\"other\"}} 1"),
+            format!("crashwatch_unit_transitions_total{{{labels},transition=\"failed\"}} 1"),
+            format!("crashwatch_unit_crashlooping{{{labels}}} 1"),
+            format!("crashwatch_unit_restarts_in_window{{{labels}}} 3"),
+            format!("crashwatch_unit_active{{{labels}}} 0"),
+            format!("crashwatch_unit_last_crash_timestamp_seconds{{{labels}}} 2.600000"),
+        ] {
+            assert!(
+                text.contains(&format!("{line}\n")),
+                "{line:?} missing from\n{text}"
+            );
+        }
+        let record = table.get(unit).unwrap();
+        assert_eq!(record.recent().len(), 5);
+        assert_eq!(record.last_crash.as_ref().unwrap().reason, "other");
+        assert_eq!(
+            record.last_transition,
+            Some((3_000_000, TransitionKind::Restart))
+        );
+    }
+
+    #[test]
+    fn recent_transitions_are_bounded() {
+        let mut table = UnitTable::new();
+        table.register("c.service", SourceKind::Systemd, Policy::default());
+        for n in 0..(RECENT_TRANSITIONS as u64 + 10) {
+            table.record(&Event::Transition {
+                transition: transition("c.service", TransitionKind::Started, n),
+                restarts: 0,
+            });
+        }
+        let record = table.get("c.service").unwrap();
+        assert_eq!(record.recent().len(), RECENT_TRANSITIONS);
+        assert_eq!(record.recent().next().unwrap().timestamp_us, 10);
+    }
+
+    #[test]
+    fn label_values_are_escaped_once_and_exactly() {
+        let mut table = UnitTable::new();
+        for name in [r"a\x3ab.service", "q\"uote.service", "new\nline", r"tail\"] {
+            table.register(name, SourceKind::Upstart, Policy::default());
+        }
+        let text = rendered(&table);
+        assert!(
+            text.contains(r#"unit="a\\x3ab.service",source="upstart""#),
+            "{text}"
+        );
+        assert!(text.contains(r#"unit="q\"uote.service""#), "{text}");
+        assert!(text.contains(r#"unit="new\nline""#), "{text}");
+        assert!(text.contains(r#"unit="tail\\""#), "{text}");
+    }
+
+    #[test]
+    fn a_removed_unit_leaves_no_series_and_moves_the_generation() {
+        let mut table = UnitTable::new();
+        table.register("d.service", SourceKind::Systemd, Policy::default());
+        let before = table.generation();
+        assert!(table.remove("d.service"));
+        assert!(table.generation() > before);
+        assert!(!rendered(&table).contains("d.service"));
+        assert!(!table.remove("d.service"));
+    }
+
+    #[test]
+    fn crash_reasons_are_a_fixed_set() {
+        assert_eq!(crash_reason_label("exit-code"), "exit-code");
+        assert_eq!(crash_reason_label("oom-kill"), "oom-kill");
+        assert_eq!(crash_reason_label("anything\"else"), "other");
+    }
+}
