@@ -334,6 +334,10 @@ impl SystemdSource {
                 // daemon-reload removes and re-adds every unit; their state survives it.
                 if let Ok((unit, _)) = decode::<(&str, zbus::ObjectPath<'_>)>(&body, SOURCE, member)
                 {
+                    if !self.link.reloading {
+                        self.link.pending_service.remove(unit);
+                        self.snapshot_positions.remove(unit);
+                    }
                     if !self.link.reloading && self.tracker.remove(unit) {
                         unloaded = Some(SourceEvent::Unloaded {
                             unit: unit.to_owned(),

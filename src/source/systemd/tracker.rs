@@ -237,13 +237,15 @@ impl Tracker {
 
     /// Forgets a unit systemd unloaded, unless its last run crashed: a unit garbage-collected
     /// between the runs of a loop driven from outside must still count its next start as a restart.
-    /// Returns whether it was forgotten.
+    /// Returns whether the unit was followed at all.
     pub fn remove(&mut self, unit: &str) -> bool {
-        if self.units.get(unit).is_some_and(|u| !u.crash_pending) {
+        let Some(tracked) = self.units.get(unit) else {
+            return false;
+        };
+        if !tracked.crash_pending {
             self.units.remove(unit);
-            return true;
         }
-        false
+        true
     }
 
     /// Applies one change of a unit: the Service properties and the Unit properties systemd sent

@@ -1,0 +1,135 @@
+//! Unit churn: transient units come and go, and crashwatch forgets them. Each gets its series
+//! while it exists and for `--unloaded-retention` after systemd unloads it (so a scrape sees how
+//! it ended), then leaves `/metrics` and the unit table: memory follows the units that exist,
+//! not every unit ever seen.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+/// Starts `count` transient services named `churn-<round>-<n>.service` that exit at once; systemd
+/// unloads each when it ends. One shell loop inside the sandbox, so the churn is quick.
+fn churn(sb: &Sandbox, round: u32, count: u32) {
+    let script = format!(
+        "i=0; while [ $i -lt {count} ]; do \
+         systemd-run --quiet --unit=churn-{round}-$i.service /bin/true || exit 1; \
+         i=$((i+1)); done"
+    );
+    let out = sb.run_inside(120, "/bin/sh", &["-c", &script]);
+    assert!(
+        out.status.success(),
+        "systemd-run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn churn_series(cw: &Crashwatch) -> usize {
+    cw.scrape()
+        .lines()
+        .filter(|l| l.starts_with("crashwatch_unit_starts_total{unit=\"churn-"))
+        .count()
+}
+
+#[test]
+fn short_lived_units_are_forgotten_and_memory_stays_flat() {
+    require_sandbox!();
+    let sb = Sandbox::start().unwrap_or_else(|e| panic!("{e}"));
+    let cw = Crashwatch::spawn(
+        &sb,
+        &[
+            "--unloaded-retention",
+            "1s",
+            "--window",
+            "3s",
+            "--threshold",
+            "2",
+        ],
+    );
+
+    // A transient unit that crash-loops, then is stopped and unloaded: kept while its restarts
+    // are still in the window, whatever the retention.
+    let looping = "churn-loop.service";
+    let out = sb.run_inside(
+        30,
+        "systemd-run",
+        &[
+            "--quiet",
+            "--unit",
+            looping,
+            "-p",
+            "Restart=always",
+            "-p",
+            "RestartSec=100ms",
+            "-p",
+            "StartLimitIntervalSec=0",
+            "/bin/false",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let flagged = wait_until(Duration::from_secs(20), || {
+        cw.unit_metric("crashwatch_unit_crashlooping", looping) == 1.0
+    });
+    assert!(flagged, "no loop of {looping}\n{}", cw.diag(looping));
+    sb.systemctl_ok(&["stop", looping]);
+
+    let mut rss_after_round = Vec::new();
+    for round in 0..3 {
+        churn(&sb, round, 200);
+        let forgotten = wait_until(Duration::from_secs(30), || churn_series(&cw) == 0);
+        assert!(
+            forgotten,
+            "{} churn units still have series after round {round}\n{}",
+            churn_series(&cw),
+            cw.stderr()
+        );
+        rss_after_round.push(cw.rss_kib());
+    }
+    // Every churned unit ran once: all 600 were heard, none kept.
+    let starts: f64 = cw
+        .scrape()
+        .lines()
+        .filter(|l| l.starts_with("crashwatch_unit_transitions_total{unit=\"churn-"))
+        .count() as f64;
+    assert!(
+        starts <= 5.0,
+        "{starts} transition series left of churned units"
+    );
+    let forgotten = wait_until(Duration::from_secs(20), || {
+        cw.metric("crashwatch_unit_starts_total", &[("unit", looping)])
+            .is_none()
+    });
+    assert!(
+        forgotten,
+        "{looping} kept after its window emptied\n{}",
+        cw.diag(looping)
+    );
+    let left: Vec<String> = cw
+        .scrape()
+        .lines()
+        .filter(|l| l.starts_with("crashwatch_unit_starts_total{"))
+        .map(str::to_owned)
+        .collect();
+    assert!(!left.iter().any(|l| l.contains("churn-")), "{left:#?}");
+    assert_eq!(
+        cw.metric("crashwatch_units", &[]),
+        Some(left.len() as f64),
+        "crashwatch_units disagrees with the series: {left:#?}"
+    );
+    assert_eq!(
+        cw.metric("crashwatch_units_overflow_total", &[])
+            .unwrap_or(0.0),
+        0.0
+    );
+
+    // The first round grows the heap to what churn needs; later rounds reuse it.
+    let (first, last) = (rss_after_round[0], rss_after_round[2]);
+    assert!(
+        last <= first + 1024,
+        "resident memory grew from {first} KiB to {last} KiB over two more rounds of 200 units: {rss_after_round:?}"
+    );
+    eprintln!("resident memory after each round of 200 units: {rss_after_round:?} KiB");
+}
