@@ -49,6 +49,18 @@ pub enum Command {
     /// Exits 0 whether or not loops are found, 2 when the input cannot be read. For example:
     /// journalctl -o json --since=-1d | crashwatch replay
     Replay(ReplayArgs),
+    /// Write the manual pages, crashwatch.1 and one per command, into a directory and print
+    /// their paths. Used when packaging; the pages come from this very help text.
+    #[command(hide = true)]
+    Man {
+        /// The directory to write the pages into; created if missing.
+        #[arg(long, value_name = "DIR")]
+        out_dir: PathBuf,
+        /// The pages' date, e.g. 2024-05-01; packaging passes the source's date, so that
+        /// building twice gives the same package.
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        date: String,
+    },
 }
 
 /// Options of `crashwatch replay`. The unit filter, threshold, window and overrides are the

@@ -12,6 +12,7 @@ pub mod event;
 pub mod glob;
 pub(crate) mod internal_events;
 pub mod journal;
+pub mod man;
 pub mod notify;
 pub mod sink;
 pub mod source;

@@ -36,6 +36,27 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::UpstartHook(args) => upstart_hook(args),
         Command::Replay(args) => replay(args),
+        Command::Man { out_dir, date } => write_man_pages(&out_dir, &date),
+    }
+}
+
+/// `crashwatch man --out-dir DIR --date DATE`: the manual pages, for packaging. Prints each
+/// page's path.
+fn write_man_pages(out_dir: &Path, date: &str) -> ExitCode {
+    match crashwatch::man::write_pages(out_dir, date) {
+        Ok(pages) => {
+            for page in pages {
+                println!("{}", page.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "crashwatch: writing the manual pages to {}: {e}",
+                out_dir.display()
+            );
+            ExitCode::FAILURE
+        }
     }
 }
 
