@@ -7,7 +7,8 @@
 # missing (so it is quick on a prepared machine): systemd, dbus and util-linux tools for the
 # sandboxed systemd the tests run, and promtool (Debian package `prometheus`) to lint /metrics;
 # for the end-to-end tests Prometheus and Alertmanager (`prometheus`, `prometheus-alertmanager`),
-# node and npm, and the reference StatsD server (npm package `statsd`, into target/npm).
+# node and npm, and the reference StatsD server (npm package `statsd`, into target/npm); for the
+# package tests dpkg-dev, binutils, groff-base, man-db and lintian.
 # The Rust toolchain itself (cargo, rustfmt, clippy) is expected to be installed already.
 #
 # Without root the sandbox tests cannot run; they print why and count as skipped. With CI=true
@@ -43,11 +44,18 @@ missing_packages() {
   { have dbus-daemon && [ -f /lib/systemd/system/dbus.socket ] && [ -f /lib/systemd/system/dbus.service ]; } ||
     pkgs+=(dbus)
   { have busctl && have systemctl && [ -x /lib/systemd/systemd ]; } || pkgs+=(systemd)
-  { have unshare && have nsenter && have setpriv; } || pkgs+=(util-linux)
+  { have unshare && have nsenter && have setpriv && have pivot_root; } || pkgs+=(util-linux)
   have script || pkgs+=(bsdutils)
   have timeout || pkgs+=(coreutils)
   # node and npm run the reference StatsD server (npm package statsd, installed below).
   { have node && have npm; } || pkgs+=(nodejs npm)
+  # scripts/package.sh and its tests: dpkg-shlibdeps, strip, groff and man to render the
+  # manual pages, lintian to judge the package.
+  have dpkg-shlibdeps || pkgs+=(dpkg-dev)
+  have strip || pkgs+=(binutils)
+  have groff || pkgs+=(groff-base)
+  have man || pkgs+=(man-db)
+  have lintian || pkgs+=(lintian)
   echo "${pkgs[@]}"
 }
 
@@ -55,7 +63,7 @@ install_packages() {
   local pkgs
   read -r -a pkgs <<<"$(missing_packages)"
   if [ "${#pkgs[@]}" -eq 0 ]; then
-    note "all present (prometheus, promtool, alertmanager, node, npm, dbus-daemon, systemd, unshare, nsenter, setpriv, script)"
+    note "all present (prometheus, promtool, alertmanager, node, npm, dbus-daemon, systemd, unshare, nsenter, setpriv, script, dpkg-dev, groff, man, lintian)"
     return
   fi
   note "missing: ${pkgs[*]}"

@@ -56,6 +56,18 @@ pub enum Command {
     /// threshold, and the last crash with its cause. With a UNIT, prints that unit's recent
     /// transitions instead. Exits 0 with an answer, 1 when no daemon answers.
     Status(StatusArgs),
+    /// Write the manual pages, crashwatch.1 and one per command, into a directory and print
+    /// their paths. Used when packaging; the pages come from this very help text.
+    #[command(hide = true)]
+    Man {
+        /// The directory to write the pages into; created if missing.
+        #[arg(long, value_name = "DIR")]
+        out_dir: PathBuf,
+        /// The pages' date, e.g. 2024-05-01; packaging passes the source's date, so that
+        /// building twice gives the same package.
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        date: String,
+    },
 }
 
 /// Options of `crashwatch status`.

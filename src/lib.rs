@@ -13,6 +13,7 @@ pub mod glob;
 pub mod http;
 pub(crate) mod internal_events;
 pub mod journal;
+pub mod man;
 pub mod notify;
 pub mod sink;
 pub mod source;

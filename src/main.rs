@@ -37,6 +37,7 @@ fn main() -> ExitCode {
         Command::UpstartHook(args) => upstart_hook(args),
         Command::Replay(args) => replay(args),
         Command::Status(args) => status(args),
+        Command::Man { out_dir, date } => write_man_pages(&out_dir, &date),
     }
 }
 
@@ -104,6 +105,26 @@ fn status(args: StatusArgs) -> ExitCode {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("crashwatch: writing the output: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `crashwatch man --out-dir DIR --date DATE`: the manual pages, for packaging. Prints each
+/// page's path.
+fn write_man_pages(out_dir: &Path, date: &str) -> ExitCode {
+    match crashwatch::man::write_pages(out_dir, date) {
+        Ok(pages) => {
+            for page in pages {
+                println!("{}", page.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "crashwatch: writing the manual pages to {}: {e}",
+                out_dir.display()
+            );
             ExitCode::FAILURE
         }
     }

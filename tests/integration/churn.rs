@@ -15,7 +15,7 @@ fn churn(sb: &Sandbox, round: u32, count: u32) {
          systemd-run --quiet --unit=churn-{round}-$i.service /bin/true || exit 1; \
          i=$((i+1)); done"
     );
-    let out = sb.run_inside(120, "/bin/sh", &["-c", &script]);
+    let out = sb.run_inside(120, &["/bin/sh", "-c", &script]);
     assert!(
         out.status.success(),
         "systemd-run failed: {}",
@@ -51,8 +51,8 @@ fn short_lived_units_are_forgotten_and_memory_stays_flat() {
     let looping = "churn-loop.service";
     let out = sb.run_inside(
         30,
-        "systemd-run",
         &[
+            "systemd-run",
             "--quiet",
             "--unit",
             looping,

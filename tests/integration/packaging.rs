@@ -3,7 +3,7 @@
 //! system bus as an unprivileged user, never reporting on itself, and a clean stop.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -137,4 +137,403 @@ fn packaged_unit_runs_hardened_under_systemd() {
         stderr()
     );
     assert!(took < Duration::from_secs(5), "stopping took {took:?}");
+}
+
+// ------------------------------------------------------------------------------------------------
+// The Debian package (scripts/package.sh)
+// ------------------------------------------------------------------------------------------------
+
+/// The unit's /metrics address, from packaging/crashwatch.toml.
+const PACKAGED_METRICS_PORT: u16 = 9863;
+
+/// Why scripts/package.sh (plus `extra` tools: name, Debian package) cannot run here, or Ok.
+fn packaging_prerequisites(extra: &[(&str, &str)]) -> Result<(), String> {
+    let tools = [
+        ("dpkg-deb", "dpkg"),
+        ("dpkg-shlibdeps", "dpkg-dev"),
+        ("strip", "binutils"),
+    ];
+    let missing: Vec<String> = tools
+        .iter()
+        .chain(extra)
+        .filter(|(tool, _)| find_in_path(tool).is_none())
+        .map(|(tool, package)| format!("{tool} (package {package})"))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("needs {} to build the package", missing.join(", ")))
+    }
+}
+
+/// scripts/package.sh over the binary under test: the .deb's path.
+fn build_package(out_dir: &Path) -> PathBuf {
+    let out = Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/package.sh"))
+        .args(["--binary", env!("CARGO_BIN_EXE_crashwatch"), "--out-dir"])
+        .arg(out_dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running scripts/package.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "scripts/package.sh failed ({}):\n{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deb = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
+    assert!(deb.is_file(), "package.sh printed {deb:?}, not a file");
+    deb
+}
+
+/// `dpkg-deb --field`: one control field of the package.
+fn control_field(deb: &Path, field: &str) -> String {
+    let out = Command::new("dpkg-deb")
+        .arg("--field")
+        .arg(deb)
+        .arg(field)
+        .output()
+        .expect("running dpkg-deb --field");
+    assert!(out.status.success(), "dpkg-deb --field {field} failed");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// `dpkg-deb --info`: one control file of the package (conffiles, postinst...).
+fn control_file(deb: &Path, name: &str) -> String {
+    let out = Command::new("dpkg-deb")
+        .arg("--info")
+        .arg(deb)
+        .arg(name)
+        .output()
+        .expect("running dpkg-deb --info");
+    assert!(out.status.success(), "the package has no {name}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every path the package installs (files and directories, absolute), from `dpkg-deb --contents`.
+fn package_paths(deb: &Path) -> Vec<String> {
+    let out = Command::new("dpkg-deb")
+        .arg("--contents")
+        .arg(deb)
+        .output()
+        .expect("running dpkg-deb --contents");
+    assert!(out.status.success(), "dpkg-deb --contents failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        // drwxr-xr-x root/root 0 2024-05-01 00:00 ./usr/bin/
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .map(|p| p.trim_start_matches('.').trim_end_matches('/').to_owned())
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+#[test]
+fn package_carries_the_cargo_version_library_dependencies_and_conffile() {
+    if let Err(reason) = packaging_prerequisites(&[]) {
+        skip(&reason);
+        return;
+    }
+    let first = TempDir::new("cw-deb");
+    let deb = build_package(first.path());
+
+    assert_eq!(
+        control_field(&deb, "Version"),
+        format!("{}-1", env!("CARGO_PKG_VERSION").replacen('-', "~", 1))
+    );
+    let arch = Command::new("dpkg")
+        .arg("--print-architecture")
+        .output()
+        .expect("running dpkg --print-architecture");
+    assert_eq!(
+        control_field(&deb, "Architecture"),
+        String::from_utf8_lossy(&arch.stdout).trim()
+    );
+    let depends = control_field(&deb, "Depends");
+    assert!(
+        depends.split(", ").any(|d| d.starts_with("libc6 (>= ")),
+        "Depends: {depends}"
+    );
+    assert_eq!(control_field(&deb, "Recommends"), "dbus");
+    assert_eq!(
+        control_file(&deb, "conffiles").trim(),
+        "/etc/crashwatch/crashwatch.toml"
+    );
+    let paths = package_paths(&deb);
+    for expected in [
+        "/usr/bin/crashwatch",
+        "/lib/systemd/system/crashwatch.service",
+        "/usr/lib/sysusers.d/crashwatch.conf",
+        "/etc/crashwatch/crashwatch.toml",
+        "/usr/share/crashwatch/alerts/crashwatch.rules.yml",
+        "/usr/share/crashwatch/alerts/crashwatch.tests.yml",
+        "/usr/share/crashwatch/dashboards/crashwatch.json",
+        "/usr/share/man/man1/crashwatch.1.gz",
+        "/usr/share/man/man1/crashwatch-run.1.gz",
+        "/usr/share/doc/crashwatch/copyright",
+        "/usr/share/doc/crashwatch/changelog.Debian.gz",
+    ] {
+        assert!(
+            paths.iter().any(|p| p == expected),
+            "no {expected} in {paths:?}"
+        );
+    }
+
+    // The same source and binary make the same bytes, so a rebuilt package can be verified.
+    let second = TempDir::new("cw-deb");
+    let again = build_package(second.path());
+    let bytes = |p: &Path| std::fs::read(p).unwrap_or_else(|e| panic!("reading {p:?}: {e}"));
+    assert!(
+        bytes(&deb) == bytes(&again),
+        "two builds differ: {deb:?} {again:?}"
+    );
+}
+
+#[test]
+fn package_passes_lintian() {
+    if let Err(reason) = packaging_prerequisites(&[("lintian", "lintian")]) {
+        skip(&reason);
+        return;
+    }
+    let dir = TempDir::new("cw-deb");
+    let deb = build_package(dir.path());
+    // Pedantic tags are shown but pass; the overridden tags are in packaging/debian/
+    // lintian-overrides, each with its reason.
+    let out = Command::new("lintian")
+        .args([
+            "--display-level",
+            ">=pedantic",
+            "--fail-on",
+            "error,warning,info",
+        ])
+        .arg(&deb)
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("running lintian");
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "lintian ({}):\n{report}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tags: Vec<&str> = report
+        .lines()
+        .filter(|l| l.starts_with("E: ") || l.starts_with("W: ") || l.starts_with("I: "))
+        .collect();
+    assert!(tags.is_empty(), "lintian tags: {tags:#?}");
+}
+
+/// What the host has at `paths` (kind, size, modification time, link target; None if nothing),
+/// its crashwatch user and its dpkg record of the package: the test compares them before and
+/// after, whatever the machine already had.
+fn host_state(paths: &[String]) -> Vec<String> {
+    let mut state: Vec<String> = paths
+        .iter()
+        .map(|p| {
+            let seen = std::fs::symlink_metadata(p).ok().map(|m| {
+                (
+                    m.file_type(),
+                    m.len(),
+                    m.modified().ok(),
+                    std::fs::read_link(p).ok(),
+                )
+            });
+            format!("{p}: {seen:?}")
+        })
+        .collect();
+    for (program, args) in [
+        ("getent", ["passwd", "crashwatch"]),
+        ("dpkg-query", ["--status", "crashwatch"]),
+    ] {
+        let out = Command::new(program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("running {program}: {e}"));
+        state.push(format!(
+            "{program} {args:?}: {} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout)
+        ));
+    }
+    state
+}
+
+#[test]
+fn package_installs_starts_and_purges_in_a_sandbox_without_touching_the_host() {
+    require_sandbox!();
+    if let Err(reason) = packaging_prerequisites(&[("man", "man-db")]) {
+        skip(&reason);
+        return;
+    }
+    let build = TempDir::new("cw-deb");
+    let deb = build_package(build.path());
+    let installed = package_paths(&deb);
+    // The package's own paths (not /usr or /etc), and what dpkg and the maintainer scripts add.
+    let mut watched: Vec<String> = installed
+        .iter()
+        .filter(|p| p.contains("crashwatch"))
+        .cloned()
+        .collect();
+    watched.extend(
+        [
+            "/etc/systemd/system/multi-user.target.wants/crashwatch.service",
+            "/etc/systemd/system/crashwatch.service",
+            "/var/lib/dpkg/info/crashwatch.list",
+            "/var/lib/crashwatch",
+            "/var/log/crashwatch",
+        ]
+        .map(str::to_owned),
+    );
+    let host_before = host_state(&watched);
+
+    let sb =
+        Sandbox::start_with_env(&[("SDTEST_OVERLAY_ROOT", "1")]).unwrap_or_else(|e| panic!("{e}"));
+    // The sandbox's view of a path, from the host. Symlinks in it are not followed: an absolute
+    // target would resolve on the host.
+    let inside = |path: &str| PathBuf::from(format!("/proc/{}/root{path}", sb.pid1()));
+    let exists_inside = |path: &str| std::fs::symlink_metadata(inside(path)).is_ok();
+    // Nothing below may run on the host's own root: dpkg would install there.
+    let mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", sb.pid1()))
+        .expect("reading the sandbox's mounts");
+    let root_fs = mounts.lines().find_map(|l| {
+        let (mount, fs) = l.split_once(" - ")?;
+        (mount.split(' ').nth(4) == Some("/")).then(|| fs.split(' ').next())?
+    });
+    assert_eq!(root_fs, Some("overlay"), "the sandbox's root:\n{mounts}");
+    // The instance directory has the same path on both sides.
+    let deb_inside = sb.dir().join(deb.file_name().expect("a file name"));
+    std::fs::copy(&deb, &deb_inside).expect("copying the package into the sandbox");
+    let deb_inside = deb_inside.to_str().expect("a UTF-8 path");
+    // A machine that never had crashwatch, whatever the host has left over, and one that runs
+    // its services: Docker images carry a policy-rc.d that forbids maintainer scripts to start
+    // or stop any. Each removal is a whiteout in the upper layer.
+    sb.run_inside_ok(
+        30,
+        &[
+            "rm",
+            "-rf",
+            "/usr/sbin/policy-rc.d",
+            "/etc/crashwatch",
+            "/var/lib/crashwatch",
+            "/var/lib/private/crashwatch",
+            "/var/log/crashwatch",
+            "/var/log/private/crashwatch",
+        ],
+    );
+
+    sb.run_inside_ok(300, &["dpkg", "--install", deb_inside]);
+    // The postinst enabled and started it; the documented `enable --now` then changes nothing.
+    assert_eq!(sb.active_state("crashwatch.service"), "active");
+    sb.systemctl_ok(&["enable", "--now", "crashwatch.service"]);
+    assert_eq!(sb.active_state("crashwatch.service"), "active");
+    let enabled = sb.systemctl(&["is-enabled", "crashwatch.service"]);
+    assert_eq!(String::from_utf8_lossy(&enabled.stdout).trim(), "enabled");
+    assert!(
+        exists_inside("/etc/systemd/system/multi-user.target.wants/crashwatch.service"),
+        "not enabled through multi-user.target"
+    );
+
+    // The postinst made the user, and the daemon runs as it.
+    let passwd = sb.run_inside_ok(30, &["getent", "passwd", "crashwatch"]);
+    let fields: Vec<&str> = passwd.trim().split(':').collect();
+    assert_eq!(fields.len(), 7, "{passwd}");
+    assert_eq!(fields[6], "/usr/sbin/nologin", "{passwd}");
+    let main_pid = sb.run_inside_ok(
+        30,
+        &[
+            "systemctl",
+            "show",
+            "-p",
+            "MainPID",
+            "--value",
+            "crashwatch.service",
+        ],
+    );
+    let proc_dir = format!("/proc/{}", main_pid.trim());
+    let owner = sb.run_inside_ok(30, &["stat", "-c", "%u", &proc_dir]);
+    assert_eq!(
+        owner.trim(),
+        fields[2],
+        "the daemon's uid is not crashwatch's"
+    );
+
+    // Serving on the packaged address, subscribed to the sandbox's systemd.
+    let mut last = String::new();
+    let up = wait_until(Duration::from_secs(15), || {
+        last = sb
+            .http_get_inside(PACKAGED_METRICS_PORT, "/metrics")
+            .unwrap_or_else(|e| e);
+        last.contains("crashwatch_source_up{source=\"systemd\"} 1")
+    });
+    assert!(
+        up,
+        "no healthy /metrics on {PACKAGED_METRICS_PORT}:\n{last}"
+    );
+    assert!(
+        exists_inside("/var/log/crashwatch/events.jsonl"),
+        "no event record"
+    );
+
+    // The manual, as `man` shows it, with groff's warnings on.
+    let pages: Vec<&String> = installed
+        .iter()
+        .filter(|p| p.starts_with("/usr/share/man/man1/") && p.ends_with(".1.gz"))
+        .collect();
+    assert!(pages.len() > 1, "{installed:?}");
+    for page in pages {
+        let out = sb.run_inside(60, &["man", "--warnings", "-l", page]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let warnings = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && warnings.trim().is_empty(),
+            "man -l {page} ({}): {warnings}",
+            out.status
+        );
+        if page.ends_with("/crashwatch.1.gz") {
+            assert!(text.contains("crashwatch-run(1)"), "{text}");
+        }
+    }
+
+    // Everything was written into the upper layer, where the host does not look.
+    assert!(inside(&format!(
+        "{}/overlay/upper/usr/bin/crashwatch",
+        sb.dir().display()
+    ))
+    .is_file());
+
+    // Remove: stopped, files gone, the configuration kept as dpkg keeps conffiles.
+    sb.run_inside_ok(120, &["dpkg", "--remove", "crashwatch"]);
+    assert_eq!(sb.active_state("crashwatch.service"), "inactive");
+    for path in installed.iter().filter(|p| !p.starts_with("/etc/")) {
+        if path.contains("crashwatch") {
+            assert!(!exists_inside(path), "{path} is left after dpkg --remove");
+        }
+    }
+    assert!(exists_inside("/etc/crashwatch/crashwatch.toml"));
+
+    // Purge: nothing of the package is left, and systemd no longer knows the unit.
+    sb.run_inside_ok(120, &["dpkg", "--purge", "crashwatch"]);
+    for path in &watched {
+        assert!(!exists_inside(path), "{path} is left after dpkg --purge");
+    }
+    let load_state = sb.run_inside_ok(
+        30,
+        &[
+            "systemctl",
+            "show",
+            "-p",
+            "LoadState",
+            "--value",
+            "crashwatch.service",
+        ],
+    );
+    assert_eq!(load_state.trim(), "not-found");
+    assert_eq!(sb.active_state("crashwatch.service"), "inactive");
+    let status = sb.run_inside(30, &["dpkg-query", "--status", "crashwatch"]);
+    assert!(!status.status.success(), "still known to dpkg after purge");
+
+    drop(sb);
+    assert_eq!(host_state(&watched), host_before, "the host changed");
 }

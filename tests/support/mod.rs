@@ -42,8 +42,10 @@ pub mod upstart;
 extern "C" {
     fn geteuid() -> u32;
     fn kill(pid: i32, sig: i32) -> i32;
+    fn setns(fd: i32, nstype: i32) -> i32;
 }
 const SIGTERM: i32 = 15;
+const CLONE_NEWNET: i32 = 0x4000_0000;
 
 /// Set this to keep sandbox and crashwatch directories (systemd log, units, event record) after
 /// the test, for post-mortems.
@@ -488,20 +490,9 @@ impl Sandbox {
     /// /run/systemd/private, which refuses clients whose pid it cannot see. `timeout` sits inside
     /// nsenter because nsenter does not forward signals.
     pub fn systemctl(&self, args: &[&str]) -> Output {
-        self.run_inside(30, "systemctl", args)
-    }
-
-    /// Runs `program args` in the sandbox's pid and mount namespaces, killed after `timeout`
-    /// seconds.
-    pub fn run_inside(&self, timeout: u32, program: &str, args: &[&str]) -> Output {
-        Command::new("nsenter")
-            .args(["-t", &self.pid1.to_string(), "-p", "-m", "--", "timeout"])
-            .arg(timeout.to_string())
-            .arg(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("running nsenter ... {program}: {e}"))
+        let mut command = vec!["systemctl"];
+        command.extend_from_slice(args);
+        self.run_inside(30, &command)
     }
 
     /// [`Sandbox::systemctl`], panicking with systemctl's output if it fails.
@@ -546,6 +537,60 @@ impl Sandbox {
     pub fn active_state(&self, unit: &str) -> String {
         let v = self.property(unit, "org.freedesktop.systemd1.Unit", "ActiveState");
         v.trim_start_matches("s ").trim_matches('"').to_string()
+    }
+
+    /// `args` run inside the sandbox's pid and mount namespaces, as root, with a clean
+    /// environment (the PATH a maintainer script expects, the C locale) and `timeout` seconds.
+    pub fn run_inside(&self, timeout: u32, args: &[&str]) -> Output {
+        Command::new("nsenter")
+            .args(["-t", &self.pid1.to_string(), "-p", "-m", "--"])
+            .args([
+                "env",
+                "-i",
+                "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+                "LC_ALL=C",
+            ])
+            .args(["timeout", &timeout.to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("running nsenter ... {args:?}: {e}"))
+    }
+
+    /// [`Sandbox::run_inside`], panicking with the output if the command fails; returns stdout.
+    pub fn run_inside_ok(&self, timeout: u32, args: &[&str]) -> String {
+        let out = self.run_inside(timeout, args);
+        assert!(
+            out.status.success(),
+            "{args:?} inside the sandbox failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// [`http_get`] to 127.0.0.1:`port` of the sandbox's own network namespace, where its
+    /// services listen: their loopback is not the host's.
+    pub fn http_get_inside(&self, port: u16, path: &str) -> Result<String, String> {
+        let netns = std::fs::File::open(format!("/proc/{}/ns/net", self.pid1))
+            .map_err(|e| format!("opening the sandbox's network namespace: {e}"))?;
+        let path = path.to_owned();
+        // setns(CLONE_NEWNET) moves only the calling thread, so a thread of its own makes the
+        // request and ends with it.
+        thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns(2) with a namespace file descriptor we own, open for the call.
+            if unsafe { setns(netns.as_raw_fd(), CLONE_NEWNET) } != 0 {
+                return Err(format!(
+                    "entering the sandbox's network namespace: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+            http_get(port, &path)
+        })
+        .join()
+        .map_err(|_| "the request thread panicked".to_owned())?
     }
 
     /// The last lines of systemd's log (its console transcript), for failure messages.

@@ -25,12 +25,25 @@
 # Knobs (env): SDTEST_DIR (instance dir, required to be unique per instance),
 #              SDTEST_TIMEOUT (startup seconds, default 30), SDTEST_LOGLEVEL (systemd, default info),
 #              SYSTEMD (path of the systemd binary, default /lib/systemd/systemd),
-#              SDTEST_JOURNAL=1 (also run systemd-journald, see below).
+#              SDTEST_JOURNAL=1 (also run systemd-journald, see below),
+#              SDTEST_OVERLAY_ROOT=1 (a copy-on-write root, for installing packages; see below).
 #
 # With SDTEST_JOURNAL=1 the host's systemd-journald.service and its two sockets join the boot, PID 1
 # logs to the journal, and journald keeps it in memory only (Storage=volatile, 64M): the journal
 # is $SDTEST_DIR/run/log/journal/<machine-id>, for `journalctl --directory=$SDTEST_DIR/run/log/journal`
 # on the host. journald forwards to the console, so systemd.log still has the whole log.
+#
+# With SDTEST_OVERLAY_ROOT=1 the namespace's root is an overlayfs whose lower layer is the host's
+# root file system and whose upper layer is $SDTEST_DIR/overlay/upper, so whatever systemd, its
+# services and `nsenter -t $SDTEST_PID1 -m ...` write (dpkg -i, users, /etc, /var) lands there and
+# the host's files stay as they were. The host's unit directories, /etc/systemd/system and
+# /lib/systemd/system, appear empty (directories under $SDTEST_DIR/overlay/units) and are on the
+# unit path: systemd sees its stub units plus what is installed inside, and never the host's
+# boot (the real sysinit.target.wants would run systemd-tmpfiles). $SDTEST_DIR keeps its path
+# inside, so files put there are visible to both sides. Only the root file system is layered:
+# directories that are separate mounts on the host (a /var or /home of their own) look as they
+# are on the root file system beneath them, usually empty. If the upper layer cannot be on
+# $SDTEST_DIR's file system (overlayfs itself, in a container), it is kept in memory instead.
 # Needs root with CAP_SYS_ADMIN and a cgroup2 hierarchy (unified or hybrid host).
 # Nothing is mounted in the host mount namespace. Host-visible artefacts: $SDTEST_DIR and the
 # cgroup directories named cwtest-<basename of SDTEST_DIR>; `stop` removes the cgroups and the run
@@ -127,9 +140,45 @@ launch() {
     --propagation private bash "$SELF" _inner
 }
 
+# ---------------------------------------------------------------- SDTEST_OVERLAY_ROOT=1
+# Makes a copy-on-write view of the host's root the root of this mount namespace (see the top).
+enter_overlay_root() {
+  local o=$SDTEST_DIR/overlay new d real seen=" "
+  new=$o/root
+  mkdir -p "$o/upper" "$o/work" "$new"
+  if ! mount -t overlay sandbox-root -o "lowerdir=/,upperdir=$o/upper,workdir=$o/work,redirect_dir=on" "$new" 2>/dev/null; then
+    mount -t tmpfs -o mode=755 sandbox-upper "$o"
+    mkdir -p "$o/upper" "$o/work" "$new"
+    mount -t overlay sandbox-root -o "lowerdir=/,upperdir=$o/upper,workdir=$o/work,redirect_dir=on" "$new"
+  fi
+  for d in /etc/systemd/system /lib/systemd/system /usr/lib/systemd/system; do
+    real=$(readlink -f "$d") # /lib is /usr/lib on merged-/usr systems: one directory, not two
+    case "$seen" in *" $real "*) continue ;; esac
+    seen="$seen$real "
+    mkdir -p "$o/units$real" "$new$real"
+    mount --bind "$o/units$real" "$new$real"
+  done
+  # The API file systems as they are now, and the instance directory itself rather than the
+  # lower layer's snapshot of it.
+  for d in /proc /sys /dev; do mount --rbind "$d" "$new$d"; done
+  mkdir -p "$new$SDTEST_DIR"
+  mount --bind "$SDTEST_DIR" "$new$SDTEST_DIR"
+  # The old root is detached once pivoted away from, so nothing inside can reach the host's.
+  mkdir -p "$SDTEST_DIR/old-root"
+  pivot_root "$new" "$new$SDTEST_DIR/old-root"
+  cd /
+  umount -l "$SDTEST_DIR/old-root"
+  rmdir "$SDTEST_DIR/old-root"
+}
+
 # ---------------------------------------------------------------- PID 1 of the new namespaces
 inner() {
-  local tty
+  local tty unit_path="/run/systemd/system.control:/run/systemd/transient:/run/systemd/system:$UNITS"
+  if [ "${SDTEST_OVERLAY_ROOT:-0}" = 1 ]; then
+    enter_overlay_root
+    # Where packages put units and where `systemctl enable` puts its symlinks.
+    unit_path="/run/systemd/system.control:/run/systemd/transient:/etc/systemd/system:/run/systemd/system:$UNITS:/lib/systemd/system"
+  fi
   tty=$(readlink -f /proc/self/fd/0) # the pty script(1) allocated: systemd's console
   mount --bind "$tty" "$SDTEST_DIR/console" # stash it before /dev is replaced
   # Private /dev: nothing systemd does may touch the host's devtmpfs.
@@ -171,7 +220,7 @@ inner() {
   fi
   hostname sandbox
   exec env -i container=crashwatch-test TERM=dumb PATH=/usr/sbin:/usr/bin:/sbin:/bin \
-    SYSTEMD_UNIT_PATH="/run/systemd/system.control:/run/systemd/transient:/run/systemd/system:$UNITS" \
+    SYSTEMD_UNIT_PATH="$unit_path" \
     setpriv --bounding-set -sys_module,-sys_time,-sys_rawio,-wake_alarm,-mac_admin,-mac_override \
     "$SYSTEMD" --system --unit=sandbox.target --log-target="$log_target" --log-level="${SDTEST_LOGLEVEL:-info}" \
     --show-status=no --log-color=no \
