@@ -259,6 +259,27 @@ fn instances_are_units_of_their_own_and_initctl_stop_is_a_stop() {
 }
 
 #[test]
+fn a_removed_instance_leaves_its_series_after_the_retention() {
+    require_dbus_daemon!();
+    let bus = PrivateBus::start();
+    let fake = FakeUpstart::on_bus(&bus);
+    let cw = watch_bus(&bus, &["--unloaded-retention", "1s"]);
+    let job = "network-interface";
+    let (eth0, eth1) = ("network-interface (eth0)", "network-interface (eth1)");
+    fake.start(job, "eth0", 300);
+    fake.start(job, "eth1", 301);
+    expect_metric(&cw, "crashwatch_unit_active", eth0, 1.0);
+    fake.stop(job, "eth0");
+    expect_metric(&cw, "crashwatch_unit_active", eth0, 0.0);
+    let gone = wait_until(Duration::from_secs(10), || {
+        cw.metric("crashwatch_unit_starts_total", &[("unit", eth0)])
+            .is_none()
+    });
+    assert!(gone, "{eth0} kept its series\n{}", cw.diag(eth0));
+    assert_eq!(cw.unit_metric("crashwatch_unit_active", eth1), 1.0);
+}
+
+#[test]
 fn upstart_1_5_is_followed_from_instance_signals_alone() {
     require_dbus_daemon!();
     let bus = PrivateBus::start();

@@ -489,6 +489,7 @@ impl UpstartSource {
         };
         let mut read_pid = None;
         let instance_unit = names::unit_from_instance_path(path);
+        let mut unloaded = None;
         let transitions = match (interface, member) {
             (INSTANCE_IFACE, "StateChanged") => {
                 match (
@@ -528,7 +529,15 @@ impl UpstartSource {
                         self.tracker.instance_added(&unit);
                         Vec::new()
                     }
-                    Some(unit) => self.tracker.instance_removed(&unit, now),
+                    Some(unit) => {
+                        let transitions = self.tracker.instance_removed(&unit, now);
+                        unloaded = Some(SourceEvent::Unloaded {
+                            unit,
+                            source: SourceKind::Upstart,
+                            at: now,
+                        });
+                        transitions
+                    }
                     None => Vec::new(),
                 }
             }
@@ -551,6 +560,9 @@ impl UpstartSource {
             _ => Vec::new(),
         };
         send(out, transitions).await;
+        if let Some(event) = unloaded {
+            let _ = out.send(event).await;
+        }
         // Signals carry no pid. Reading it as each run reaches running lets the next snapshot
         // tell a respawn it did not hear from the last one it did.
         if let (Some(unit), Some(link)) = (read_pid, &self.link) {
