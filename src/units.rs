@@ -380,106 +380,86 @@ impl UnitTable {
     /// Writes every unit's series in the Prometheus text format (0.0.4), a family at a time.
     pub fn render_prometheus(&self, out: &mut String) {
         out.reserve(self.units.len() * 700);
-        let units = || self.units.values();
-        family(out, "crashwatch_unit_starts_total", COUNTER, STARTS_HELP);
-        for u in units() {
-            sample(out, "crashwatch_unit_starts_total", &u.labels, u.starts);
+        for (name, kind, help, value) in ONE_SERIES_PER_UNIT {
+            family(out, name, kind, help);
+            for u in self.units.values() {
+                if let Some(value) = value(u) {
+                    let _ = writeln!(out, "{name}{{{}}} {value}", u.labels);
+                }
+            }
         }
-        family(
-            out,
-            "crashwatch_unit_restarts_total",
-            COUNTER,
-            RESTARTS_HELP,
-        );
-        for u in units() {
-            sample(out, "crashwatch_unit_restarts_total", &u.labels, u.restarts);
-        }
-        family(
-            out,
-            "crashwatch_unit_crashloops_total",
-            COUNTER,
-            CRASHLOOPS_HELP,
-        );
-        for u in units() {
-            sample(
-                out,
-                "crashwatch_unit_crashloops_total",
-                &u.labels,
-                u.crashloops,
-            );
-        }
-        family(out, "crashwatch_unit_crashes_total", COUNTER, CRASHES_HELP);
-        for u in units() {
+        let name = "crashwatch_unit_crashes_total";
+        family(out, name, COUNTER, CRASHES_HELP);
+        for u in self.units.values() {
             for (reason, n) in u.crashes() {
-                let name = "crashwatch_unit_crashes_total";
                 let _ = writeln!(out, "{name}{{{},reason=\"{reason}\"}} {n}", u.labels);
             }
         }
-        family(
-            out,
-            "crashwatch_unit_transitions_total",
-            COUNTER,
-            TRANSITIONS_HELP,
-        );
-        for u in units() {
+        let name = "crashwatch_unit_transitions_total";
+        family(out, name, COUNTER, TRANSITIONS_HELP);
+        for u in self.units.values() {
             for (kind, n) in TransitionKind::ALL.iter().zip(u.transitions) {
                 if n > 0 {
-                    let (name, kind) = ("crashwatch_unit_transitions_total", kind.as_str());
+                    let kind = kind.as_str();
                     let _ = writeln!(out, "{name}{{{},transition=\"{kind}\"}} {n}", u.labels);
                 }
             }
         }
-        family(
-            out,
-            "crashwatch_unit_crashlooping",
-            GAUGE,
-            CRASHLOOPING_HELP,
-        );
-        for u in units() {
-            let looping = u64::from(u.crashlooping);
-            sample(out, "crashwatch_unit_crashlooping", &u.labels, looping);
-        }
-        family(
-            out,
-            "crashwatch_unit_restarts_in_window",
-            GAUGE,
-            IN_WINDOW_HELP,
-        );
-        for u in units() {
-            let in_window = u64::from(u.restarts_in_window);
-            sample(
-                out,
-                "crashwatch_unit_restarts_in_window",
-                &u.labels,
-                in_window,
-            );
-        }
-        family(out, "crashwatch_unit_active", GAUGE, ACTIVE_HELP);
-        for u in units() {
-            if let Some(up) = u.active {
-                sample(out, "crashwatch_unit_active", &u.labels, u64::from(up));
-            }
-        }
-        family(
-            out,
-            "crashwatch_unit_last_crash_timestamp_seconds",
-            GAUGE,
-            LAST_CRASH_HELP,
-        );
-        for u in units() {
+        let name = "crashwatch_unit_last_crash_timestamp_seconds";
+        family(out, name, GAUGE, LAST_CRASH_HELP);
+        for u in self.units.values() {
             if let Some(crash) = &u.last_crash {
-                let at = crash.timestamp_us;
-                let _ = writeln!(
-                    out,
-                    "crashwatch_unit_last_crash_timestamp_seconds{{{}}} {}.{:06}",
-                    u.labels,
-                    at / 1_000_000,
-                    at % 1_000_000
+                let (seconds, micros) = (
+                    crash.timestamp_us / 1_000_000,
+                    crash.timestamp_us % 1_000_000,
                 );
+                let _ = writeln!(out, "{name}{{{}}} {seconds}.{micros:06}", u.labels);
             }
         }
     }
 }
+
+/// The families with at most one series per unit: name, type, help and the unit's value (none:
+/// no series yet).
+type OneSeries = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&UnitRecord) -> Option<u64>,
+);
+
+const ONE_SERIES_PER_UNIT: [OneSeries; 6] = [
+    ("crashwatch_unit_starts_total", COUNTER, STARTS_HELP, |u| {
+        Some(u.starts)
+    }),
+    (
+        "crashwatch_unit_restarts_total",
+        COUNTER,
+        RESTARTS_HELP,
+        |u| Some(u.restarts),
+    ),
+    (
+        "crashwatch_unit_crashloops_total",
+        COUNTER,
+        CRASHLOOPS_HELP,
+        |u| Some(u.crashloops),
+    ),
+    (
+        "crashwatch_unit_crashlooping",
+        GAUGE,
+        CRASHLOOPING_HELP,
+        |u| Some(u64::from(u.crashlooping)),
+    ),
+    (
+        "crashwatch_unit_restarts_in_window",
+        GAUGE,
+        IN_WINDOW_HELP,
+        |u| Some(u64::from(u.restarts_in_window)),
+    ),
+    ("crashwatch_unit_active", GAUGE, ACTIVE_HELP, |u| {
+        u.active.map(u64::from)
+    }),
+];
 
 const COUNTER: &str = "counter";
 const GAUGE: &str = "gauge";
@@ -496,10 +476,6 @@ const LAST_CRASH_HELP: &str = "When the unit last crashed, in seconds since the 
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
-}
-
-fn sample(out: &mut String, name: &str, labels: &str, value: u64) {
-    let _ = writeln!(out, "{name}{{{labels}}} {value}");
 }
 
 /// Escapes a label value as the text format wants: backslash, double quote and line feed.
