@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::detect::{Detector, LoopChange, Observation, Update};
 use crate::event::{Event, LoopEvent, SourceKind, Transition, TransitionKind};
 use crate::internal_events::UnitOverflow;
+use crate::sink::actions::ActionsSink;
 use crate::sink::{prometheus, ThreadedSink};
 use crate::source::bus::now_micros;
 
@@ -25,6 +26,8 @@ pub struct Sinks {
     pub statsd: Option<ThreadedSink>,
     /// The event record, when configured.
     pub events: Option<ThreadedSink>,
+    /// The actions, when any is configured; only loop events reach its thread.
+    pub actions: Option<ActionsSink>,
 }
 
 impl Sinks {
@@ -36,12 +39,18 @@ impl Sinks {
         if let Some(events) = &self.events {
             events.send(event);
         }
+        if let Some(actions) = &self.actions {
+            actions.send(event);
+        }
     }
 
     /// Waits for every threaded sink to write out what it holds.
     pub fn finish(self) {
         for sink in [self.statsd, self.events].into_iter().flatten() {
             sink.finish();
+        }
+        if let Some(actions) = self.actions {
+            actions.finish();
         }
     }
 }
