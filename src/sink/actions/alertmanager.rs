@@ -332,7 +332,12 @@ impl PushTask {
         .await;
         let failure = failure_of(&delivered);
         let settle = |event: &'static str, unit: &str| match &failure {
-            None => count(KIND, event, "ok"),
+            None => {
+                if event != EVENT_REFRESH {
+                    tracing::info!(unit, event, url = %self.action.url, "Alertmanager took an alert.");
+                }
+                count(KIND, event, "ok")
+            }
             Some((error_type, detail)) => ActionFailed {
                 kind: KIND,
                 event,

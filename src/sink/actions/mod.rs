@@ -258,13 +258,22 @@ pub(crate) fn failure_of(delivered: &Delivered) -> Option<(&'static str, String)
     }
 }
 
-/// The name actions report this host under.
+/// The name actions report this host under, from gethostname(2): the packaged unit's
+/// `ProcSubset=pid` hides /proc/sys/kernel/hostname.
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned())
+    extern "C" {
+        // libc's, linked into every Rust binary on Linux; declared here rather than adding libc.
+        fn gethostname(name: *mut u8, len: usize) -> i32;
+    }
+    let mut buf = [0u8; 256];
+    // SAFETY: the pointer and length describe `buf`, which outlives the call; the kernel writes
+    // at most `len` bytes.
+    let ok = unsafe { gethostname(buf.as_mut_ptr(), buf.len()) } == 0;
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..end]) {
+        Ok(name) if ok && !name.is_empty() => name.to_owned(),
+        _ => "localhost".to_owned(),
+    }
 }
 
 /// The deliveries of one action for one unit: the one running and those waiting behind it.
@@ -494,27 +503,26 @@ fn report_command(action: &CommandAction, request: &ActionRequest, ran: Ran) {
             (output, Some(("command_timeout", detail)))
         }
         Ran::SpawnFailed(e) => {
-            ActionFailed {
-                kind,
-                event,
-                error_type: "command_spawn_failed",
-                unit,
-                detail: &format!("{program}: {e}"),
-            }
-            .emit();
-            return;
+            let detail = format!("{e}");
+            (
+                command::Output::default(),
+                Some(("command_spawn_failed", detail)),
+            )
         }
     };
+    // The output is what an operator needs to see why a command failed, so it is logged every
+    // time, not rate-limited; it is bounded by command::MAX_OUTPUT.
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     tracing::info!(
         unit,
         event,
         program,
-        stdout = %stdout.escape_debug(),
-        stderr = %stderr.escape_debug(),
+        result = failure.as_ref().map_or("ok", |(error_type, _)| *error_type),
+        stdout = ?stdout.trim_end(),
+        stderr = ?stderr.trim_end(),
         truncated = output.truncated,
-        "An action's command finished."
+        "Ran an action's command."
     );
     match failure {
         None => count(kind, event, "ok"),
@@ -545,5 +553,115 @@ fn report_webhook(action: &WebhookAction, request: &ActionRequest, delivered: &D
             detail: &format!("{}: {detail}", action.url),
         }
         .emit(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{
+        ExitCause, ExitCode, LoopOutcome, SourceKind, Transition, TransitionKind, UnitState,
+    };
+    use std::io::{Read, Write};
+
+    #[test]
+    fn the_host_name_is_the_kernels() {
+        let expected = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+        assert_eq!(hostname(), expected.trim());
+    }
+
+    /// Accepts `n` requests on a loopback port, answers 200, returns their bodies as JSON.
+    fn receiver(n: usize) -> (u16, std::thread::JoinHandle<Vec<serde_json::Value>>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let handle = std::thread::spawn(move || {
+            (0..n)
+                .map(|_| {
+                    let (mut s, _) = listener.accept().expect("accept");
+                    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+                    let mut raw = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let body = loop {
+                        let got = s.read(&mut chunk).expect("read");
+                        raw.extend_from_slice(&chunk[..got]);
+                        let text = String::from_utf8_lossy(&raw).to_string();
+                        if let Some((_, body)) = text.split_once("\r\n\r\n") {
+                            if let Ok(value) = serde_json::from_str(body) {
+                                break value;
+                            }
+                        }
+                        assert!(got > 0, "the request ended early: {text}");
+                    };
+                    s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                        .expect("write");
+                    body
+                })
+                .collect()
+        });
+        (port, handle)
+    }
+
+    fn loop_event(unit: &str, ended: Option<LoopOutcome>) -> Event {
+        Event::Loop(LoopEvent {
+            unit: unit.to_owned(),
+            source: SourceKind::Systemd,
+            timestamp: 1_700_000_000_000_000,
+            ended,
+            restarts_in_window: 3,
+            threshold: 3,
+            window_seconds: 60.0,
+        })
+    }
+
+    #[test]
+    fn loops_of_watched_units_reach_the_receiver_with_their_last_crash() {
+        let (port, bodies) = receiver(2);
+        let url = http::HttpUrl::parse(&format!("http://127.0.0.1:{port}/")).expect("url");
+        let sink = ActionsSink::spawn(vec![Action {
+            units: vec![Glob::new("web*.service").expect("glob")],
+            kind: ActionKind::Webhook(WebhookAction {
+                url,
+                headers: Vec::new(),
+                retry: http::Retry {
+                    timeout: Duration::from_secs(5),
+                    retries: 0,
+                    backoff: Duration::from_millis(10),
+                    max_backoff: Duration::from_millis(10),
+                },
+            }),
+        }])
+        .expect("spawning the actions");
+        let mut crash = Transition::new(
+            "web1.service",
+            SourceKind::Systemd,
+            1,
+            TransitionKind::Failed,
+            UnitState::new("active", "running"),
+            UnitState::new("failed", "failed"),
+        );
+        crash.crash = Some("signal".to_owned());
+        crash.exit = Some(ExitCause {
+            code: ExitCode::Killed,
+            status: 11,
+        });
+        sink.send(&Event::Transition {
+            transition: crash,
+            restarts: 1,
+        });
+        sink.send(&loop_event("db.service", None));
+        sink.send(&loop_event("web1.service", None));
+        sink.send(&loop_event("web1.service", Some(LoopOutcome::Recovered)));
+        sink.finish();
+        let bodies = bodies.join().expect("receiver");
+        assert_eq!(bodies.len(), 2);
+        assert!(
+            bodies.iter().all(|b| b["unit"] == "web1.service"),
+            "{bodies:?}"
+        );
+        assert_eq!(bodies[0]["event"], "loop_started");
+        assert_eq!(bodies[0]["last_exit"], "signal");
+        assert_eq!(bodies[0]["last_exit_status"], 11);
+        assert_eq!(bodies[1]["event"], "loop_ended");
+        assert_eq!(bodies[1]["outcome"], "recovered");
     }
 }
