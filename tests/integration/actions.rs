@@ -492,12 +492,13 @@ fn a_command_gets_the_loop_in_its_environment_and_overruns_are_killed() {
     let out = dir.path().join("out");
     std::fs::create_dir_all(&out).expect("creating the output directory");
     // The unit name reaches this script only as data in its environment; the script fails on
-    // the loop's end, which must be counted.
+    // the loop's end, which must be counted. The rename makes each file appear complete.
     let record = dir.path().join("record-env.sh");
     write_script(
         &record,
         "#!/bin/sh\n\
-         env > \"$1/$CRASHWATCH_EVENT.env\"\n\
+         env > \"$1/partial\"\n\
+         mv \"$1/partial\" \"$1/$CRASHWATCH_EVENT.env\"\n\
          echo command-stdout-marker\n\
          [ \"$CRASHWATCH_EVENT\" = loop_started ]\n",
     );

@@ -290,7 +290,7 @@ struct PushTask {
 /// What one push carried, to settle once it is answered.
 struct Batch {
     body: Value,
-    starts: Vec<String>,
+    starts: Vec<(String, Micros)>,
     resolved_up_to: Option<u64>,
     resolved: Vec<(String, bool)>,
 }
@@ -347,18 +347,8 @@ impl PushTask {
             }
             .emit(),
         };
-        {
-            let mut book = lock(&self.book);
-            for unit in &batch.starts {
-                if let Some(open) = book.open.get_mut(unit) {
-                    open.settled = true;
-                }
-            }
-            if let Some(up_to) = batch.resolved_up_to {
-                book.resolved.retain(|r| r.id > up_to);
-            }
-        }
-        for unit in &batch.starts {
+        let started = self.settle_starts(&batch);
+        for unit in &started {
             settle(EVENT_STARTED, unit);
         }
         for (unit, start_unsettled) in &batch.resolved {
@@ -370,6 +360,40 @@ impl PushTask {
         if refresh {
             settle(EVENT_REFRESH, "");
         }
+    }
+
+    /// Marks the starts a push carried as settled, where their alerts are now: still open, or
+    /// among the resolutions when the loop ended while the push was under way. Returns the units
+    /// whose start this push settles, so each start is counted once. Also drops the resolutions
+    /// the push carried.
+    fn settle_starts(&self, batch: &Batch) -> Vec<String> {
+        let mut book = lock(&self.book);
+        let book = &mut *book;
+        let up_to = batch.resolved_up_to;
+        let mut started = Vec::with_capacity(batch.starts.len());
+        for (unit, starts_at) in &batch.starts {
+            if let Some(open) = book.open.get_mut(unit) {
+                if open.alert.starts_at == *starts_at && !open.settled {
+                    open.settled = true;
+                    started.push(unit.clone());
+                    continue;
+                }
+            }
+            let ended_meanwhile = book.resolved.iter_mut().find(|r| {
+                Some(r.id) > up_to
+                    && &r.unit == unit
+                    && r.alert.starts_at == *starts_at
+                    && r.start_unsettled
+            });
+            if let Some(resolved) = ended_meanwhile {
+                resolved.start_unsettled = false;
+                started.push(unit.clone());
+            }
+        }
+        if let Some(up_to) = up_to {
+            book.resolved.retain(|r| r.id > up_to);
+        }
+        started
     }
 
     /// The current state as one body, or `None` when there is nothing to send.
@@ -401,7 +425,7 @@ impl PushTask {
         for (unit, open) in &book.open {
             alerts.push(open.alert.to_json(ends_at.max(open.alert.starts_at)));
             if !open.settled {
-                batch.starts.push(unit.clone());
+                batch.starts.push((unit.clone(), open.alert.starts_at));
             }
         }
         batch.body = Value::Array(alerts);
@@ -508,7 +532,7 @@ mod tests {
         assert!(task.batch().is_none(), "nothing to send when idle");
         pusher.record(&action, &request(None, 1_000_000), "node1");
         let batch = task.batch().expect("one open alert");
-        assert_eq!(batch.starts, ["nginx.service"]);
+        assert_eq!(batch.starts, [("nginx.service".to_owned(), 1_000_000)]);
         let alerts = batch.body.as_array().expect("an array").clone();
         assert_eq!(alerts.len(), 1);
         assert!(alerts[0]["endsAt"].as_str() > alerts[0]["startsAt"].as_str());
@@ -530,6 +554,37 @@ mod tests {
         );
         assert_eq!(alerts[1]["startsAt"], "1970-01-01T00:00:06.000Z");
         assert_eq!(batch.resolved, [("nginx.service".to_owned(), true)]);
+    }
+
+    #[test]
+    fn a_start_is_settled_once_when_its_loop_ends_during_the_push() {
+        let action = action();
+        let pusher = Pusher {
+            book: Arc::new(Mutex::new(Book::default())),
+            wake: Arc::new(Notify::new()),
+        };
+        let task = PushTask {
+            action: action.clone(),
+            book: Arc::clone(&pusher.book),
+            wake: Arc::clone(&pusher.wake),
+        };
+        pusher.record(&action, &request(None, 1_000_000), "node1");
+        let in_flight = task.batch().expect("the start");
+        // The loop ends while the start is being posted.
+        pusher.record(
+            &action,
+            &request(Some(LoopOutcome::Recovered), 2_000_000),
+            "node1",
+        );
+        assert_eq!(task.settle_starts(&in_flight), ["nginx.service"]);
+        let next = task.batch().expect("the end");
+        assert_eq!(next.resolved, [("nginx.service".to_owned(), false)]);
+        assert!(next.starts.is_empty());
+        assert!(task.settle_starts(&next).is_empty());
+        assert!(
+            task.batch().is_none(),
+            "the resolution was not dropped once carried"
+        );
     }
 
     #[test]
