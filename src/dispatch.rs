@@ -20,6 +20,7 @@ use crate::event::{
     Event, LoopEvent, Micros, SourceEvent, SourceKind, Transition, TransitionKind, UnitState,
 };
 use crate::internal_events::UnitOverflow;
+use crate::sink::actions::{ActionsSink, LastExit};
 use crate::sink::ThreadedSink;
 use crate::source::bus::now_micros;
 use crate::units::{SharedUnits, UnitTable};
@@ -31,6 +32,8 @@ pub struct Sinks {
     pub statsd: Option<ThreadedSink>,
     /// The event record, when configured.
     pub events: Option<ThreadedSink>,
+    /// The actions, when any is configured; only loop events reach them.
+    pub actions: Option<ActionsSink>,
 }
 
 impl Sinks {
@@ -47,6 +50,9 @@ impl Sinks {
     pub fn finish(self) {
         for sink in [self.statsd, self.events].into_iter().flatten() {
             sink.finish();
+        }
+        if let Some(actions) = self.actions {
+            actions.finish();
         }
     }
 }
@@ -307,7 +313,7 @@ impl Dispatcher<'_> {
             }));
         }
         events.push(Event::Window {
-            unit: update.unit,
+            unit: update.unit.clone(),
             source,
             restarts_in_window: update.restarts_in_window,
         });
@@ -315,9 +321,19 @@ impl Dispatcher<'_> {
         for event in &events {
             table.record(event);
         }
+        let last_exit = table
+            .get(&update.unit)
+            .and_then(|record| record.last_crash.as_ref())
+            .map(|crash| LastExit {
+                reason: crash.reason.to_owned(),
+                status: crash.exit.map(|exit| exit.exit_status),
+            });
         drop(table);
         for event in &events {
             self.sinks.send(event);
+        }
+        if let (Some(actions), Some(Event::Loop(event))) = (&self.sinks.actions, events.first()) {
+            actions.send(event, last_exit);
         }
     }
 }

@@ -52,10 +52,10 @@ impl fmt::Display for GlobError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             GlobError::UnclosedClass { pattern } => {
-                write!(f, "unclosed character class in \"{pattern}\"")
+                write!(f, "unclosed character class in \"{}\"", shown(pattern))
             }
             GlobError::TrailingBackslash { pattern } => {
-                write!(f, "trailing backslash in \"{pattern}\"")
+                write!(f, "trailing backslash in \"{}\"", shown(pattern))
             }
             GlobError::ReversedRange {
                 pattern,
@@ -63,13 +63,28 @@ impl fmt::Display for GlobError {
                 end,
             } => write!(
                 f,
-                "reversed range {start}-{end} in character class in \"{pattern}\""
+                "reversed range {start}-{end} in character class in \"{}\"",
+                shown(pattern)
             ),
         }
     }
 }
 
 impl Error for GlobError {}
+
+/// A pattern as shown in an error: control characters escaped, so the message stays one line.
+fn shown(pattern: &str) -> String {
+    pattern
+        .chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
 
 #[derive(Clone, Debug, PartialEq)]
 enum Token {
@@ -437,6 +452,8 @@ mod tests {
     fn errors_read_as_lowercase_fragments() {
         let err = Glob::new("foo[ab").expect_err("unclosed class");
         assert_eq!(err.to_string(), "unclosed character class in \"foo[ab\"");
+        let err = Glob::new("a[\n").expect_err("a line break in the pattern");
+        assert_eq!(err.to_string(), "unclosed character class in \"a[\\n\"");
         let err = Glob::new("foo\\").expect_err("trailing backslash");
         assert_eq!(err.to_string(), "trailing backslash in \"foo\\\"");
         let err = Glob::new("[z-a]").expect_err("reversed range");

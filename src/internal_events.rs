@@ -303,3 +303,63 @@ impl HookDecodeError<'_> {
         );
     }
 }
+
+/// An action did not get through: its command exited non-zero, overran its timeout or could not
+/// start, or its receiver refused the request or could not be reached in any attempt.
+pub struct ActionFailed<'a> {
+    /// `command`, `webhook` or `alertmanager`.
+    pub kind: &'static str,
+    /// `loop_started`, `loop_ended` or `refresh`.
+    pub event: &'static str,
+    /// The `error_type` label: `command_failed`, `command_timeout`, `command_spawn_failed`,
+    /// `http_rejected` or `http_failed`.
+    pub error_type: &'static str,
+    /// The unit the action was for; empty for an Alertmanager refresh.
+    pub unit: &'a str,
+    /// What happened: the exit status, the HTTP status and reason, the connection error.
+    pub detail: &'a str,
+}
+
+impl ActionFailed<'_> {
+    /// Counts and logs it.
+    pub fn emit(self) {
+        counter!("crashwatch_actions_total", "kind" => self.kind, "event" => self.event, "result" => "failed")
+            .increment(1);
+        count("actions", self.error_type);
+        warn_limited!(
+            self.error_type,
+            kind = self.kind,
+            event = self.event,
+            unit = self.unit,
+            detail = self.detail,
+            "An action failed."
+        );
+    }
+}
+
+/// An action was given up before it ran: crashwatch was stopping and the grace ran out, or too
+/// many deliveries were already waiting.
+pub struct ActionDropped<'a> {
+    /// `command`, `webhook` or `alertmanager`.
+    pub kind: &'static str,
+    /// `loop_started` or `loop_ended`.
+    pub event: &'static str,
+    /// Why.
+    pub reason: &'a str,
+}
+
+impl ActionDropped<'_> {
+    /// Counts and logs it.
+    pub fn emit(self) {
+        counter!("crashwatch_actions_total", "kind" => self.kind, "event" => self.event, "result" => "dropped")
+            .increment(1);
+        count("actions", "dropped");
+        warn_limited!(
+            "action_dropped",
+            kind = self.kind,
+            event = self.event,
+            reason = self.reason,
+            "An action was given up."
+        );
+    }
+}

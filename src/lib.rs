@@ -142,6 +142,12 @@ pub async fn run(
         );
     }
 
+    if !config.actions.is_empty() {
+        sinks.actions = Some(
+            sink::actions::ActionsSink::spawn(config.actions.clone()).map_err(RunError::Thread)?,
+        );
+    }
+
     let kind = match config.source {
         source::SourceChoice::Systemd => event::SourceKind::Systemd,
         source::SourceChoice::Upstart => event::SourceKind::Upstart,

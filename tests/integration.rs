@@ -12,6 +12,8 @@ mod support;
 
 // The area modules live in tests/integration/ (a directory, not tests/*.rs files, which cargo
 // would build as separate test binaries).
+#[path = "integration/actions.rs"]
+mod actions;
 #[path = "integration/churn.rs"]
 mod churn;
 #[path = "integration/cli.rs"]

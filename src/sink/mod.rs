@@ -6,8 +6,10 @@
 //! `try_send` and a sink that is slow or dead costs a counted drop, never a stalled event path.
 //! Queued events are boxed: a bounded std channel allocates (and touches) all of its slots up
 //! front, and 16,384 inline events of ~270 bytes were 4.4 MB of resident memory per sink before
-//! anything happened; boxed they are 16 bytes a slot.
+//! anything happened; boxed they are 16 bytes a slot. The actions ([`actions`]) run on a thread
+//! of their own too, but are handed only loop starts and ends, with what they need to know.
 
+pub mod actions;
 pub mod events;
 pub mod prometheus;
 pub mod statsd;

@@ -50,6 +50,10 @@ pub fn describe() {
         "Events a sink dropped because it could not keep up."
     );
     describe_counter!(
+        "crashwatch_actions_total",
+        "Actions run for crash-loop starts and ends, by kind, event and result (ok, failed, dropped)."
+    );
+    describe_counter!(
         "crashwatch_units_overflow_total",
         "Events of units beyond the unit cap, counted but not exported per unit."
     );

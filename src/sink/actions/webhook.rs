@@ -1,0 +1,77 @@
+//! The webhook action: one JSON object POSTed per loop start and per loop end.
+
+use serde_json::{json, Value};
+
+use super::http::{HttpUrl, Retry};
+use super::ActionRequest;
+use crate::journal::format_timestamp;
+
+/// A configured webhook.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookAction {
+    /// Where to POST.
+    pub url: HttpUrl,
+    /// Extra headers, e.g. `Authorization`.
+    pub headers: Vec<(String, String)>,
+    /// Timeout and retries.
+    pub retry: Retry,
+}
+
+/// The body posted for `request`.
+pub fn body(request: &ActionRequest, hostname: &str) -> Value {
+    let event = &request.event;
+    let last = request.last_exit.as_ref();
+    json!({
+        "unit": event.unit,
+        "source": event.source,
+        "event": request.event_name(),
+        "outcome": event.ended.map(|o| o.as_str()),
+        "restarts_in_window": event.restarts_in_window,
+        "threshold": event.threshold,
+        "window_seconds": event.window_seconds,
+        "last_exit": last.map(|l| l.reason.as_str()),
+        "last_exit_status": last.and_then(|l| l.status),
+        "timestamp": format_timestamp(event.timestamp),
+        "hostname": hostname,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{LoopEvent, LoopOutcome, SourceKind};
+
+    #[test]
+    fn the_body_names_the_loop_and_escapes_the_unit() {
+        let request = ActionRequest {
+            event: LoopEvent {
+                unit: "evil\"\n.service".to_owned(),
+                source: SourceKind::Upstart,
+                timestamp: 1_700_000_000_000_000,
+                ended: Some(LoopOutcome::Recovered),
+                restarts_in_window: 0,
+                threshold: 3,
+                window_seconds: 2.5,
+            },
+            last_exit: None,
+        };
+        let text = body(&request, "node1").to_string();
+        let back: Value = serde_json::from_str(&text).expect("valid JSON");
+        assert_eq!(
+            back,
+            json!({
+                "unit": "evil\"\n.service",
+                "source": "upstart",
+                "event": "loop_ended",
+                "outcome": "recovered",
+                "restarts_in_window": 0,
+                "threshold": 3,
+                "window_seconds": 2.5,
+                "last_exit": null,
+                "last_exit_status": null,
+                "timestamp": "2023-11-14T22:13:20.000Z",
+                "hostname": "node1",
+            })
+        );
+    }
+}

@@ -1,0 +1,675 @@
+//! Actions on a real crash loop: a webhook received by a listener in the test, an alert in a real
+//! Alertmanager, a command that writes down the environment it was given, and the failures
+//! (a closed port, a receiver that never answers, a command that overruns) counted.
+//!
+//! Every test runs the crashing unit against a short `--window`, so a loop starts within a
+//! second of `systemctl start`; it is ended with `systemctl stop` (outcome `stopped`), which the
+//! detector sees at once.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::servers::*;
+use crate::support::*;
+
+const CRASHY: &str = "crashy.service";
+const ALERTNAME: &str = "CrashwatchUnitCrashLooping";
+
+fn sandbox_with_crashy() -> Sandbox {
+    let sb = Sandbox::start().unwrap_or_else(|e| panic!("{e}"));
+    sb.write_unit(CRASHY, CRASHY_UNIT);
+    sb.reload();
+    sb
+}
+
+/// Writes `text` as crashwatch.toml in `dir` and returns its path.
+fn write_config(dir: &TempDir, text: &str) -> String {
+    let path = dir.path().join("crashwatch.toml");
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    path.display().to_string()
+}
+
+/// crashwatch with `config`, a short window and the default threshold of 3.
+fn spawn_crashwatch(sb: &Sandbox, config: &str) -> Crashwatch {
+    Crashwatch::spawn(sb, &["--config", config, "--window", "3s"])
+}
+
+/// Starts the crashing unit and waits until crashwatch flags its loop.
+fn start_loop(sb: &Sandbox, cw: &Crashwatch) {
+    sb.systemctl_ok(&["start", CRASHY]);
+    let flagged = wait_until(Duration::from_secs(20), || {
+        cw.metric("crashwatch_unit_crashlooping", &[("unit", CRASHY)]) == Some(1.0)
+    });
+    assert!(flagged, "no loop of {CRASHY} flagged\n{}", cw.diag(CRASHY));
+}
+
+/// Stops the crashing unit and waits until crashwatch has ended its loop.
+fn stop_loop(sb: &Sandbox, cw: &Crashwatch) {
+    sb.systemctl_ok(&["stop", CRASHY]);
+    let ended = wait_until(Duration::from_secs(20), || {
+        cw.metric("crashwatch_unit_crashlooping", &[("unit", CRASHY)]) == Some(0.0)
+    });
+    assert!(
+        ended,
+        "the loop of {CRASHY} did not end\n{}",
+        cw.diag(CRASHY)
+    );
+}
+
+fn actions_total(cw: &Crashwatch, kind: &str, event: &str, result: &str) -> f64 {
+    cw.metric(
+        "crashwatch_actions_total",
+        &[("kind", kind), ("event", event), ("result", result)],
+    )
+    .unwrap_or(0.0)
+}
+
+fn action_errors(cw: &Crashwatch, error_type: &str) -> f64 {
+    cw.metric(
+        "crashwatch_errors_total",
+        &[("component", "actions"), ("error_type", error_type)],
+    )
+    .unwrap_or(0.0)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .expect("reading the host name")
+        .trim()
+        .to_owned()
+}
+
+/// `2026-11-21T06:50:53.114Z`, as crashwatch writes timestamps.
+fn is_rfc3339_utc(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.len() == 24
+        && b[4] == b'-'
+        && b[10] == b'T'
+        && b[19] == b'.'
+        && b[23] == b'Z'
+        && text[..4].parse::<u32>().is_ok_and(|y| y >= 2020)
+}
+
+// ------------------------------------------------------------------------------------------------
+// A webhook receiver
+// ------------------------------------------------------------------------------------------------
+
+/// One request the receiver took, and how it answered.
+#[derive(Clone, Debug)]
+struct Received {
+    path: String,
+    headers: BTreeMap<String, String>,
+    body: Value,
+    status: u16,
+}
+
+/// An HTTP receiver on 127.0.0.1 that records every request and answers the first `failures`
+/// with 500, the rest with 200.
+struct HookReceiver {
+    port: u16,
+    received: Arc<Mutex<Vec<Received>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl HookReceiver {
+    fn start(failures: usize) -> HookReceiver {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding the receiver");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("address").port();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (received, stop) = (received.clone(), stop.clone());
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            let status = if received.lock().unwrap().len() < failures {
+                                500
+                            } else {
+                                200
+                            };
+                            if let Some(r) = answer(stream, status) {
+                                received.lock().unwrap().push(r);
+                            }
+                        }
+                        Err(_) => thread::sleep(Duration::from_millis(20)),
+                    }
+                }
+            })
+        };
+        HookReceiver {
+            port,
+            received,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// The bodies of `path` answered with 200 whose `event` is `event`.
+    fn accepted(&self, path: &str, event: &str) -> Vec<Value> {
+        self.received()
+            .into_iter()
+            .filter(|r| r.path == path && r.status == 200 && r.body["event"] == event)
+            .map(|r| r.body)
+            .collect()
+    }
+}
+
+impl Drop for HookReceiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Reads one request (headers, then a body of Content-Length bytes) and answers it.
+fn answer(mut stream: TcpStream, status: u16) -> Option<Received> {
+    stream.set_nonblocking(false).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let (head, body) = loop {
+        let n = stream.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        raw.extend_from_slice(&chunk[..n]);
+        let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        if raw.len() >= split + 4 + length {
+            break (head, raw[split + 4..split + 4 + length].to_vec());
+        }
+    };
+    let reason = if status == 200 {
+        "OK"
+    } else {
+        "Internal Server Error"
+    };
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    let mut lines = head.lines();
+    let path = lines.next()?.split(' ').nth(1)?.to_owned();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let body = serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("a webhook body that is not JSON ({e}): {body:?}"));
+    Some(Received {
+        path,
+        headers,
+        body,
+        status,
+    })
+}
+
+// ------------------------------------------------------------------------------------------------
+// Tests
+// ------------------------------------------------------------------------------------------------
+
+#[test]
+fn a_webhook_is_posted_once_per_loop_start_and_end_and_a_500_is_retried() {
+    require_sandbox!();
+    let receiver = HookReceiver::start(1);
+    let dir = TempDir::new("cw-actions");
+    let config = write_config(
+        &dir,
+        &format!(
+            r#"
+[[action]]
+units = ["crashy.service"]
+webhook = "{}"
+headers = {{ Authorization = "Bearer test-token" }}
+backoff = "200ms"
+
+[[action]]
+units = ["other-*.service"]
+webhook = "{}"
+"#,
+            receiver.url("/hook"),
+            receiver.url("/unrelated"),
+        ),
+    );
+    let sb = sandbox_with_crashy();
+    let cw = spawn_crashwatch(&sb, &config);
+
+    for round in 1..=2 {
+        start_loop(&sb, &cw);
+        let started = wait_until(Duration::from_secs(15), || {
+            receiver.accepted("/hook", "loop_started").len() == round
+        });
+        assert!(
+            started,
+            "round {round}: no loop_started webhook accepted: {:#?}\n{}",
+            receiver.received(),
+            cw.diag(CRASHY)
+        );
+        stop_loop(&sb, &cw);
+        let ended = wait_until(Duration::from_secs(15), || {
+            receiver.accepted("/hook", "loop_ended").len() == round
+        });
+        assert!(
+            ended,
+            "round {round}: no loop_ended webhook accepted: {:#?}\n{}",
+            receiver.received(),
+            cw.diag(CRASHY)
+        );
+    }
+    // A restart after the end, or a late duplicate, would show up now.
+    thread::sleep(Duration::from_secs(1));
+
+    let received = receiver.received();
+    assert!(
+        received.iter().all(|r| r.path == "/hook"),
+        "an action for other units fired: {received:#?}"
+    );
+    // The first request was answered 500 and retried with the same body; nothing else was sent.
+    assert_eq!(received.len(), 5, "{received:#?}");
+    assert_eq!(received[0].status, 500);
+    assert_eq!(
+        received[0].body, received[1].body,
+        "the retry changed the body"
+    );
+    let events: Vec<&str> = received[1..]
+        .iter()
+        .map(|r| r.body["event"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(
+        events,
+        ["loop_started", "loop_ended", "loop_started", "loop_ended"]
+    );
+
+    let start = &received[1].body;
+    assert_eq!(start["unit"], CRASHY);
+    assert_eq!(start["source"], "systemd");
+    assert_eq!(start["outcome"], Value::Null);
+    assert_eq!(start["threshold"], 3);
+    assert_eq!(num(&start["window_seconds"]), Some(3.0));
+    assert!(start["restarts_in_window"].as_u64() >= Some(3), "{start}");
+    // /bin/false: systemd's Result is exit-code, the status 1.
+    assert_eq!(start["last_exit"], "exit-code");
+    assert_eq!(start["last_exit_status"], 1);
+    assert_eq!(start["hostname"], hostname().as_str());
+    let timestamp = start["timestamp"].as_str().unwrap_or_default();
+    assert!(is_rfc3339_utc(timestamp), "{timestamp:?}");
+    let end = &received[2].body;
+    assert_eq!(end["event"], "loop_ended");
+    assert_eq!(end["outcome"], "stopped");
+    assert!(end["timestamp"].as_str() >= start["timestamp"].as_str());
+    for r in &received {
+        assert_eq!(
+            r.headers.get("authorization").map(String::as_str),
+            Some("Bearer test-token")
+        );
+        assert_eq!(
+            r.headers.get("content-type").map(String::as_str),
+            Some("application/json")
+        );
+    }
+
+    let counted = wait_until(Duration::from_secs(5), || {
+        actions_total(&cw, "webhook", "loop_ended", "ok") == 2.0
+    });
+    assert!(counted, "{}", cw.scrape());
+    assert_eq!(actions_total(&cw, "webhook", "loop_started", "ok"), 2.0);
+    assert_eq!(actions_total(&cw, "webhook", "loop_started", "failed"), 0.0);
+    assert_eq!(actions_total(&cw, "webhook", "loop_ended", "failed"), 0.0);
+}
+
+/// Alertmanager's alerts named `name` for the crashing unit.
+fn alerts_named(am: &Alertmanager, name: &str) -> Vec<Value> {
+    am.alerts()
+        .unwrap_or_else(|e| panic!("{e}\n{}", am.log_tail(20)))
+        .into_iter()
+        .filter(|a| a["labels"]["alertname"] == name && a["labels"]["unit"] == CRASHY)
+        .collect()
+}
+
+#[test]
+fn an_alertmanager_alert_fires_while_the_loop_lasts_and_resolves_when_it_ends() {
+    require_sandbox!();
+    if let Err(reason) = prometheus_prerequisites() {
+        skip(&reason);
+        return;
+    }
+    let am = Alertmanager::start();
+    let dir = TempDir::new("cw-actions");
+    // Two pushes to the same Alertmanager: one re-sent every second (valid for 4 s), which must
+    // stay firing however long the loop lasts; one re-sent every minute (valid for 4 min), whose
+    // prompt disappearance can only come from the resolution crashwatch pushes at the loop's end.
+    let config = write_config(
+        &dir,
+        &format!(
+            r#"
+[[action]]
+alertmanager = "http://127.0.0.1:{port}"
+resend_interval = "1s"
+labels = {{ team = "web" }}
+
+[[action]]
+alertmanager = "http://127.0.0.1:{port}/"
+alertname = "CrashwatchSlowResend"
+severity = "warning"
+"#,
+            port = am.port()
+        ),
+    );
+    let sb = sandbox_with_crashy();
+    let cw = spawn_crashwatch(&sb, &config);
+    start_loop(&sb, &cw);
+
+    let firing = wait_until(Duration::from_secs(15), || {
+        alerts_named(&am, ALERTNAME).len() == 1
+            && alerts_named(&am, "CrashwatchSlowResend").len() == 1
+    });
+    assert!(
+        firing,
+        "the alerts did not reach Alertmanager: {:#?}\n{}",
+        am.alerts(),
+        cw.diag(CRASHY)
+    );
+    let alert = alerts_named(&am, ALERTNAME).remove(0);
+    assert_eq!(alert["status"]["state"], "active", "{alert:#}");
+    let labels = &alert["labels"];
+    assert_eq!(labels["source"], "systemd");
+    assert_eq!(labels["instance"], hostname().as_str());
+    assert_eq!(labels["severity"], "critical");
+    assert_eq!(labels["team"], "web");
+    let summary = alert["annotations"]["summary"].as_str().unwrap_or_default();
+    assert!(summary.contains(CRASHY), "{summary:?}");
+    let description = alert["annotations"]["description"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(description.contains("exit-code"), "{description:?}");
+    assert_eq!(
+        alerts_named(&am, "CrashwatchSlowResend")[0]["labels"]["severity"],
+        "warning"
+    );
+
+    // Past the first push's endsAt: only the resends keep it firing.
+    let first_ends = alert["endsAt"].as_str().unwrap_or_default().to_owned();
+    thread::sleep(Duration::from_secs(6));
+    let later = alerts_named(&am, ALERTNAME);
+    assert_eq!(
+        later.len(),
+        1,
+        "the alert lapsed while the loop went on: {:#?}\n{}",
+        am.alerts(),
+        cw.diag(CRASHY)
+    );
+    assert_eq!(later[0]["status"]["state"], "active");
+    assert!(
+        later[0]["endsAt"].as_str().unwrap_or_default() > first_ends.as_str(),
+        "endsAt did not move: {first_ends} then {}",
+        later[0]["endsAt"]
+    );
+    assert_eq!(
+        later[0]["startsAt"], alert["startsAt"],
+        "a resend restarted the alert"
+    );
+    assert!(actions_total(&cw, "alertmanager", "refresh", "ok") >= 2.0);
+
+    stop_loop(&sb, &cw);
+    let resolved = wait_until(Duration::from_secs(20), || {
+        alerts_named(&am, ALERTNAME).is_empty()
+            && alerts_named(&am, "CrashwatchSlowResend").is_empty()
+    });
+    assert!(
+        resolved,
+        "alerts still active after the loop ended: {:#?}\n{}",
+        am.alerts(),
+        cw.diag(CRASHY)
+    );
+    assert_eq!(
+        actions_total(&cw, "alertmanager", "loop_started", "ok"),
+        2.0
+    );
+    assert_eq!(actions_total(&cw, "alertmanager", "loop_ended", "ok"), 2.0);
+    assert_eq!(
+        actions_total(&cw, "alertmanager", "loop_started", "failed")
+            + actions_total(&cw, "alertmanager", "loop_ended", "failed")
+            + actions_total(&cw, "alertmanager", "refresh", "failed"),
+        0.0,
+        "{}",
+        cw.stderr()
+    );
+}
+
+/// Parses `env` output (`NAME=value` lines) into a map.
+fn read_env(path: &Path) -> BTreeMap<String, String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+fn write_script(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+}
+
+#[test]
+fn a_command_gets_the_loop_in_its_environment_and_overruns_are_killed() {
+    require_sandbox!();
+    let dir = TempDir::new("cw-actions");
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).expect("creating the output directory");
+    // The unit name reaches this script only as data in its environment; the script fails on
+    // the loop's end, which must be counted. The rename makes each file appear complete.
+    let record = dir.path().join("record-env.sh");
+    write_script(
+        &record,
+        "#!/bin/sh\n\
+         env > \"$1/partial\"\n\
+         mv \"$1/partial\" \"$1/$CRASHWATCH_EVENT.env\"\n\
+         echo command-stdout-marker\n\
+         [ \"$CRASHWATCH_EVENT\" = loop_started ]\n",
+    );
+    // Leaves a grandchild behind and never finishes: the timeout must take both down.
+    let overrun = dir.path().join("overrun.sh");
+    write_script(
+        &overrun,
+        "#!/bin/sh\n\
+         sleep 60 &\n\
+         echo $! > \"$1/grandchild-$CRASHWATCH_EVENT.pid\"\n\
+         wait\n",
+    );
+    let config = write_config(
+        &dir,
+        &format!(
+            r#"
+[[action]]
+units = ["crashy.service"]
+command = ["{record}", "{out}"]
+
+[[action]]
+units = ["crashy.service"]
+command = ["{overrun}", "{out}"]
+timeout = "1s"
+"#,
+            record = record.display(),
+            overrun = overrun.display(),
+            out = out.display(),
+        ),
+    );
+    let sb = sandbox_with_crashy();
+    let cw = spawn_crashwatch(&sb, &config);
+    start_loop(&sb, &cw);
+    let started_env = out.join("loop_started.env");
+    assert!(
+        wait_until(Duration::from_secs(15), || started_env.exists()),
+        "the command did not run on the loop's start\n{}",
+        cw.diag(CRASHY)
+    );
+    stop_loop(&sb, &cw);
+    let ended_env = out.join("loop_ended.env");
+    assert!(
+        wait_until(Duration::from_secs(15), || ended_env.exists()),
+        "the command did not run on the loop's end\n{}",
+        cw.diag(CRASHY)
+    );
+
+    let start = read_env(&started_env);
+    let get = |env: &BTreeMap<String, String>, key: &str| env.get(key).cloned().unwrap_or_default();
+    assert_eq!(get(&start, "CRASHWATCH_UNIT"), CRASHY);
+    assert_eq!(get(&start, "CRASHWATCH_SOURCE"), "systemd");
+    assert_eq!(get(&start, "CRASHWATCH_EVENT"), "loop_started");
+    assert_eq!(get(&start, "CRASHWATCH_THRESHOLD"), "3");
+    assert_eq!(get(&start, "CRASHWATCH_WINDOW_SECONDS"), "3");
+    assert!(
+        get(&start, "CRASHWATCH_RESTARTS")
+            .parse::<u32>()
+            .is_ok_and(|n| n >= 3),
+        "{start:?}"
+    );
+    assert_eq!(get(&start, "CRASHWATCH_LAST_EXIT"), "exit-code");
+    assert_eq!(get(&start, "CRASHWATCH_LAST_EXIT_STATUS"), "1");
+    assert!(
+        is_rfc3339_utc(&get(&start, "CRASHWATCH_TIMESTAMP")),
+        "{start:?}"
+    );
+    assert!(!start.contains_key("CRASHWATCH_OUTCOME"), "{start:?}");
+    assert!(
+        start.contains_key("PATH"),
+        "crashwatch's own environment was not passed on"
+    );
+    let end = read_env(&ended_env);
+    assert_eq!(get(&end, "CRASHWATCH_EVENT"), "loop_ended");
+    assert_eq!(get(&end, "CRASHWATCH_OUTCOME"), "stopped");
+    assert_eq!(get(&end, "CRASHWATCH_UNIT"), CRASHY);
+
+    let counted = wait_until(Duration::from_secs(10), || {
+        actions_total(&cw, "command", "loop_ended", "failed") >= 1.0
+            && action_errors(&cw, "command_timeout") >= 2.0
+    });
+    assert!(counted, "failures not counted\n{}", cw.scrape());
+    assert_eq!(actions_total(&cw, "command", "loop_started", "ok"), 1.0);
+    assert_eq!(action_errors(&cw, "command_failed"), 1.0);
+    assert!(
+        cw.stderr().contains("command-stdout-marker"),
+        "the command's output was not logged\n{}",
+        cw.stderr()
+    );
+    for event in ["loop_started", "loop_ended"] {
+        let pid_file = out.join(format!("grandchild-{event}.pid"));
+        let pid = std::fs::read_to_string(&pid_file)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", pid_file.display()));
+        let stat = Path::new("/proc").join(pid.trim()).join("stat");
+        let gone = wait_until(Duration::from_secs(5), || {
+            std::fs::read_to_string(&stat).map_or(true, |s| s.contains(") Z "))
+        });
+        assert!(
+            gone,
+            "the grandchild {} of a timed-out command lives on",
+            pid.trim()
+        );
+    }
+}
+
+#[test]
+fn failed_deliveries_are_counted_and_shutdown_waits_only_briefly() {
+    require_sandbox!();
+    let closed_port = free_port();
+    // Bound and never accepted: connections complete in the kernel and no answer ever comes.
+    let black_hole = TcpListener::bind("127.0.0.1:0").expect("binding the black hole");
+    let black_hole_port = black_hole.local_addr().expect("address").port();
+    let dir = TempDir::new("cw-actions");
+    let config = write_config(
+        &dir,
+        &format!(
+            r#"
+[[action]]
+webhook = "http://127.0.0.1:{closed_port}/hook"
+retries = 1
+backoff = "100ms"
+
+[[action]]
+webhook = "http://127.0.0.1:{black_hole_port}/hook"
+timeout = "60s"
+retries = 0
+"#
+        ),
+    );
+    let sb = sandbox_with_crashy();
+    let mut cw = spawn_crashwatch(&sb, &config);
+    start_loop(&sb, &cw);
+    let counted = wait_until(Duration::from_secs(15), || {
+        actions_total(&cw, "webhook", "loop_started", "failed") >= 1.0
+    });
+    assert!(counted, "the closed port was not counted\n{}", cw.scrape());
+    assert_eq!(action_errors(&cw, "http_failed"), 1.0);
+
+    // The black hole holds one request for up to a minute; stopping must not wait for it.
+    let status = cw.terminate(Duration::from_secs(20));
+    let stderr = cw.stderr();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "crashwatch did not exit cleanly while a delivery hung ({status:?})\n{stderr}"
+    );
+    assert!(
+        stderr.contains("An action was given up."),
+        "the abandoned delivery was not reported\n{stderr}"
+    );
+    drop(black_hole);
+}
+
+#[test]
+fn check_config_refuses_https_with_one_line_pointing_at_curl() {
+    let dir = TempDir::new("cw-actions");
+    let config = write_config(
+        &dir,
+        "[[action]]\nwebhook = \"https://hooks.example.org/crash\"\n",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_crashwatch"))
+        .arg("check-config")
+        .arg(&config)
+        .output()
+        .expect("running crashwatch check-config");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains("action[1]: webhook")
+            && lines[0].contains("https:// is not supported")
+            && lines[0].contains("curl"),
+        "{stderr}"
+    );
+}
