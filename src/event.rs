@@ -302,3 +302,17 @@ impl From<Transition> for SourceEvent {
         SourceEvent::Transition(transition)
     }
 }
+
+/// A name from outside (a unit, a pattern), safe to print on a terminal or in a one-line
+/// message: control characters are escaped.
+pub fn printable(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}

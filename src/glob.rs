@@ -17,6 +17,8 @@
 use std::error::Error;
 use std::fmt;
 
+use crate::event::printable;
+
 /// A compiled wildcard pattern matched against whole unit names.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Glob {
@@ -52,10 +54,10 @@ impl fmt::Display for GlobError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             GlobError::UnclosedClass { pattern } => {
-                write!(f, "unclosed character class in \"{}\"", shown(pattern))
+                write!(f, "unclosed character class in \"{}\"", printable(pattern))
             }
             GlobError::TrailingBackslash { pattern } => {
-                write!(f, "trailing backslash in \"{}\"", shown(pattern))
+                write!(f, "trailing backslash in \"{}\"", printable(pattern))
             }
             GlobError::ReversedRange {
                 pattern,
@@ -64,27 +66,13 @@ impl fmt::Display for GlobError {
             } => write!(
                 f,
                 "reversed range {start}-{end} in character class in \"{}\"",
-                shown(pattern)
+                printable(pattern)
             ),
         }
     }
 }
 
 impl Error for GlobError {}
-
-/// A pattern as shown in an error: control characters escaped, so the message stays one line.
-fn shown(pattern: &str) -> String {
-    pattern
-        .chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
-}
 
 #[derive(Clone, Debug, PartialEq)]
 enum Token {

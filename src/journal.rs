@@ -50,8 +50,8 @@ use crate::config::Config;
 use crate::detect::{Detector, LoopChange, Update};
 use crate::dispatch::{self, Limits};
 use crate::event::{
-    ExitCause, ExitCode, LoopEvent, LoopOutcome, Micros, RestartCause, SourceKind, Transition,
-    TransitionKind, UnitState,
+    printable, ExitCause, ExitCode, LoopEvent, LoopOutcome, Micros, RestartCause, SourceKind,
+    Transition, TransitionKind, UnitState,
 };
 use crate::source::upstart::tracker::signal_number;
 use crate::units::UnitTable;
@@ -1219,19 +1219,6 @@ pub fn loop_table(loops: &[FoundLoop]) -> String {
         out.push('\n');
     }
     out
-}
-
-/// A unit name from outside, safe to print on a terminal: control characters escaped.
-fn printable(unit: &str) -> String {
-    unit.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
 }
 
 /// `2026-11-21T06:50:53.114Z`: RFC 3339 in UTC, to the millisecond.

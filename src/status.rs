@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::event::Micros;
+use crate::event::{printable, Micros};
 use crate::journal::format_timestamp;
 use crate::units::{UnitRecord, UnitTable};
 
@@ -191,7 +191,7 @@ pub fn units_table(document: &Value) -> String {
                 None => "-".to_owned(),
             };
             [
-                sanitize(&text(&u["unit"])),
+                printable(&text(&u["unit"])),
                 text(&u["source"]),
                 state,
                 looping.to_owned(),
@@ -249,7 +249,7 @@ pub fn events_table(document: &Value) -> String {
         .collect();
     let mut out = format!(
         "{} ({})\n",
-        sanitize(document["unit"].as_str().unwrap_or("?")),
+        printable(document["unit"].as_str().unwrap_or("?")),
         document["source"].as_str().unwrap_or("?")
     );
     out.push_str(&columns(["TIME", "TRANSITION", "STATE", "DETAIL"], &rows));
@@ -276,13 +276,6 @@ fn columns<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
         out.push('\n');
     }
     out
-}
-
-/// Unit names come from outside: control characters would garble a terminal.
-fn sanitize(name: &str) -> String {
-    name.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
 }
 
 /// `300` as `5m`, `90` as `90s`, `7200` as `2h`.
@@ -377,7 +370,7 @@ mod tests {
             "{text}"
         );
         assert!(lines[2].starts_with("a.service"), "{text}");
-        assert!(lines[3].starts_with("c?d.service"), "{text}");
+        assert!(lines[3].starts_with("c\\nd.service"), "{text}");
         assert!(lines[1].contains("exit-code (exited 1)"), "{text}");
         assert!(
             text.ends_with("3 units watched, 1 crash-looping.\n"),

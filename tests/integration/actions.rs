@@ -267,27 +267,22 @@ webhook = "{}"
     let sb = sandbox_with_crashy();
     let cw = spawn_crashwatch(&sb, &config);
 
+    let expect_accepted = |event: &str, round: usize| {
+        let accepted = wait_until(Duration::from_secs(15), || {
+            receiver.accepted("/hook", event).len() == round
+        });
+        assert!(
+            accepted,
+            "round {round}: no {event} webhook accepted: {:#?}\n{}",
+            receiver.received(),
+            cw.diag(CRASHY)
+        );
+    };
     for round in 1..=2 {
         start_loop(&sb, &cw);
-        let started = wait_until(Duration::from_secs(15), || {
-            receiver.accepted("/hook", "loop_started").len() == round
-        });
-        assert!(
-            started,
-            "round {round}: no loop_started webhook accepted: {:#?}\n{}",
-            receiver.received(),
-            cw.diag(CRASHY)
-        );
+        expect_accepted("loop_started", round);
         stop_loop(&sb, &cw);
-        let ended = wait_until(Duration::from_secs(15), || {
-            receiver.accepted("/hook", "loop_ended").len() == round
-        });
-        assert!(
-            ended,
-            "round {round}: no loop_ended webhook accepted: {:#?}\n{}",
-            receiver.received(),
-            cw.diag(CRASHY)
-        );
+        expect_accepted("loop_ended", round);
     }
     // A restart after the end, or a late duplicate, would show up now.
     thread::sleep(Duration::from_secs(1));

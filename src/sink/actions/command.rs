@@ -203,6 +203,7 @@ fn kill_group(pgid: i32) {
 mod tests {
     use super::*;
     use crate::event::{LoopEvent, LoopOutcome, SourceKind};
+    use crate::sink::actions::tests::runtime;
     use crate::sink::actions::LastExit;
 
     fn request(ended: Option<LoopOutcome>) -> ActionRequest {
@@ -260,13 +261,6 @@ mod tests {
         let end = environment(&request(Some(LoopOutcome::GaveUp)));
         assert_eq!(get(&end, "CRASHWATCH_EVENT").as_deref(), Some("loop_ended"));
         assert_eq!(get(&end, "CRASHWATCH_OUTCOME").as_deref(), Some("gave_up"));
-    }
-
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
     }
 
     #[test]

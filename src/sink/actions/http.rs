@@ -356,6 +356,7 @@ pub async fn post_with_retries(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sink::actions::tests::runtime;
     use std::io::{Read, Write};
 
     #[test]
@@ -458,13 +459,6 @@ mod tests {
             backoff: Duration::from_millis(10),
             max_backoff: Duration::from_millis(20),
         }
-    }
-
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
     }
 
     #[test]

@@ -525,8 +525,16 @@ fn report_webhook(action: &WebhookAction, request: &ActionRequest, delivered: &D
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+
+    /// A runtime like the actions thread's, for tests of the parts it drives.
+    pub(in crate::sink::actions) fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
     use crate::event::{LoopOutcome, SourceKind};
     use std::io::{Read, Write};
 
