@@ -357,10 +357,7 @@ fn alerts_named(am: &Alertmanager, name: &str) -> Vec<Value> {
 #[test]
 fn an_alertmanager_alert_fires_while_the_loop_lasts_and_resolves_when_it_ends() {
     require_sandbox!();
-    if let Err(reason) = prometheus_prerequisites() {
-        skip(&reason);
-        return;
-    }
+    require_prometheus!();
     let am = Alertmanager::start();
     let dir = TempDir::new("cw-actions");
     // Two pushes to the same Alertmanager: one re-sent every second (valid for 4 s), which must

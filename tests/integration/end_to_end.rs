@@ -138,10 +138,7 @@ fn provoke_http_error(port: u16) {
 #[test]
 fn crash_loop_alert_reaches_alertmanager_fills_the_dashboard_and_resolves() {
     require_sandbox!();
-    if let Err(reason) = prometheus_prerequisites() {
-        skip(&reason);
-        return;
-    }
+    require_prometheus!();
     let t0 = Instant::now();
     let phase = |what: &str| eprintln!("[{:>5.1} s] {what}", t0.elapsed().as_secs_f64());
 

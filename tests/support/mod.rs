@@ -100,6 +100,18 @@ macro_rules! require_promtool {
     };
 }
 
+/// Skip (or, under CI=true, fail) the calling test unless Prometheus and Alertmanager are
+/// installed.
+#[macro_export]
+macro_rules! require_prometheus {
+    () => {
+        if let Err(reason) = $crate::support::servers::prometheus_prerequisites() {
+            $crate::support::skip(&reason);
+            return;
+        }
+    };
+}
+
 /// Skip (or, under CI=true, fail) the calling test unless `dbus-daemon` is installed.
 #[macro_export]
 macro_rules! require_dbus_daemon {

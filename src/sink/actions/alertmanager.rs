@@ -517,9 +517,8 @@ mod tests {
         assert_eq!(value["startsAt"], value["endsAt"]);
     }
 
-    #[test]
-    fn the_book_sends_resolutions_then_open_alerts() {
-        let action = action();
+    /// A pusher and the task that would push for it, without the task running.
+    fn pusher_and_task(action: &AlertmanagerAction) -> (Pusher, PushTask) {
         let pusher = Pusher {
             book: Arc::new(Mutex::new(Book::default())),
             wake: Arc::new(Notify::new()),
@@ -529,6 +528,13 @@ mod tests {
             book: Arc::clone(&pusher.book),
             wake: Arc::clone(&pusher.wake),
         };
+        (pusher, task)
+    }
+
+    #[test]
+    fn the_book_sends_resolutions_then_open_alerts() {
+        let action = action();
+        let (pusher, task) = pusher_and_task(&action);
         assert!(task.batch().is_none(), "nothing to send when idle");
         pusher.record(&action, &request(None, 1_000_000), "node1");
         let batch = task.batch().expect("one open alert");
@@ -559,15 +565,7 @@ mod tests {
     #[test]
     fn a_start_is_settled_once_when_its_loop_ends_during_the_push() {
         let action = action();
-        let pusher = Pusher {
-            book: Arc::new(Mutex::new(Book::default())),
-            wake: Arc::new(Notify::new()),
-        };
-        let task = PushTask {
-            action: action.clone(),
-            book: Arc::clone(&pusher.book),
-            wake: Arc::clone(&pusher.wake),
-        };
+        let (pusher, task) = pusher_and_task(&action);
         pusher.record(&action, &request(None, 1_000_000), "node1");
         let in_flight = task.batch().expect("the start");
         // The loop ends while the start is being posted.
