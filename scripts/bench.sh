@@ -2,8 +2,9 @@
 # Benchmarks crashwatch side by side with node_exporter's systemd collector and with the bus
 # itself, on a real systemd, and writes the results as Markdown to stdout and BENCHMARKS.md.
 #
-#   sudo scripts/bench.sh            # the full run, about 5 minutes on 2 cores once built
-#   sudo scripts/bench.sh --quick    # fewer runs and sizes, no cargo bench: about 2 minutes
+#   sudo scripts/bench.sh            # the full run, about 13 minutes on 2 cores once built
+#                                    # (8 of them the churn of 100,000 units)
+#   sudo scripts/bench.sh --quick    # fewer runs and sizes, no cargo bench: about 3 minutes
 #   (a first release build from a fresh clone adds about 5 minutes on 2 cores)
 #   options: --runs N (repetitions of each timed figure), --no-micro (skip cargo bench),
 #            --out FILE (instead of BENCHMARKS.md); CW_BENCH_KEEP=1 keeps the work directory
@@ -42,7 +43,7 @@ while [ $# -gt 0 ]; do
     --runs) RUNS=$2; shift ;;
     --no-micro) MICRO=0 ;;
     --out) OUT=$2; shift ;;
-    -h | --help) sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "scripts/bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
