@@ -18,6 +18,8 @@
 //! - `scrape`: GETs a URL N times and reports latency, bytes and the CPU time the scrapes cost
 //!   each given process.
 //! - `statsd-listen`, `latency`: detection latency from StatsD arrival times and the event record.
+//! - `churn`: starts short-lived transient units through systemd's own `StartTransientUnit`
+//!   call, several in flight, and samples a process's RSS as the count grows.
 //! - `proc`: CPU, wake-ups and RSS of processes over an interval; `metric`: reads one value.
 //!
 //!     cargo run --release --example benchtool -- --help
@@ -128,6 +130,29 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Start COUNT transient services `{prefix}N.service` running /bin/true on ADDRESS, at most
+    /// IN_FLIGHT start jobs at a time; systemd unloads each when it has exited. With --pid,
+    /// print that process's RSS as the count of started units passes each of --sample-at.
+    Churn {
+        #[arg(long)]
+        address: String,
+        #[arg(long)]
+        count: u64,
+        /// Start jobs in flight (called for, JobRemoved not yet received).
+        #[arg(long, default_value_t = 32)]
+        in_flight: usize,
+        #[arg(long, default_value = "churn-")]
+        prefix: String,
+        /// The process whose RSS to sample.
+        #[arg(long)]
+        pid: Option<u32>,
+        /// Counts of started units at which to sample, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        sample_at: Vec<u64>,
+        /// A /metrics URL whose `crashwatch_units` to read at each sample.
+        #[arg(long)]
+        metrics: Option<String>,
+    },
     /// CPU time, wake-ups and RSS of PIDS over SECONDS.
     Proc {
         #[arg(long, value_delimiter = ',')]
@@ -186,6 +211,23 @@ fn main() -> Result<()> {
             units,
             out,
         } => runtime()?.block_on(stamp(&address, &units, &out)),
+        Cmd::Churn {
+            address,
+            count,
+            in_flight,
+            prefix,
+            pid,
+            sample_at,
+            metrics,
+        } => runtime()?.block_on(churn(
+            &address,
+            count,
+            in_flight.max(1),
+            &prefix,
+            pid,
+            &sample_at,
+            metrics.as_deref(),
+        )),
         Cmd::Proc { pids, seconds } => proc_report(&pids, seconds),
         Cmd::FreePort => {
             let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -524,6 +566,144 @@ impl Counters {
             dropped: sum("crashwatch_signals_dropped_total"),
         }
     }
+}
+
+// ------------------------------------------------------------------------------- churn
+
+/// Starts `count` transient services the way `systemd-run` does, minus a process per unit: one
+/// connection and at most `in_flight` units between the StartTransientUnit call and their start
+/// job's `JobRemoved`, so the rate is systemd's rather than fork and exec's.
+///
+/// The bound is on jobs, not on unanswered calls. systemd answers the call as soon as the job is
+/// queued and runs its job queue only when the bus is quiet, and every queued job tracks its
+/// caller with one NameOwnerChanged match rule on systemd's own bus connection: callers that
+/// kept a fixed number of calls unanswered would pile up jobs until dbus-daemon refused
+/// systemd's 513th match rule and systemd dropped its bus connection ("Got disconnect on API
+/// bus", systemd 252 with dbus-daemon's system-bus limits).
+async fn churn(
+    address: &str,
+    count: u64,
+    in_flight: usize,
+    prefix: &str,
+    pid: Option<u32>,
+    sample_at: &[u64],
+    metrics_url: Option<&str>,
+) -> Result<()> {
+    let conn = connect(address).await?;
+    let mut stream = MessageStream::from(&conn);
+    conn.call_method(
+        Some("org.freedesktop.DBus"),
+        "/org/freedesktop/DBus",
+        Some("org.freedesktop.DBus"),
+        "AddMatch",
+        &("type='signal',sender='org.freedesktop.systemd1',interface='org.freedesktop.systemd1.Manager',member='JobRemoved'",),
+    )
+    .await?;
+    conn.call_method(
+        Some(SYSTEMD_NAME),
+        "/org/freedesktop/systemd1",
+        Some(MANAGER_IFACE),
+        "Subscribe",
+        &(),
+    )
+    .await?;
+    let mut samples: Vec<u64> = sample_at.to_vec();
+    samples.sort_unstable();
+    samples.reverse(); // the next sample last, to pop
+    let mut calls = tokio::task::JoinSet::new();
+    // Units asked for; calls refused; start jobs finished, and of those, done.
+    let (mut asked, mut refused, mut finished, mut done) = (0u64, 0u64, 0u64, 0u64);
+    let mut first_error = None;
+    let start = now_us();
+    while finished + refused < count {
+        while asked < count && asked - finished - refused < in_flight as u64 {
+            let conn = conn.clone();
+            let unit = format!("{prefix}{asked}.service");
+            calls.spawn(async move { start_transient(&conn, &unit).await });
+            asked += 1;
+        }
+        tokio::select! {
+            Some(answer) = calls.join_next() => {
+                if let Err(e) = answer? {
+                    refused += 1;
+                    first_error.get_or_insert_with(|| e.to_string());
+                }
+            }
+            msg = tokio::time::timeout(Duration::from_secs(30), next(&mut stream)) => {
+                let msg = msg
+                    .map_err(|_| anyhow::anyhow!("no JobRemoved for 30 s ({finished} of {count} units finished)"))?
+                    .context("the bus closed")??;
+                if msg.message_type() != MessageType::Signal
+                    || msg.header().member().map(|m| m.as_str()) != Some("JobRemoved")
+                {
+                    continue;
+                }
+                let body = msg.body();
+                let (_id, _job, unit, result): (u32, ObjectPath<'_>, &str, &str) = body.deserialize()?;
+                if !unit.starts_with(prefix) {
+                    continue;
+                }
+                finished += 1;
+                if result == "done" {
+                    done += 1;
+                }
+                sample(&mut samples, finished, pid, metrics_url)?;
+            }
+        }
+    }
+    let end = now_us();
+    if done == 0 {
+        bail!(
+            "systemd started none of {count} transient units: {}",
+            first_error.unwrap_or_default()
+        );
+    }
+    println!(
+        "started={done} finished={finished} refused={refused} start_us={start} end_us={end} rate={:.0}{}",
+        done as f64 / ((end - start) as f64 / 1e6),
+        first_error.map_or(String::new(), |e| format!(" first_error={e:?}"))
+    );
+    Ok(())
+}
+
+/// Prints RSS (and crashwatch_units) once `started` reaches the next count asked for.
+fn sample(
+    samples: &mut Vec<u64>,
+    started: u64,
+    pid: Option<u32>,
+    metrics_url: Option<&str>,
+) -> Result<()> {
+    while samples.last().is_some_and(|&at| started >= at) {
+        let at = samples.pop().unwrap_or(started);
+        let units = match metrics_url {
+            Some(url) => metric(&http_get(url)?.body, "crashwatch_units", &[]).0,
+            None => f64::NAN,
+        };
+        println!(
+            "sample at={at} rss_kib={} units={units}",
+            pid.map_or(0, rss_kib)
+        );
+        std::io::stdout().flush()?;
+    }
+    Ok(())
+}
+
+/// `StartTransientUnit(name, mode, properties a(sv), aux a(sa(sv)))` for a service whose only
+/// property is `ExecStart=/bin/true` (signature `a(sasb)`: path, argv, ignore failure), as
+/// `systemd-run /bin/true` sends it.
+async fn start_transient(conn: &Connection, unit: &str) -> zbus::Result<()> {
+    let exec_start = Variant::from(vec![("/bin/true", vec!["/bin/true"], false)]);
+    let properties = vec![("ExecStart", exec_start)];
+    let aux: Vec<(&str, Vec<(&str, Variant<'_>)>)> = Vec::new();
+    conn.call_method(
+        Some(SYSTEMD_NAME),
+        "/org/freedesktop/systemd1",
+        Some(MANAGER_IFACE),
+        "StartTransientUnit",
+        &(unit, "fail", properties, aux),
+    )
+    .await?;
+    Ok(())
 }
 
 // ------------------------------------------------------------------------------- HTTP, metrics

@@ -2,8 +2,9 @@
 # Benchmarks crashwatch side by side with node_exporter's systemd collector and with the bus
 # itself, on a real systemd, and writes the results as Markdown to stdout and BENCHMARKS.md.
 #
-#   sudo scripts/bench.sh            # the full run, about 5 minutes on 2 cores once built
-#   sudo scripts/bench.sh --quick    # fewer runs and sizes, no cargo bench: about 2 minutes
+#   sudo scripts/bench.sh            # the full run, about 13 minutes on 2 cores once built
+#                                    # (8 of them the churn of 100,000 units)
+#   sudo scripts/bench.sh --quick    # fewer runs and sizes, no cargo bench: about 3 minutes
 #   (a first release build from a fresh clone adds about 5 minutes on 2 cores)
 #   options: --runs N (repetitions of each timed figure), --no-micro (skip cargo bench),
 #            --out FILE (instead of BENCHMARKS.md); CW_BENCH_KEEP=1 keeps the work directory
@@ -19,6 +20,8 @@
 #     (tests/support/systemd-sandbox.sh, the integration tests' harness), running up to 3,000
 #     `sleep infinity` services and 7,000 process-less oneshot services;
 #   - crashwatch (release build) and prometheus-node-exporter on that bus, each on a free port;
+#   - for the churn figure, a second sandboxed systemd and crashwatch, through which 100,000
+#     transient `/bin/true` services come and go (10,000 with --quick);
 #   - for the throughput figures, a private dbus-daemon and a fake systemd (examples/benchtool.rs)
 #     sending systemd-shaped PropertiesChanged signals.
 # Measurements are made by examples/benchtool.rs (HTTP timing, /proc accounting, StatsD arrival
@@ -40,7 +43,7 @@ while [ $# -gt 0 ]; do
     --runs) RUNS=$2; shift ;;
     --no-micro) MICRO=0 ;;
     --out) OUT=$2; shift ;;
-    -h | --help) sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "scripts/bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -59,6 +62,11 @@ else
   MISSED_RUNS=3 LOOPS=100 IDLE_S=10 CYCLES=30 TP_RUNS=$((RUNS * 2 - 1))
 fi
 FOOTPRINT_UNITS=10000 # RSS is also taken with this many units
+# Unit churn: this many transient units come and go; an unloaded unit keeps its series this long.
+# A short retention shows the steady state within seconds (the default, 15 minutes, would hold
+# every unit of a run this short).
+if [ "$QUICK" = 1 ]; then CHURN_UNITS=10000; else CHURN_UNITS=100000; fi
+CHURN_RETENTION_S=5
 
 say() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() {
@@ -150,6 +158,8 @@ kv() { tr ' ' '\n' | sed -n "s/^$1=//p" | head -1; }
 # Median, min and max of the numbers on stdin.
 stats() { sort -g | awk '{a[NR]=$1} END {if (NR == 0) {print "nan nan nan"; exit}; m = (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2; print m, a[1], a[NR]}'; }
 num() { LC_ALL=C printf "%.${2:-2}f" "$1"; }
+# An integer with thousands separators: 100000 -> 100,000.
+thousands() { sed -e ':a' -e 's/\([0-9]\)\([0-9]\{3\}\)\($\|,\)/\1,\2\3/' -e 'ta' <<<"$1"; }
 # "median (min..max)" of the numbers on stdin, with $1 decimals.
 spread() {
   local m lo hi
@@ -163,15 +173,25 @@ REPORT=$WORK/report.md
 md() { printf '%s\n' "$*" >>"$REPORT"; }
 
 # ------------------------------------------------------------------------------------ sandbox
+# Starts a fresh sandbox named $1 and sets ADDR, PID1, UNIT_DIR and SD_RUN to its bus, PID 1,
+# unit directory and /run.
+start_sandbox() {
+  local env_out
+  SDTEST_DIR=$WORK/$1-$$ # its basename names the sandbox's cgroups, so it must be unique
+  # No journald in the sandbox: it would add its own work to systemd's on every change.
+  env_out=$(SDTEST_DIR=$SDTEST_DIR SDTEST_JOURNAL=0 bash "$ROOT/tests/support/systemd-sandbox.sh" start 2>"$WORK/sandbox.err") ||
+    die "the systemd sandbox did not start: $(cat "$WORK/sandbox.err")"
+  ADDR=$(sed -n 's/^DBUS_SYSTEM_BUS_ADDRESS=//p' <<<"$env_out")
+  PID1=$(sed -n 's/^SDTEST_PID1=//p' <<<"$env_out")
+  UNIT_DIR=$(sed -n 's/^SDTEST_UNIT_DIR=//p' <<<"$env_out")
+  SD_RUN=$SDTEST_DIR/run # /run inside the sandbox
+}
+stop_sandbox() {
+  SDTEST_DIR=$SDTEST_DIR bash "$ROOT/tests/support/systemd-sandbox.sh" stop >/dev/null 2>&1 || true
+  SDTEST_DIR=""
+}
 say "starting a sandboxed systemd"
-SDTEST_DIR=$WORK/cwbench-$$ # its basename names the sandbox's cgroups, so it must be unique
-# No journald in the sandbox: it would add its own work to systemd's on every change.
-env_out=$(SDTEST_DIR=$SDTEST_DIR SDTEST_JOURNAL=0 bash "$ROOT/tests/support/systemd-sandbox.sh" start 2>"$WORK/sandbox.err") ||
-  die "the systemd sandbox did not start: $(cat "$WORK/sandbox.err")"
-ADDR=$(sed -n 's/^DBUS_SYSTEM_BUS_ADDRESS=//p' <<<"$env_out")
-PID1=$(sed -n 's/^SDTEST_PID1=//p' <<<"$env_out")
-UNIT_DIR=$(sed -n 's/^SDTEST_UNIT_DIR=//p' <<<"$env_out")
-SD_RUN=$SDTEST_DIR/run # /run inside the sandbox
+start_sandbox cwbench
 
 sd() { nsenter -t "$PID1" -p -m -- timeout 300 systemctl "$@"; }
 prop() { sd show -p "$2" --value "$1"; }
@@ -372,8 +392,50 @@ DROPPED_A=$(cwm --name crashwatch_sink_events_dropped_total)
 
 stop_pid "$NEP"
 stop_pid "$CWP"
-SDTEST_DIR=$SDTEST_DIR bash "$ROOT/tests/support/systemd-sandbox.sh" stop >/dev/null 2>&1 || true
-SDTEST_DIR=""
+stop_sandbox
+
+# ------------------------------------------------------------------------------------ unit churn
+say "unit churn: $CHURN_UNITS transient units come and go, --unloaded-retention ${CHURN_RETENTION_S}s"
+# A fresh systemd, so the 10,000 loaded units above do not slow it down; only crashwatch watches
+# (node_exporter keeps nothing per unit between scrapes).
+start_sandbox cwchurn
+CW_PORT=$("$BT" free-port)
+CW_URL=http://127.0.0.1:$CW_PORT/metrics
+DBUS_SYSTEM_BUS_ADDRESS=$ADDR "$CW_BIN" run --listen "127.0.0.1:$CW_PORT" \
+  --events "$WORK/churn-events.jsonl" --unloaded-retention "${CHURN_RETENTION_S}s" \
+  2>"$WORK/churn-crashwatch.log" &
+CWP=$!
+PIDS+=("$CWP")
+wait_until 20 has Watching "$WORK/churn-crashwatch.log" ||
+  die "crashwatch did not start: $(cat "$WORK/churn-crashwatch.log")"
+sleep 2
+CHURN_RSS0=$("$BT" proc --pids "$CWP" --seconds 0 | kv rss_kib)
+CHURN_UNITS0=$(cwm --name crashwatch_units)
+"$BT" churn --address "$ADDR" --count "$CHURN_UNITS" --in-flight 32 --pid "$CWP" \
+  --sample-at "$(seq -s, "$((CHURN_UNITS / 10))" "$((CHURN_UNITS / 10))" "$CHURN_UNITS")" --metrics "$CW_URL" \
+  >"$WORK/churn.txt" || die "the churn failed: $(tail -3 "$WORK/churn.txt")"
+# Starts crashwatch heard: one `starting` record each in the event record (the per-unit counters
+# leave with the units, so their sum cannot say). Wait until the record stops growing.
+heard_starts() { grep -cF '"transition":"starting","unit":"churn-' "$WORK/churn-events.jsonl" || true; }
+heard=$(heard_starts) still=0
+while [ "$heard" -lt "$CHURN_UNITS" ] && [ "$still" -lt 10 ]; do
+  sleep 1
+  now=$(heard_starts)
+  if [ "$now" = "$heard" ]; then still=$((still + 1)); else still=0 heard=$now; fi
+done
+CHURN_HEARD=$heard
+# Then the retention passes and the table is back where it started.
+back_to_start() { [ "$(cwm --name crashwatch_units)" = "$CHURN_UNITS0" ]; }
+wait_until $((CHURN_RETENTION_S + 60)) back_to_start || say "crashwatch_units is not back to $CHURN_UNITS0"
+CHURN_SETTLED_S=$(awk -v e="$(kv end_us <"$WORK/churn.txt")" -v n="$(date +%s%6N)" 'BEGIN {printf "%.1f", (n - e) / 1e6}')
+sleep 1
+CHURN_RSS_AFTER=$("$BT" proc --pids "$CWP" --seconds 0 | kv rss_kib)
+CHURN_UNITS_END=$(cwm --name crashwatch_units)
+CHURN_OVERFLOW=$(cwm --name crashwatch_units_overflow_total)
+CHURN_SIG_DROPPED=$(cwm --name crashwatch_signals_dropped_total)
+CHURN_SINK_DROPPED=$(cwm --name crashwatch_sink_events_dropped_total)
+stop_pid "$CWP"
+stop_sandbox
 
 # ------------------------------------------------------------------------------------ throughput
 say "throughput: $TP_RUNS runs of $CYCLES crash-restart cycles of 100 units through a private bus"
@@ -558,6 +620,24 @@ md ""
 md "How: RSS is \`VmRSS\` from /proc/<pid>/status: at start-up before any unit changed, after the scrapes at each size (crashwatch then holds the series of every running unit), and with $FOOTPRINT_UNITS units (the sleep services plus process-less oneshot services, \`--max-units 12000\`). Idle CPU and wake-ups are taken over ${IDLE_S} s with nothing happening in the sandbox, right after start-up: on-CPU time from schedstat and context switches (voluntary plus involuntary, all threads) from /proc/<pid>/task/*/status; an idle thread blocked in the kernel switches only when woken. crashwatch ran with StatsD and the event record on (their threads count). Sink events dropped during the whole run: ${DROPPED_A:-0}."
 md ""
 
+md "## Unit churn"
+md ""
+mib() { num "$(awk -v k="$1" 'BEGIN {print k / 1024}')" 1; }
+churn_sample() { grep "^sample at=$1 " "$WORK/churn.txt" | kv "$2"; }
+churn_marks=("$((CHURN_UNITS / 10))" "$((CHURN_UNITS / 2))" "$CHURN_UNITS")
+md "| crashwatch, $(thousands "$CHURN_UNITS") transient units, \`--unloaded-retention ${CHURN_RETENTION_S}s\` | RSS MiB | \`crashwatch_units\` |"
+md "| --- | ---: | ---: |"
+md "| before the churn | $(mib "$CHURN_RSS0") | $CHURN_UNITS0 |"
+for at in "${churn_marks[@]}"; do
+  md "| $(thousands "$at") units started | $(mib "$(churn_sample "$at" rss_kib)") | $(churn_sample "$at" units) |"
+done
+md "| ${CHURN_SETTLED_S} s after the last start (retention passed) | $(mib "$CHURN_RSS_AFTER") | $CHURN_UNITS_END |"
+md ""
+md "systemd started $(thousands "$(kv started <"$WORK/churn.txt")") units at $(kv rate <"$WORK/churn.txt") units/s; crashwatch heard $(thousands "$CHURN_HEARD") of their starts (\`starting\` records in the event record), dropped ${CHURN_SIG_DROPPED:-0} signals and ${CHURN_SINK_DROPPED:-0} sink events, and left ${CHURN_OVERFLOW:-0} units out at the \`--max-units\` cap (default 10000)."
+md ""
+md "How: a fresh sandbox (the one above had 10,000 units loaded) and a fresh crashwatch with the event record on and \`--unloaded-retention ${CHURN_RETENTION_S}s\`, so the table reaches its steady state (the units unloaded in the last ${CHURN_RETENTION_S} s) within seconds; the default of 15 minutes would hold every unit of a run this short. examples/benchtool.rs calls systemd's \`StartTransientUnit\` for \`churn-N.service\` (\`ExecStart=/bin/true\`, what \`systemd-run /bin/true\` sends, without a process per unit) over one bus connection, keeping 32 start jobs in flight: a job leaves the flight at its \`JobRemoved\`. (Bounding unanswered calls instead would not do: systemd answers as soon as the job is queued, runs its queue only when the bus is quiet, and tracks each queued job's caller with a match rule of its own, so jobs pile up until dbus-daemon refuses systemd's 513th match rule and systemd drops its bus connection.) Each unit runs and exits, and systemd unloads it (\`UnitRemoved\`). RSS is \`VmRSS\` of crashwatch and \`crashwatch_units\` is read from \`/metrics\` each time the count of finished start jobs passes another tenth of the churn (three of the ten samples are shown; the targets table takes the peak of each half). RSS counts heap the allocator keeps for reuse once units have left, so it levels off rather than falling back to the figure before the churn. *Units/s* is start jobs done over the time from the first call to the last \`JobRemoved\`."
+md ""
+
 if [ "$MICRO" = 1 ] && [ -s "$WORK/micro.txt" ]; then
   md "## In process (cargo bench)"
   md ""
@@ -592,6 +672,11 @@ md "| detection latency p99 < 5 ms (restart completing the loop → \`crashloopi
 md "| 0 missed restarts | $missed | $(verdict "$missed == 0") |"
 md "| RSS ≤ 15 MiB at 1,000 units | $rss1k MiB | $(verdict "$rss1k <= 15") |"
 md "| 0 wake-ups/s idle | $wake | $(verdict "$wake == 0") |"
+# Peak RSS over the samples of each half of the churn: a table that follows the units that exist
+# stops growing once it holds the units of one retention period.
+churn_peak() { awk -v lo="$1" -v hi="$2" '$1 == "sample" {split($2, a, "="); split($3, r, "="); if (a[2] > lo && a[2] <= hi && r[2] > m) m = r[2]} END {print m + 0}' "$WORK/churn.txt"; }
+churn_peak1=$(churn_peak 0 "$((CHURN_UNITS / 2))") churn_peak2=$(churn_peak "$((CHURN_UNITS / 2))" "$CHURN_UNITS")
+md "| memory bounded after $(thousands "$CHURN_UNITS") short-lived units (peak RSS of the second half within 10% of the first half's, \`crashwatch_units\` back where it started) | peak RSS $(mib "$churn_peak1") MiB over the first $(thousands "$((CHURN_UNITS / 2))") units, $(mib "$churn_peak2") MiB over the next $(thousands "$((CHURN_UNITS - CHURN_UNITS / 2))"), $(mib "$CHURN_RSS_AFTER") MiB once the retention passed; \`crashwatch_units\` $CHURN_UNITS0 before, $CHURN_UNITS_END after | $(verdict "$churn_peak2 <= 1.1 * $churn_peak1 && $CHURN_RSS_AFTER <= 1.1 * $churn_peak1 && $CHURN_UNITS_END == $CHURN_UNITS0") |"
 md ""
 md "Run time: $(((SECONDS - T0) / 60)) min $(((SECONDS - T0) % 60)) s including the build. Reproduce with \`sudo scripts/bench.sh\` (\`--quick\` for a shorter run)."
 
