@@ -1285,18 +1285,23 @@ mod tests {
         entry.to_string()
     }
 
+    /// "Started …": a start job of `unit` done, as systemd writes it.
+    fn started(at: Micros, unit: &str, invocation: &str) -> String {
+        line(
+            at,
+            UNIT_STARTED,
+            unit,
+            invocation,
+            &[("JOB_TYPE", "start"), ("JOB_RESULT", "done")],
+        )
+    }
+
     /// The journal of one run of `unit` that fails the way `/bin/false` does, with
     /// `Restart=always`: started, main process exited 1, failed, restart scheduled, the restart
     /// job's stop half. As systemd 252 writes it (see the sandbox journal in tests/).
     fn failing_run(unit: &str, start: Micros, invocation: &str, n: u32) -> Vec<String> {
         vec![
-            line(
-                start,
-                UNIT_STARTED,
-                unit,
-                invocation,
-                &[("JOB_TYPE", "start"), ("JOB_RESULT", "done")],
-            ),
+            started(start, unit, invocation),
             line(
                 start + 2_000,
                 UNIT_PROCESS_EXITED,
@@ -1458,13 +1463,7 @@ mod tests {
                 &inv,
                 &[("JOB_TYPE", "start")],
             ));
-            lines.push(line(
-                start + 10,
-                UNIT_STARTED,
-                unit,
-                &inv,
-                &[("JOB_TYPE", "start"), ("JOB_RESULT", "done")],
-            ));
+            lines.push(started(start + 10, unit, &inv));
             lines.push(line(
                 start + 5 * SECOND,
                 UNIT_PROCESS_EXITED,
@@ -1524,13 +1523,7 @@ mod tests {
         // `systemctl restart steady.service`, as systemd 252 writes it.
         let unit = "steady.service";
         let lines = vec![
-            line(
-                T0,
-                UNIT_STARTED,
-                unit,
-                "a",
-                &[("JOB_TYPE", "start"), ("JOB_RESULT", "done")],
-            ),
+            started(T0, unit, "a"),
             line(
                 T0 + SECOND,
                 UNIT_STOPPING,
@@ -1546,13 +1539,7 @@ mod tests {
                 "a",
                 &[("JOB_TYPE", "restart"), ("JOB_RESULT", "done")],
             ),
-            line(
-                T0 + SECOND + 1_800,
-                UNIT_STARTED,
-                unit,
-                "b",
-                &[("JOB_TYPE", "start"), ("JOB_RESULT", "done")],
-            ),
+            started(T0 + SECOND + 1_800, unit, "b"),
         ];
         let mut all = Vec::new();
         for i in 0..5 {
@@ -1583,13 +1570,7 @@ mod tests {
     fn a_clean_exit_under_restart_always_is_a_crash() {
         let unit = "clean.service";
         let lines = vec![
-            line(
-                T0,
-                UNIT_STARTED,
-                unit,
-                "a",
-                &[("JOB_TYPE", "start"), ("JOB_RESULT", "done")],
-            ),
+            started(T0, unit, "a"),
             line(T0 + 2_000, UNIT_SUCCEEDED, unit, "a", &[]),
             line(
                 T0 + 30 * SECOND,
@@ -1605,13 +1586,7 @@ mod tests {
                 "a",
                 &[("JOB_TYPE", "restart"), ("JOB_RESULT", "done")],
             ),
-            line(
-                T0 + 30 * SECOND + 900,
-                UNIT_STARTED,
-                unit,
-                "b",
-                &[("JOB_TYPE", "start"), ("JOB_RESULT", "done")],
-            ),
+            started(T0 + 30 * SECOND + 900, unit, "b"),
             line(T0 + 31 * SECOND, UNIT_SUCCEEDED, unit, "b", &[]),
             // Stopped by hand while waiting for the next restart: no restart is scheduled,
             // but the stop job says it was waiting for one.
@@ -1663,13 +1638,7 @@ mod tests {
                 &[("JOB_TYPE", "start")],
             ));
             lines.push(line(start + 300, UNIT_SUCCEEDED, unit, &inv, &[]));
-            lines.push(line(
-                start + 400,
-                UNIT_STARTED,
-                unit,
-                &inv,
-                &[("JOB_TYPE", "start"), ("JOB_RESULT", "done")],
-            ));
+            lines.push(started(start + 400, unit, &inv));
         }
         let (out, _) = parse(&lines);
         use TransitionKind::*;
@@ -1728,13 +1697,7 @@ mod tests {
     fn a_failure_after_a_stop_began_is_a_stop() {
         let unit = "slowstop.service";
         let lines = vec![
-            line(
-                T0,
-                UNIT_STARTED,
-                unit,
-                "a",
-                &[("JOB_TYPE", "start"), ("JOB_RESULT", "done")],
-            ),
+            started(T0, unit, "a"),
             line(
                 T0 + SECOND,
                 UNIT_STOPPING,
@@ -1763,13 +1726,7 @@ mod tests {
                 "a",
                 &[("JOB_TYPE", "stop"), ("JOB_RESULT", "done")],
             ),
-            line(
-                T0 + 3 * SECOND,
-                UNIT_STARTED,
-                unit,
-                "b",
-                &[("JOB_TYPE", "start"), ("JOB_RESULT", "done")],
-            ),
+            started(T0 + 3 * SECOND, unit, "b"),
         ];
         let (out, _) = parse(&lines);
         assert!(
@@ -1976,20 +1933,8 @@ mod tests {
             ));
         }
         // The fifth run stays up; much later another unit logs something.
-        lines.push(line(
-            T0 + 4 * SECOND,
-            UNIT_STARTED,
-            "flaky.service",
-            "f4",
-            &[("JOB_TYPE", "start"), ("JOB_RESULT", "done")],
-        ));
-        lines.push(line(
-            T0 + 3_600 * SECOND,
-            UNIT_STARTED,
-            "other.service",
-            "o",
-            &[("JOB_TYPE", "start"), ("JOB_RESULT", "done")],
-        ));
+        lines.push(started(T0 + 4 * SECOND, "flaky.service", "f4"));
+        lines.push(started(T0 + 3_600 * SECOND, "other.service", "o"));
         let (report, _) = replay_lines(&lines, &config("[detect]\nwindow = \"1m\"\n"));
         assert_eq!(report.loops.len(), 1);
         let found = &report.loops[0];
