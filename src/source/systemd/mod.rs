@@ -29,7 +29,7 @@ use metrics::{counter, gauge};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use zbus::message::Sequence;
-use zbus::{Connection, Message, MessageStream, Variant};
+use zbus::{Connection, Message, Variant};
 
 use crate::event::{Micros, SourceEvent, SourceKind, Transition, UnitState};
 use crate::glob::UnitFilter;
@@ -37,7 +37,7 @@ use crate::internal_events::{
     BusConnectError, BusDisconnected, SignalDecodeError, SignalFromStranger, SignalsDropped,
     SnapshotCallError,
 };
-use crate::source::bus::{self, decode, now_micros};
+use crate::source::bus::{self, decode, now_micros, CALL_TIMEOUT, DBUS_NAME, PROPERTIES_IFACE};
 use tracker::{ServiceProps, Snapshot, Tracker};
 
 const SOURCE: &str = "systemd";
@@ -46,8 +46,6 @@ const MANAGER_PATH: &str = "/org/freedesktop/systemd1";
 const MANAGER_IFACE: &str = "org.freedesktop.systemd1.Manager";
 const UNIT_IFACE: &str = "org.freedesktop.systemd1.Unit";
 const SERVICE_IFACE: &str = "org.freedesktop.systemd1.Service";
-const PROPERTIES_IFACE: &str = "org.freedesktop.DBus.Properties";
-const DBUS_NAME: &str = "org.freedesktop.DBus";
 
 /// The signals crashwatch needs, each as a match rule so the bus filters for it.
 const MATCH_RULES: [&str; 3] = [
@@ -56,15 +54,8 @@ const MATCH_RULES: [&str; 3] = [
     "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',member='NameOwnerChanged',arg0='org.freedesktop.systemd1'",
 ];
 
-/// Signals held between the stream reader and the tracker. Large enough for systemd's bursts
-/// (it pauses at 1024 queued messages of its own); beyond it the source resyncs.
-const QUEUE_CAPACITY: usize = 65_536;
-
 /// Calls in flight during a snapshot; dbus-daemon refuses more than 128 unanswered per connection.
 const SNAPSHOT_CONCURRENCY: usize = 32;
-
-/// How long one bus call may take before it counts as failed.
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What can stop the systemd source from starting.
 #[derive(Debug, thiserror::Error)]
@@ -453,11 +444,11 @@ impl Link {
                 .map_err(|source| SystemdError::Connect { source })
         })
         .await?;
-        // The stream exists before the match rules do, so no signal falls between them.
-        let stream = MessageStream::from(&conn);
-        let (tx, queue) = mpsc::channel(QUEUE_CAPACITY);
-        let dropped = Arc::new(AtomicU64::new(0));
-        let reader = tokio::spawn(bus::read_signals(stream, tx, dropped.clone()));
+        let bus::Drained {
+            queue,
+            dropped,
+            reader,
+        } = bus::drain(&conn);
         for rule in MATCH_RULES {
             call(
                 &conn,
@@ -681,7 +672,5 @@ async fn timed<T>(
     what: &'static str,
     fut: impl std::future::Future<Output = Result<T, SystemdError>>,
 ) -> Result<T, SystemdError> {
-    tokio::time::timeout(CALL_TIMEOUT, fut)
-        .await
-        .unwrap_or(Err(SystemdError::Timeout { call: what }))
+    bus::timed(fut, || SystemdError::Timeout { call: what }).await
 }

@@ -41,7 +41,7 @@ use metrics::{counter, gauge};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use zbus::message::Sequence;
-use zbus::{Connection, Message, MessageStream, Variant};
+use zbus::{Connection, Message, Variant};
 
 use crate::event::{SourceEvent, SourceKind, Transition, UnitState};
 use crate::glob::UnitFilter;
@@ -49,7 +49,7 @@ use crate::internal_events::{
     BusConnectError, BusDisconnected, HookDecodeError, SignalFromStranger, SignalsDropped,
     SnapshotCallError,
 };
-use crate::source::bus::{self, decode, now_micros};
+use crate::source::bus::{self, decode, now_micros, CALL_TIMEOUT, DBUS_NAME, PROPERTIES_IFACE};
 use hook::{HookMessage, HookSocket, MAX_MESSAGE};
 use tracker::{InstanceSnapshot, JobEvent, Tracker};
 
@@ -59,8 +59,6 @@ const MANAGER_PATH: &str = "/com/ubuntu/Upstart";
 const MANAGER_IFACE: &str = "com.ubuntu.Upstart0_6";
 const JOB_IFACE: &str = "com.ubuntu.Upstart0_6.Job";
 const INSTANCE_IFACE: &str = "com.ubuntu.Upstart0_6.Instance";
-const PROPERTIES_IFACE: &str = "org.freedesktop.DBus.Properties";
-const DBUS_NAME: &str = "org.freedesktop.DBus";
 
 /// The signals crashwatch needs on a bus, each as a match rule so the bus filters for it.
 const MATCH_RULES: [&str; 4] = [
@@ -70,14 +68,8 @@ const MATCH_RULES: [&str; 4] = [
     "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',member='NameOwnerChanged',arg0='com.ubuntu.Upstart'",
 ];
 
-/// Signals held between the stream reader and the tracker; beyond it the source resyncs.
-const QUEUE_CAPACITY: usize = 65_536;
-
 /// Jobs read at once during a snapshot; dbus-daemon refuses more than 128 unanswered calls.
 const SNAPSHOT_CONCURRENCY: usize = 16;
-
-/// How long one bus call may take before it counts as failed.
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The first wait before reconnecting; it doubles up to the configured cap.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -632,11 +624,11 @@ impl Link {
                 })
         })
         .await?;
-        // The stream exists before the match rules do, so no signal falls between them.
-        let stream = MessageStream::from(&conn);
-        let (tx, queue) = mpsc::channel(QUEUE_CAPACITY);
-        let dropped = Arc::new(AtomicU64::new(0));
-        let reader = tokio::spawn(bus::read_signals(stream, tx, dropped.clone()));
+        let bus::Drained {
+            queue,
+            dropped,
+            reader,
+        } = bus::drain(&conn);
         let mut link = Link {
             conn,
             queue,
@@ -924,9 +916,7 @@ async fn timed<T>(
     what: &'static str,
     fut: impl std::future::Future<Output = Result<T, UpstartError>>,
 ) -> Result<T, UpstartError> {
-    tokio::time::timeout(CALL_TIMEOUT, fut)
-        .await
-        .unwrap_or(Err(UpstartError::Timeout { call: what }))
+    bus::timed(fut, || UpstartError::Timeout { call: what }).await
 }
 
 #[cfg(test)]
