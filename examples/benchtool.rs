@@ -412,17 +412,23 @@ async fn fake_systemd(address: &str, units: usize, prefix: &str) -> Result<()> {
 
 // ------------------------------------------------------------------------------- subscriber
 
-async fn subscribe(address: &str, count: u64) -> Result<()> {
-    let conn = connect(address).await?;
-    let mut stream = MessageStream::from(&conn);
+/// Asks the bus for the signals `rule` matches.
+async fn add_match(conn: &Connection, rule: &str) -> Result<()> {
     conn.call_method(
         Some("org.freedesktop.DBus"),
         "/org/freedesktop/DBus",
         Some("org.freedesktop.DBus"),
         "AddMatch",
-        &(UNIT_RULE,),
+        &(rule,),
     )
     .await?;
+    Ok(())
+}
+
+async fn subscribe(address: &str, count: u64) -> Result<()> {
+    let conn = connect(address).await?;
+    let mut stream = MessageStream::from(&conn);
+    add_match(&conn, UNIT_RULE).await?;
     println!(
         "ready cpu_ms={:.1}",
         cpu_ns(std::process::id()) as f64 / 1e6
@@ -591,14 +597,7 @@ async fn churn(
 ) -> Result<()> {
     let conn = connect(address).await?;
     let mut stream = MessageStream::from(&conn);
-    conn.call_method(
-        Some("org.freedesktop.DBus"),
-        "/org/freedesktop/DBus",
-        Some("org.freedesktop.DBus"),
-        "AddMatch",
-        &("type='signal',sender='org.freedesktop.systemd1',interface='org.freedesktop.systemd1.Manager',member='JobRemoved'",),
-    )
-    .await?;
+    add_match(&conn, "type='signal',sender='org.freedesktop.systemd1',interface='org.freedesktop.systemd1.Manager',member='JobRemoved'").await?;
     conn.call_method(
         Some(SYSTEMD_NAME),
         "/org/freedesktop/systemd1",
@@ -1180,14 +1179,7 @@ async fn stamp(address: &str, prefix: &str, out: &PathBuf) -> Result<()> {
     let mut stream = MessageStream::from(&conn);
     // Object paths escape names byte by byte, so a name prefix is a path prefix.
     let path_prefix = signals::unit_path(prefix);
-    conn.call_method(
-        Some("org.freedesktop.DBus"),
-        "/org/freedesktop/DBus",
-        Some("org.freedesktop.DBus"),
-        "AddMatch",
-        &(UNIT_RULE,),
-    )
-    .await?;
+    add_match(&conn, UNIT_RULE).await?;
     let mut file = std::fs::File::create(out)?;
     println!("ready");
     std::io::stdout().flush()?;
