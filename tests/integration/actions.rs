@@ -47,10 +47,7 @@ fn spawn_crashwatch(sb: &Sandbox, config: &str) -> Crashwatch {
 /// Starts the crashing unit and waits until crashwatch flags its loop.
 fn start_loop(sb: &Sandbox, cw: &Crashwatch) {
     sb.systemctl_ok(&["start", CRASHY]);
-    let flagged = wait_until(Duration::from_secs(20), || {
-        cw.metric("crashwatch_unit_crashlooping", &[("unit", CRASHY)]) == Some(1.0)
-    });
-    assert!(flagged, "no loop of {CRASHY} flagged\n{}", cw.diag(CRASHY));
+    cw.expect_flagged(CRASHY, 20);
 }
 
 /// Stops the crashing unit and waits until crashwatch has ended its loop.

@@ -70,10 +70,7 @@ fn short_lived_units_are_forgotten_and_memory_stays_flat() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let flagged = wait_until(Duration::from_secs(20), || {
-        cw.unit_metric("crashwatch_unit_crashlooping", looping) == 1.0
-    });
-    assert!(flagged, "no loop of {looping}\n{}", cw.diag(looping));
+    cw.expect_flagged(looping, 20);
     sb.systemctl_ok(&["stop", looping]);
 
     let mut rss_after_round = Vec::new();

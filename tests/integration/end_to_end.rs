@@ -398,10 +398,7 @@ fn reference_statsd_server_counts_every_restart() {
     let cw = Crashwatch::spawn(&sb, &["--statsd", &statsd.addr(), "--window", "3s"]);
     sb.systemctl_ok(&["start", CRASHY]);
 
-    let flagged = wait_until(Duration::from_secs(20), || {
-        cw.metric("crashwatch_unit_crashlooping", &[("unit", CRASHY)]) == Some(1.0)
-    });
-    assert!(flagged, "{CRASHY} not flagged\n{}", cw.diag(CRASHY));
+    cw.expect_flagged(CRASHY, 20);
     let looped = wait_until(Duration::from_secs(20), || sb.n_restarts(CRASHY) >= 5);
     assert!(
         looped,

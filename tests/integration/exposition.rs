@@ -3,8 +3,6 @@
 //! longer than 200 bytes. Label values must be escaped correctly and the StatsD names for the
 //! same units must still be valid.
 
-use std::time::Duration;
-
 use crate::support::*;
 
 const CRASHY: &str = "crashy.service";
@@ -42,15 +40,7 @@ fn metrics_pass_promtool() {
         sb.systemctl_ok(&["start", unit]);
     }
     for unit in [CRASHY, hostile.as_str(), INSTANCE] {
-        let flagged = wait_until(Duration::from_secs(20), || {
-            cw.metric("crashwatch_unit_crashlooping", &[("unit", unit)]) == Some(1.0)
-        });
-        assert!(
-            flagged,
-            "{unit} not flagged (NRestarts {})\n{}",
-            sb.n_restarts(unit),
-            cw.diag(unit)
-        );
+        cw.expect_flagged(unit, 20);
         assert!(sb.n_restarts(unit) >= 3, "{unit}: systemd saw no loop");
     }
 

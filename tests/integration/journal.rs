@@ -63,10 +63,7 @@ fn a_restarted_crashwatch_keeps_a_loop_in_progress_flagged_without_recounting() 
 
     let mut first = Crashwatch::spawn(&sb, &["--config", &config]);
     sb.systemctl_ok(&["start", unit]);
-    let flagged = wait_until(Duration::from_secs(30), || {
-        first.metric("crashwatch_unit_crashlooping", &[("unit", unit)]) == Some(1.0)
-    });
-    assert!(flagged, "the loop was never flagged\n{}", first.diag(unit));
+    first.expect_flagged(unit, 30);
 
     // crashwatch goes away mid-loop; the loop goes on with nobody watching but the journal.
     first.terminate(Duration::from_secs(5));

@@ -355,14 +355,7 @@ fn dead_and_slow_sinks_never_stall_the_event_path() {
     }
 
     sb.systemctl_ok(&["start", CRASHY]);
-    let flagged = wait_until(Duration::from_secs(20), || {
-        cw.metric("crashwatch_unit_crashlooping", &[("unit", CRASHY)]) == Some(1.0)
-    });
-    assert!(
-        flagged,
-        "the loop was not flagged with dead sinks\n{}",
-        cw.diag(CRASHY)
-    );
+    cw.expect_flagged(CRASHY, 20);
     fix_unit(&sb, CRASHY);
     assert_counts_match(&sb, &cw, CRASHY);
     let write_failed = cw
@@ -398,14 +391,7 @@ fn a_restarted_crashwatch_raises_no_false_loop_from_old_history() {
         "flagged at start-up from history crashwatch did not see"
     );
     // It sees the loop it does watch: three live restarts flag it.
-    let flagged = wait_until(Duration::from_secs(20), || {
-        cw.metric("crashwatch_unit_crashlooping", &[("unit", CRASHY)]) == Some(1.0)
-    });
-    assert!(
-        flagged,
-        "the live loop was not flagged\n{}",
-        cw.diag(CRASHY)
-    );
+    cw.expect_flagged(CRASHY, 20);
 
     fix_unit(&sb, CRASHY);
     let end = sb.n_restarts(CRASHY);

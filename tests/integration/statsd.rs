@@ -19,10 +19,7 @@ fn statsd_lines_are_well_formed_and_counts_match() {
     let cw = Crashwatch::spawn(&sb, &["--statsd", statsd.addr()]);
     sb.systemctl_ok(&["start", CRASHY]);
 
-    let flagged = wait_until(Duration::from_secs(20), || {
-        cw.metric("crashwatch_unit_crashlooping", &[("unit", CRASHY)]) == Some(1.0)
-    });
-    assert!(flagged, "{CRASHY} not flagged\n{}", cw.diag(CRASHY));
+    cw.expect_flagged(CRASHY, 20);
     let looped = wait_until(Duration::from_secs(20), || sb.n_restarts(CRASHY) >= 5);
     assert!(looped, "{CRASHY} did not reach 5 restarts");
     sb.systemctl_ok(&["stop", CRASHY]);

@@ -49,10 +49,7 @@ fn the_api_shows_a_loop_with_the_numbers_prometheus_has() {
     sb.pin_loaded(&[CRASHY, STEADY]);
     let cw = Crashwatch::spawn(&sb, &["--threshold", "3", "--window", "60s"]);
     sb.systemctl_ok(&["start", STEADY, CRASHY]);
-    let looping = wait_until(Duration::from_secs(20), || {
-        cw.unit_metric("crashwatch_unit_crashlooping", CRASHY) == 1.0
-    });
-    assert!(looping, "no loop flagged\n{}", cw.diag(CRASHY));
+    cw.expect_flagged(CRASHY, 20);
     sb.systemctl_ok(&["stop", CRASHY]);
     let stopped = wait_until(Duration::from_secs(10), || {
         sb.active_state(CRASHY) != "activating"
@@ -124,10 +121,7 @@ fn the_status_command_lists_loops_first_and_says_when_no_daemon_runs() {
     sb.pin_loaded(&[CRASHY, "a-steady.service"]);
     let mut cw = Crashwatch::spawn(&sb, &["--threshold", "3", "--window", "60s"]);
     sb.systemctl_ok(&["start", "a-steady.service", CRASHY]);
-    let looping = wait_until(Duration::from_secs(20), || {
-        cw.unit_metric("crashwatch_unit_crashlooping", CRASHY) == 1.0
-    });
-    assert!(looping, "no loop flagged\n{}", cw.diag(CRASHY));
+    cw.expect_flagged(CRASHY, 20);
     let port = cw.port();
 
     let out = status(port, &[]);

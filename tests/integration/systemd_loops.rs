@@ -32,15 +32,7 @@ fn restart_always_loop_is_flagged_and_counts_match_nrestarts() {
     sb.systemctl_ok(&["start", CRASHY]);
 
     // Default threshold 3 in 5 m: flagged on the third restart (~0.7 s).
-    let flagged = wait_until(Duration::from_secs(20), || {
-        cw.metric("crashwatch_unit_crashlooping", &[("unit", CRASHY)]) == Some(1.0)
-    });
-    assert!(
-        flagged,
-        "{CRASHY} not flagged as crash-looping within 20 s (systemd NRestarts {})\n{}",
-        sb.n_restarts(CRASHY),
-        cw.diag(CRASHY)
-    );
+    cw.expect_flagged(CRASHY, 20);
 
     // The event record may trail the gauge by a moment.
     let started_line = wait_until(Duration::from_secs(5), || {

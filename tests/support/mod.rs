@@ -816,6 +816,19 @@ impl Crashwatch {
         metric_value(&self.scrape(), name, labels)
     }
 
+    /// Waits up to `seconds` for `unit` to be flagged as crash-looping; fails the test with
+    /// crashwatch's view of the unit if it is not.
+    pub fn expect_flagged(&self, unit: &str, seconds: u64) {
+        let flagged = wait_until(Duration::from_secs(seconds), || {
+            self.unit_metric("crashwatch_unit_crashlooping", unit) == 1.0
+        });
+        assert!(
+            flagged,
+            "{unit} was not flagged as crash-looping within {seconds} s\n{}",
+            self.diag(unit)
+        );
+    }
+
     /// Like [`Crashwatch::metric`] with `unit=<unit>`, absent treated as 0.
     pub fn unit_metric(&self, name: &str, unit: &str) -> f64 {
         self.metric(name, &[("unit", unit)]).unwrap_or(0.0)
