@@ -321,18 +321,25 @@ impl Dispatcher<'_> {
         for event in &events {
             table.record(event);
         }
-        let last_exit = table
-            .get(&update.unit)
-            .and_then(|record| record.last_crash.as_ref())
-            .map(|crash| LastExit {
-                reason: crash.reason.to_owned(),
-                status: crash.exit.map(|exit| exit.exit_status),
-            });
+        // Only a loop's start or end reaches the actions, with the unit's last crash.
+        let action = match (&self.sinks.actions, events.first()) {
+            (Some(actions), Some(Event::Loop(event))) => {
+                let last_exit = table
+                    .get(&update.unit)
+                    .and_then(|record| record.last_crash.as_ref())
+                    .map(|crash| LastExit {
+                        reason: crash.reason.to_owned(),
+                        status: crash.exit.map(|exit| exit.exit_status),
+                    });
+                Some((actions, event, last_exit))
+            }
+            _ => None,
+        };
         drop(table);
         for event in &events {
             self.sinks.send(event);
         }
-        if let (Some(actions), Some(Event::Loop(event))) = (&self.sinks.actions, events.first()) {
+        if let Some((actions, event, last_exit)) = action {
             actions.send(event, last_exit);
         }
     }
