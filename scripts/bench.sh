@@ -73,19 +73,16 @@ die() {
   printf 'scripts/bench.sh: %s\n' "$*" >&2
   exit 1
 }
-have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
 T0=$SECONDS
 
 # ------------------------------------------------------------------------------------ prerequisites
 [ "$(id -u)" = 0 ] || die "needs root: it runs systemd in namespaces (see tests/support/systemd-sandbox.sh)"
 
 missing_packages() {
-  local pkgs=()
+  local pkgs=() sandbox
   have prometheus-node-exporter || pkgs+=(prometheus-node-exporter)
-  { have dbus-daemon && have dbus-monitor && [ -f /lib/systemd/system/dbus.socket ]; } || pkgs+=(dbus)
-  { have busctl && have systemctl && [ -x /lib/systemd/systemd ]; } || pkgs+=(systemd)
-  { have unshare && have nsenter && have setpriv; } || pkgs+=(util-linux)
-  have script || pkgs+=(bsdutils)
+  read -r -a sandbox <<<"$(sandbox_missing_packages)"
+  pkgs+=("${sandbox[@]}")
   echo "${pkgs[@]}"
 }
 read -r -a pkgs <<<"$(missing_packages)"

@@ -67,7 +67,6 @@ die() {
   printf 'demo: %s\n' "$*" >&2
   exit 1
 }
-have() { command -v "$1" >/dev/null 2>&1; }
 
 [ "$(id -u)" = 0 ] || die "needs root to run a private systemd in namespaces: sudo $0 $*"
 
@@ -108,14 +107,12 @@ trap 'exit 143' TERM
 
 # ------------------------------------------------------------------------------------ prerequisites
 missing_packages() {
-  local pkgs=()
+  local pkgs=() sandbox
   have prometheus || pkgs+=(prometheus)
   have prometheus-alertmanager || pkgs+=(prometheus-alertmanager)
   have python3 || pkgs+=(python3)
-  { have dbus-daemon && [ -f /lib/systemd/system/dbus.socket ]; } || pkgs+=(dbus)
-  { have busctl && have systemctl && [ -x /lib/systemd/systemd ]; } || pkgs+=(systemd)
-  { have unshare && have nsenter && have setpriv; } || pkgs+=(util-linux)
-  have script || pkgs+=(bsdutils)
+  read -r -a sandbox <<<"$(sandbox_missing_packages)"
+  pkgs+=("${sandbox[@]}")
   echo "${pkgs[@]}"
 }
 

@@ -33,20 +33,15 @@ strict() { [ "${CI:-}" = true ]; }
 
 is_root() { [ "$(id -u)" = 0 ]; }
 
-have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
 
 # ------------------------------------------------------------------------------------------ system
 missing_packages() {
-  local pkgs=()
+  local pkgs=() sandbox
   # The end-to-end tests run the real servers: /usr/bin/prometheus comes with promtool.
   { have promtool && [ -x /usr/bin/prometheus ]; } || pkgs+=(prometheus)
   [ -x /usr/bin/prometheus-alertmanager ] || pkgs+=(prometheus-alertmanager)
-  { have dbus-daemon && [ -f /lib/systemd/system/dbus.socket ] && [ -f /lib/systemd/system/dbus.service ]; } ||
-    pkgs+=(dbus)
-  { have busctl && have systemctl && [ -x /lib/systemd/systemd ]; } || pkgs+=(systemd)
-  { have unshare && have nsenter && have setpriv && have pivot_root; } || pkgs+=(util-linux)
-  have script || pkgs+=(bsdutils)
-  have timeout || pkgs+=(coreutils)
+  read -r -a sandbox <<<"$(sandbox_missing_packages)"
+  pkgs+=("${sandbox[@]}")
   # node and npm run the reference StatsD server (npm package statsd, installed below).
   { have node && have npm; } || pkgs+=(nodejs npm)
   # scripts/package.sh and its tests: dpkg-shlibdeps, strip, groff and man to render the
@@ -123,6 +118,8 @@ step "Lints (cargo clippy --all-targets -- -D warnings)"
 if cargo clippy --version >/dev/null 2>&1; then
   cargo clippy --all-targets "${locked[@]}" -- -D warnings
   note "ok"
+elif strict; then
+  die "clippy is not installed (rustup component add clippy)"
 else
   note "clippy not installed, skipping (rustup component add clippy)"
 fi

@@ -28,3 +28,19 @@ apt_install_quietly() {
   fi
   return "$rc"
 }
+
+# have COMMAND: whether COMMAND is installed, also in sbin directories a user's PATH may lack.
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
+
+# sandbox_missing_packages: the Debian packages the test sandbox
+# (tests/support/systemd-sandbox.sh) needs and the machine lacks, space-separated.
+sandbox_missing_packages() {
+  local pkgs=()
+  { have dbus-daemon && have dbus-monitor && [ -f /lib/systemd/system/dbus.socket ] &&
+    [ -f /lib/systemd/system/dbus.service ]; } || pkgs+=(dbus)
+  { have busctl && have systemctl && [ -x /lib/systemd/systemd ]; } || pkgs+=(systemd)
+  { have unshare && have nsenter && have setpriv && have pivot_root; } || pkgs+=(util-linux)
+  have script || pkgs+=(bsdutils)
+  have timeout || pkgs+=(coreutils)
+  echo "${pkgs[@]}"
+}
