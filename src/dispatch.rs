@@ -151,7 +151,7 @@ impl Dispatcher<'_> {
                 source,
                 state,
             } => self.unit_present(unit, source, &state),
-            SourceEvent::Unloaded { unit, .. } => self.unit_unloaded(unit, now_micros()),
+            SourceEvent::Unloaded { unit, at } => self.unit_unloaded(unit, at),
         }
     }
 

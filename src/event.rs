@@ -290,8 +290,6 @@ pub enum SourceEvent {
     Unloaded {
         /// The unit's full name.
         unit: String,
-        /// The source of the unit.
-        source: SourceKind,
         /// When it was heard, in microseconds since the Unix epoch.
         at: Micros,
     },

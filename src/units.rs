@@ -308,12 +308,16 @@ impl UnitTable {
     }
 
     /// Notes that a snapshot found `unit` loaded, in `state`. Nothing is counted; the state is
-    /// taken only by a unit that has none yet (a transition heard since knows better).
+    /// taken only by a unit that has none yet (a transition heard since knows better). A unit
+    /// it changes nothing for leaves the generation, and so the last rendering, as they are.
     pub fn present(&mut self, unit: &str, state: &UnitState) {
         let Some(record) = self.units.get_mut(unit) else {
             return;
         };
-        record.unloaded_at = None;
+        let was_unloaded = record.unloaded_at.take().is_some();
+        if !was_unloaded && record.state.is_some() {
+            return;
+        }
         if record.state.is_none() {
             record.state = Some((state.active.as_str().into(), state.sub.as_str().into()));
             record.active = match state.active.as_str() {

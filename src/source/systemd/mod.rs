@@ -332,7 +332,6 @@ impl SystemdSource {
                     if !self.link.reloading && self.tracker.remove(unit) {
                         unloaded = Some(SourceEvent::Unloaded {
                             unit: unit.to_owned(),
-                            source: SourceKind::Systemd,
                             at: now,
                         });
                     }

@@ -523,11 +523,7 @@ impl UpstartSource {
                     }
                     Some(unit) => {
                         let transitions = self.tracker.instance_removed(&unit, now);
-                        unloaded = Some(SourceEvent::Unloaded {
-                            unit,
-                            source: SourceKind::Upstart,
-                            at: now,
-                        });
+                        unloaded = Some(SourceEvent::Unloaded { unit, at: now });
                         transitions
                     }
                     None => Vec::new(),
