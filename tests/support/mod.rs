@@ -350,8 +350,11 @@ impl PrivateBus {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawning dbus-daemon");
-        let ready = wait_until(Duration::from_secs(10), || socket.exists());
-        assert!(ready, "dbus-daemon did not create {}", socket.display());
+        // The socket file exists a moment before dbus-daemon listens on it: wait for a connection.
+        let ready = wait_until(Duration::from_secs(10), || {
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        });
+        assert!(ready, "dbus-daemon did not listen on {}", socket.display());
         PrivateBus {
             child: Some(child),
             address: format!("unix:path={}", socket.display()),
