@@ -22,9 +22,11 @@ pub fn units_document(table: &UnitTable) -> Value {
         .map(|(name, record)| unit_summary(name, record))
         .collect();
     let looping = table.iter().filter(|(_, r)| r.crashlooping).count();
+    let gave_up = table.iter().filter(|(_, r)| r.gave_up_at.is_some()).count();
     json!({
         "units": units,
         "crashlooping": looping,
+        "gave_up": gave_up,
         "generated_at": format_timestamp(crate::source::bus::now_micros()),
     })
 }
@@ -41,6 +43,8 @@ fn unit_summary(name: &str, record: &UnitRecord) -> Value {
         "substate": substate,
         "active": record.active,
         "crashlooping": record.crashlooping,
+        "gave_up": record.gave_up_at.is_some(),
+        "gave_up_at": record.gave_up_at.map(format_timestamp),
         "restarts_in_window": record.restarts_in_window,
         "threshold": record.policy.threshold,
         "window_seconds": record.policy.window.as_secs_f64(),
@@ -156,9 +160,11 @@ pub fn units_table(document: &Value) -> String {
         .collect();
     units.sort_by(|a, b| {
         let looping = |u: &Value| u["crashlooping"].as_bool().unwrap_or(false);
+        let gave_up = |u: &Value| u["gave_up"].as_bool().unwrap_or(false);
         let in_window = |u: &Value| u["restarts_in_window"].as_u64().unwrap_or(0);
-        looping(b)
-            .cmp(&looping(a))
+        gave_up(b)
+            .cmp(&gave_up(a))
+            .then(looping(b).cmp(&looping(a)))
             .then(in_window(b).cmp(&in_window(a)))
             .then(a["unit"].as_str().cmp(&b["unit"].as_str()))
     });
@@ -167,7 +173,10 @@ pub fn units_table(document: &Value) -> String {
         .map(|u| {
             let text = |v: &Value| v.as_str().unwrap_or("-").to_owned();
             let state = format!("{}/{}", text(&u["state"]), text(&u["substate"]));
-            let looping = if u["crashlooping"].as_bool().unwrap_or(false) {
+            // Given up is worse than looping: the unit is down and nothing will bring it back.
+            let looping = if u["gave_up"].as_bool().unwrap_or(false) {
+                "GAVE UP"
+            } else if u["crashlooping"].as_bool().unwrap_or(false) {
                 "LOOPING"
             } else {
                 "no"
@@ -211,9 +220,13 @@ pub fn units_table(document: &Value) -> String {
     let mut out = columns(header, &rows);
     let looping = document["crashlooping"].as_u64().unwrap_or(0);
     out.push_str(&format!(
-        "\n{} units watched, {looping} crash-looping.\n",
+        "\n{} units watched, {looping} crash-looping",
         rows.len()
     ));
+    match document["gave_up"].as_u64().unwrap_or(0) {
+        0 => out.push_str(".\n"),
+        gave_up => out.push_str(&format!(", {gave_up} given up.\n")),
+    }
     out
 }
 
@@ -376,6 +389,61 @@ mod tests {
             text.ends_with("3 units watched, 1 crash-looping.\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_unit_the_init_system_gave_up_on_comes_first() {
+        let mut table = table_with(&[("a.service", true, 4), ("b.service", false, 0)]);
+        let mut gave_up = Transition::new(
+            "b.service",
+            SourceKind::Systemd,
+            1_700_000_001_000_000,
+            TransitionKind::Failed,
+            UnitState::new("activating", "auto-restart"),
+            UnitState::new("failed", "failed"),
+        );
+        gave_up.gave_up = true;
+        table.record(&Event::Transition {
+            transition: gave_up,
+            restarts: 0,
+        });
+        let document = units_document(&table);
+        assert_eq!(document["gave_up"], 1);
+        assert_eq!(document["units"][1]["gave_up"], true);
+        assert_eq!(
+            document["units"][1]["gave_up_at"],
+            "2023-11-14T22:13:21.000Z"
+        );
+        assert_eq!(document["units"][0]["gave_up"], false);
+        let text = units_table(&document);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[1].starts_with("b.service") && lines[1].contains("GAVE UP"),
+            "{text}"
+        );
+        assert!(
+            lines[2].starts_with("a.service") && lines[2].contains("LOOPING"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("2 units watched, 1 crash-looping, 1 given up.\n"),
+            "{text}"
+        );
+
+        // Started again, by hand or otherwise: no longer given up.
+        let start = Transition::new(
+            "b.service",
+            SourceKind::Systemd,
+            1_700_000_002_000_000,
+            TransitionKind::Starting,
+            UnitState::new("failed", "failed"),
+            UnitState::new("activating", "start"),
+        );
+        table.record(&Event::Transition {
+            transition: start,
+            restarts: 0,
+        });
+        assert_eq!(units_document(&table)["gave_up"], 0);
     }
 
     #[test]

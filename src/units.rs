@@ -156,6 +156,9 @@ pub struct UnitRecord {
     pub last_transition: Option<(Micros, TransitionKind)>,
     /// When the init system unloaded the unit, if it has and has not loaded it since.
     pub unloaded_at: Option<Micros>,
+    /// When the init system gave up restarting the unit (start limit, respawn limit), if it has
+    /// not been started since: the unit is down and stays down.
+    pub gave_up_at: Option<Micros>,
     recent: VecDeque<RecentTransition>,
 }
 
@@ -183,6 +186,7 @@ impl UnitRecord {
             last_crash: None,
             last_transition: None,
             unloaded_at: None,
+            gave_up_at: None,
             recent: VecDeque::new(),
         }
     }
@@ -208,9 +212,15 @@ impl UnitRecord {
             .unwrap_or(0);
         self.transitions[kind_index] += 1;
         match t.kind {
-            TransitionKind::Starting => self.starts += 1,
+            TransitionKind::Starting => {
+                self.starts += 1;
+                self.gave_up_at = None;
+            }
             TransitionKind::Restart => self.restarts += 1,
             _ => {}
+        }
+        if t.gave_up {
+            self.gave_up_at = Some(t.timestamp);
         }
         match t.kind {
             TransitionKind::Started => self.active = Some(true),

@@ -250,7 +250,25 @@ impl SystemdSource {
     /// Handles signals until the connection is lost; returns why.
     async fn pump(&mut self, out: &mpsc::Sender<SourceEvent>) -> String {
         loop {
-            let Some(msg) = self.link.queue.recv().await else {
+            // An end waiting for its meaning is settled when its wait is over and nothing came.
+            let settle_in = self
+                .tracker
+                .next_deadline()
+                .map(|deadline| Duration::from_micros(deadline.saturating_sub(now_micros())));
+            let received = tokio::select! {
+                biased;
+                msg = self.link.queue.recv() => Some(msg),
+                () = sleep_or_never(settle_in) => None,
+            };
+            let Some(msg) = received else {
+                for t in self.tracker.settle_due(now_micros()) {
+                    if out.send(t.into()).await.is_err() {
+                        return "the engine stopped".to_owned();
+                    }
+                }
+                continue;
+            };
+            let Some(msg) = msg else {
                 return "the connection closed".to_owned();
             };
             counter!("crashwatch_events_total", "source" => SOURCE).increment(1);
@@ -297,6 +315,7 @@ impl SystemdSource {
         let now = now_micros();
         let body = msg.body();
         let mut unloaded = None;
+        let mut settled = Vec::new();
         let transitions = match (interface, member) {
             (PROPERTIES_IFACE, "PropertiesChanged") => self.properties_changed(msg, path, now),
             (MANAGER_IFACE, "JobNew") => {
@@ -329,7 +348,11 @@ impl SystemdSource {
                         self.link.pending_service.remove(unit);
                         self.snapshot_positions.remove(unit);
                     }
-                    if !self.link.reloading && self.tracker.remove(unit) {
+                    let removed = (!self.link.reloading)
+                        .then(|| self.tracker.remove(unit))
+                        .flatten();
+                    if let Some(last) = removed {
+                        settled = last;
                         unloaded = Some(SourceEvent::Unloaded {
                             unit: unit.to_owned(),
                             at: now,
@@ -340,7 +363,10 @@ impl SystemdSource {
             }
             _ => Vec::new(),
         };
-        let events = transitions.into_iter().map(SourceEvent::from);
+        let events = settled
+            .into_iter()
+            .chain(transitions)
+            .map(SourceEvent::from);
         for event in events.chain(unloaded) {
             if out.send(event).await.is_err() {
                 break;
@@ -672,4 +698,12 @@ async fn timed<T>(
     fut: impl std::future::Future<Output = Result<T, SystemdError>>,
 ) -> Result<T, SystemdError> {
     bus::timed(fut, || SystemdError::Timeout { call: what }).await
+}
+
+/// Sleeps for `duration`, or forever when there is none.
+async fn sleep_or_never(duration: Option<Duration>) {
+    match duration {
+        Some(duration) => tokio::time::sleep(duration).await,
+        None => std::future::pending().await,
+    }
 }

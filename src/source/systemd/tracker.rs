@@ -117,6 +117,37 @@ struct TrackedUnit {
     start_from: UnitState,
     /// The newest InactiveExitTimestamp seen, to tell a fresh one from the previous run's.
     inactive_exit_seen: Micros,
+    /// A run's end whose meaning the next signal decides (see [`UndecidedEnd`]).
+    undecided_end: Option<UndecidedEnd>,
+    /// When the tracker last heard of the unit, by its own clock.
+    heard_at: Micros,
+}
+
+/// How long an end waits for the signal that says what it meant. systemd sends that signal in
+/// the same burst as the end itself; the wait only matters when none comes (a unit that simply
+/// exited and stays down), and only delays that record, which keeps systemd's own timestamp.
+pub const UNDECIDED_END_WAIT: Micros = 1_000_000;
+
+/// A run that went down to `inactive/dead` with no job attached, before systemd said what that
+/// meant. systemd 252 sends such an end ahead of its meaning (both sequences are in
+/// docs/systemd-sequences.md), so judging it at once gets two common loops wrong.
+#[derive(Clone, Debug)]
+struct UndecidedEnd {
+    kind: UndecidedKind,
+    /// The record to send if the next signal does not change its meaning: a plain stop.
+    stop: Transition,
+    /// When to send `stop` if no signal for the unit came by then (the tracker's clock).
+    deadline: Micros,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum UndecidedKind {
+    /// The main process exited cleanly. Next `auto-restart`: systemd restarts it by itself
+    /// (`Restart=always`), so nobody asked for that exit: a crash. Anything else: a plain stop.
+    CleanExit,
+    /// The unit left `auto-restart` for `inactive`: the restart job was refused (next `failed`:
+    /// systemd gave up, the start limit was hit) or someone stopped the unit (anything else).
+    LeftAutoRestart,
 }
 
 impl TrackedUnit {
@@ -137,6 +168,8 @@ impl TrackedUnit {
             start_pending: false,
             start_from: UnitState::default(),
             inactive_exit_seen: 0,
+            undecided_end: None,
+            heard_at: 0,
         }
     }
 }
@@ -237,15 +270,39 @@ impl Tracker {
 
     /// Forgets a unit systemd unloaded, unless its last run crashed: a unit garbage-collected
     /// between the runs of a loop driven from outside must still count its next start as a restart.
-    /// Returns whether the unit was followed at all.
-    pub fn remove(&mut self, unit: &str) -> bool {
-        let Some(tracked) = self.units.get(unit) else {
-            return false;
-        };
+    /// Returns `None` when the unit was not followed, else what its undecided end turned out to
+    /// be: nothing follows an unloaded unit, so a plain stop.
+    pub fn remove(&mut self, unit: &str) -> Option<Vec<Transition>> {
+        let tracked = self.units.get_mut(unit)?;
+        let mut out = Vec::new();
+        settle_as_stop(tracked, &mut out);
         if !tracked.crash_pending {
             self.units.remove(unit);
         }
-        true
+        Some(out)
+    }
+
+    /// The earliest time an undecided end is due to be settled.
+    pub fn next_deadline(&self) -> Option<Micros> {
+        self.units
+            .values()
+            .filter_map(|u| u.undecided_end.as_ref().map(|end| end.deadline))
+            .min()
+    }
+
+    /// Settles every undecided end due at `now`: no signal came to change its meaning.
+    pub fn settle_due(&mut self, now: Micros) -> Vec<Transition> {
+        let mut out = Vec::new();
+        for unit in self.units.values_mut() {
+            if unit
+                .undecided_end
+                .as_ref()
+                .is_some_and(|e| e.deadline <= now)
+            {
+                settle_as_stop(unit, &mut out);
+            }
+        }
+        out
     }
 
     /// Applies one change of a unit: the Service properties and the Unit properties systemd sent
@@ -262,6 +319,7 @@ impl Tracker {
             .entry(name.to_owned())
             .or_insert_with(|| TrackedUnit::new(name.to_owned()));
         let mut out = Vec::new();
+        unit.heard_at = now;
 
         if let Some(service) = service {
             if let Some(n) = service.n_restarts {
@@ -300,6 +358,9 @@ impl Tracker {
         let new_run = props.invocation_id.as_ref().is_some_and(|id| {
             !id.is_empty() && *id != unit.invocation && !unit.earlier_invocations.contains(id)
         });
+        if unit.undecided_end.is_some() {
+            decide_end(unit, &new_state, new_run, &mut out);
+        }
         if new_run {
             if unit.earlier_invocations.len() == EARLIER_INVOCATIONS {
                 unit.earlier_invocations.pop_front();
@@ -349,6 +410,46 @@ impl Tracker {
             step(unit, &mut out, &old_state, &new_state, state_time);
         }
         out
+    }
+}
+
+/// Decides what an undecided end meant, now that the unit's next state is known. When that
+/// state is the end's own sequel (`auto-restart` after a clean exit, `failed` after the restart
+/// was refused), the record says so and takes the state, so it is not judged again as a step.
+fn decide_end(unit: &mut TrackedUnit, new: &UnitState, new_run: bool, out: &mut Vec<Transition>) {
+    let Some(end) = unit.undecided_end.take() else {
+        return;
+    };
+    let mut t = end.stop;
+    match end.kind {
+        UndecidedKind::CleanExit if !new_run && is_auto_restart(&new.sub) => {
+            t.timestamp = crash_time(unit, t.timestamp, true);
+            t.to = new.clone();
+            t.crash = Some(t.result.clone().unwrap_or_else(|| "unknown".to_owned()));
+            unit.crash_counted_for = Some(unit.invocation.clone());
+            unit.crash_pending = true;
+        }
+        UndecidedKind::LeftAutoRestart if !new_run && new.active == "failed" => {
+            t.kind = TransitionKind::Failed;
+            t.to = new.clone();
+            t.result = unit.service.result.clone();
+            t.gave_up = true;
+            // The refused restart was counted in NRestarts but never started.
+            unit.unstarted_auto_restarts = 0;
+        }
+        _ => {
+            out.push(t);
+            return;
+        }
+    }
+    unit.state = new.clone();
+    out.push(t);
+}
+
+/// Sends an undecided end as a plain stop: nothing came to say otherwise.
+fn settle_as_stop(unit: &mut TrackedUnit, out: &mut Vec<Transition>) {
+    if let Some(end) = unit.undecided_end.take() {
+        out.push(end.stop);
     }
 }
 
@@ -414,6 +515,10 @@ fn step(
         }
         "failed" => {
             let gave_up = is_auto_restart(&old.sub);
+            if gave_up {
+                // The refused restart was counted in NRestarts but never started.
+                unit.unstarted_auto_restarts = 0;
+            }
             let crash = !gave_up && may_crash(unit, old, job_attached);
             let mut t = transition(
                 unit,
@@ -456,16 +561,36 @@ fn step(
             // as `dead-before-auto-restart`): a crash although Result reads success.
             let crash =
                 (!result_ok || is_auto_restart(&new.sub)) && may_crash(unit, old, job_attached);
+            let undecided = if is_auto_restart(&old.sub) {
+                Some(UndecidedKind::LeftAutoRestart)
+            } else if !crash && result_ok && !job_attached && may_crash(unit, old, false) {
+                Some(UndecidedKind::CleanExit)
+            } else {
+                None
+            };
             let mut t = transition(
                 unit,
                 TransitionKind::Stopped,
                 old,
-                crash_time(unit, at, crash),
+                crash_time(
+                    unit,
+                    at,
+                    crash || undecided == Some(UndecidedKind::CleanExit),
+                ),
             );
             if crash {
                 record_crash(unit, &mut t);
             }
-            out.push(t);
+            match undecided {
+                Some(kind) => {
+                    unit.undecided_end = Some(UndecidedEnd {
+                        kind,
+                        stop: t,
+                        deadline: unit.heard_at.saturating_add(UNDECIDED_END_WAIT),
+                    })
+                }
+                None => out.push(t),
+            }
         }
         "active" if !is_running_state(&old.active) => {
             // Up again within the same run: an NRestarts increment with no new run behind it
@@ -841,6 +966,7 @@ mod tests {
                 t + 2,
             ));
         }
+        out.extend(tracker.settle_due(u64::MAX));
         assert_eq!(count(&out, TransitionKind::Starting), 5);
         assert_eq!(count(&out, TransitionKind::Stopped), 5);
         assert_eq!(crashes(&out) + count(&out, TransitionKind::Restart), 0);
@@ -945,10 +1071,10 @@ mod tests {
             Some(unit("failed", "failed", 1, 0, 3)),
             3,
         );
-        tracker.remove(UNIT);
+        assert_eq!(tracker.remove(UNIT), Some(Vec::new()));
         assert!(tracker.contains(UNIT));
         let mut clean = running();
-        clean.remove(UNIT);
+        assert_eq!(clean.remove(UNIT), Some(Vec::new()));
         assert!(!clean.contains(UNIT));
     }
 
@@ -985,5 +1111,213 @@ mod tests {
         stale.inactive_exit_timestamp = Some(2_000);
         let out = tracker.apply(UNIT, None, Some(stale), 9_999);
         assert_eq!(out[0].timestamp, 4_000);
+    }
+
+    /// A clean exit under `Restart=always` as systemd 252 sends it: the unit goes to
+    /// `inactive/dead` with no job before `auto-restart` says systemd restarts it.
+    fn clean_exit_cycle_252(
+        tracker: &mut Tracker,
+        from_inv: u8,
+        n_restarts: u32,
+        t: u64,
+    ) -> Vec<Transition> {
+        let mut out = Vec::new();
+        let to_inv = from_inv + 1;
+        out.extend(tracker.apply(
+            UNIT,
+            Some(service(n_restarts - 1, "success")),
+            Some(unit("inactive", "dead", from_inv, 0, t)),
+            t,
+        ));
+        out.extend(tracker.apply(
+            UNIT,
+            None,
+            Some(unit("activating", "auto-restart", from_inv, 0, t)),
+            t,
+        ));
+        out.extend(tracker.apply(
+            UNIT,
+            Some(service(n_restarts, "success")),
+            Some(unit("activating", "auto-restart", from_inv, 7, t + 1)),
+            t + 1,
+        ));
+        out.extend(tracker.apply(
+            UNIT,
+            None,
+            Some(unit("inactive", "dead", to_inv, 7, t + 2)),
+            t + 2,
+        ));
+        out.extend(tracker.apply(
+            UNIT,
+            None,
+            Some(unit("active", "running", to_inv, 0, t + 2)),
+            t + 2,
+        ));
+        out
+    }
+
+    #[test]
+    fn a_clean_exit_before_auto_restart_on_252_is_one_crash_and_no_stop() {
+        let mut tracker = running();
+        let mut out = Vec::new();
+        for i in 1..=5u8 {
+            out.extend(clean_exit_cycle_252(
+                &mut tracker,
+                i,
+                u32::from(i),
+                u64::from(i) * 1_000_000,
+            ));
+        }
+        out.extend(tracker.settle_due(u64::MAX));
+        assert_eq!(crashes(&out), 5, "{:#?}", kinds(&out));
+        assert_eq!(count(&out, TransitionKind::Restart), 5);
+        assert_eq!(
+            count(&out, TransitionKind::Stopped),
+            5,
+            "each exit is one record, a crash"
+        );
+        assert!(out
+            .iter()
+            .filter(|t| t.kind == TransitionKind::Stopped)
+            .all(|t| t.crash.as_deref() == Some("success")));
+    }
+
+    #[test]
+    fn a_clean_exit_nothing_follows_is_a_stop_once_its_wait_is_over() {
+        let mut tracker = running();
+        let out = tracker.apply(
+            UNIT,
+            Some(service(0, "success")),
+            Some(unit("inactive", "dead", 1, 0, 10)),
+            10,
+        );
+        assert!(out.is_empty(), "judged before its meaning is known");
+        assert_eq!(tracker.next_deadline(), Some(10 + UNDECIDED_END_WAIT));
+        assert!(tracker.settle_due(10 + UNDECIDED_END_WAIT - 1).is_empty());
+        let out = tracker.settle_due(10 + UNDECIDED_END_WAIT);
+        assert_eq!(kinds(&out), ["stopped"]);
+        assert_eq!(tracker.next_deadline(), None);
+    }
+
+    #[test]
+    fn an_unloaded_unit_settles_its_clean_exit_as_a_stop() {
+        let mut tracker = running();
+        tracker.apply(
+            UNIT,
+            Some(service(0, "success")),
+            Some(unit("inactive", "dead", 1, 0, 10)),
+            10,
+        );
+        let out = tracker.remove(UNIT).unwrap_or_default();
+        assert_eq!(kinds(&out), ["stopped"]);
+        assert!(!tracker.contains(UNIT));
+    }
+
+    #[test]
+    fn the_default_start_limit_on_252_gives_up_after_the_refused_restart() {
+        let mut tracker = running();
+        let mut out = Vec::new();
+        for i in 1..=4u8 {
+            out.extend(cycle(
+                &mut tracker,
+                i,
+                u32::from(i),
+                u64::from(i) * 1_000_000,
+            ));
+        }
+        // The fifth run fails; systemd schedules the restart (NRestarts 5), then refuses it.
+        let t = 9_000_000;
+        out.extend(tracker.apply(
+            UNIT,
+            Some(service(4, "exit-code")),
+            Some(unit("failed", "failed", 5, 0, t)),
+            t,
+        ));
+        out.extend(tracker.apply(
+            UNIT,
+            None,
+            Some(unit("activating", "auto-restart", 5, 0, t)),
+            t,
+        ));
+        out.extend(tracker.apply(
+            UNIT,
+            Some(service(5, "exit-code")),
+            Some(unit("activating", "auto-restart", 5, 9, t + 1)),
+            t + 1,
+        ));
+        out.extend(tracker.apply(
+            UNIT,
+            Some(service(5, "exit-code")),
+            Some(unit("inactive", "dead", 5, 9, t + 2)),
+            t + 2,
+        ));
+        out.extend(tracker.apply(
+            UNIT,
+            None,
+            Some(unit("failed", "failed", 5, 9, t + 2)),
+            t + 2,
+        ));
+        tracker.job(UNIT, false);
+        out.extend(tracker.apply(
+            UNIT,
+            None,
+            Some(unit("failed", "failed", 5, 0, t + 2)),
+            t + 2,
+        ));
+        out.extend(tracker.settle_due(u64::MAX));
+        assert_eq!(
+            count(&out, TransitionKind::Restart),
+            4,
+            "NRestarts counts the refused fifth"
+        );
+        assert_eq!(crashes(&out), 5);
+        assert_eq!(
+            count(&out, TransitionKind::Stopped),
+            0,
+            "{:#?}",
+            kinds(&out)
+        );
+        let last = out.last().expect("records");
+        assert!(last.gave_up && last.crash.is_none(), "{last:#?}");
+        assert_eq!(last.kind, TransitionKind::Failed);
+        assert_eq!(out.iter().filter(|t| t.gave_up).count(), 1);
+
+        // A start by hand afterwards follows a crash: an outside restart, not systemd's.
+        let mut next = tracker.apply(
+            UNIT,
+            Some(service(0, "success")),
+            Some(unit("inactive", "dead", 6, 11, t + 10)),
+            t + 10,
+        );
+        next.extend(tracker.apply(
+            UNIT,
+            None,
+            Some(unit("active", "running", 6, 11, t + 11)),
+            t + 11,
+        ));
+        assert_eq!(kinds(&next), ["restart", "starting", "started"]);
+        assert_eq!(next[0].restart_cause, Some(RestartCause::External));
+    }
+
+    #[test]
+    fn a_stop_while_waiting_to_restart_is_a_stop() {
+        let mut tracker = running();
+        let mut out = tracker.apply(
+            UNIT,
+            Some(service(0, "exit-code")),
+            Some(unit("failed", "failed", 1, 0, 10)),
+            10,
+        );
+        out.extend(tracker.apply(
+            UNIT,
+            None,
+            Some(unit("activating", "auto-restart", 1, 0, 10)),
+            10,
+        ));
+        out.extend(tracker.apply(UNIT, None, Some(unit("inactive", "dead", 1, 12, 20)), 20));
+        tracker.job(UNIT, false);
+        out.extend(tracker.apply(UNIT, None, Some(unit("inactive", "dead", 1, 0, 20)), 21));
+        assert_eq!(kinds(&out), ["crash-failed", "stopped"]);
+        assert!(!out[1].gave_up);
     }
 }
