@@ -11,7 +11,7 @@
 //! export ([`replay`]), for post-mortems.
 //!
 //! The journal holds messages, not states, so [`Parser`] keeps a little per unit and applies the
-//! live tracker's rules (`source::systemd::tracker`):
+//! rules the live tracker applies too, from their one home (`source::systemd::verdict`):
 //!
 //! - a new `INVOCATION_ID` is a new run; its start message (or the first message of the run, when
 //!   the last run crashed) gives Starting, preceded by a Restart when the last run crashed,
@@ -50,9 +50,10 @@ use crate::config::Config;
 use crate::detect::{Detector, LoopChange, Update};
 use crate::dispatch::{self, Limits};
 use crate::event::{
-    printable, ExitCause, ExitCode, LoopEvent, LoopOutcome, Micros, RestartCause, SourceKind,
-    Transition, TransitionKind, UnitState,
+    printable, ExitCause, ExitCode, LoopEvent, LoopOutcome, Micros, SourceKind, Transition,
+    TransitionKind, UnitState,
 };
+use crate::source::systemd::verdict::{self, Ending, Sequel, Verdict};
 use crate::source::upstart::tracker::signal_number;
 use crate::units::UnitTable;
 
@@ -372,34 +373,48 @@ fn apply(log: &mut UnitLog, entry: &Entry<'_>, out: &mut Vec<Transition>) {
             } else {
                 result
             };
-            if (log.run == Run::Crashed && log.restart_scheduled) || result == "start-limit-hit" {
+            let restart_refused = log.run == Run::Crashed && log.restart_scheduled;
+            if verdict::gave_up(restart_refused, Some(&result)) {
                 give_up(log, entry, Some(result), out);
             } else if log.run == Run::Running {
-                if log.stop_requested {
-                    let mut t =
-                        transition(log, entry, TransitionKind::Failed, ("failed", "failed"), at);
-                    t.result = Some(result);
-                    log.run = Run::Stopped;
-                    out.push(t);
-                } else {
-                    crash(log, entry, TransitionKind::Failed, &result, at, out);
+                match verdict::judge(Ending::Failed, Some(&result), log.stop_requested) {
+                    Verdict::Crash(reason) => {
+                        crash(log, entry, TransitionKind::Failed, &reason, at, out)
+                    }
+                    Verdict::Stop | Verdict::AwaitSequel => {
+                        let mut t = transition(
+                            log,
+                            entry,
+                            TransitionKind::Failed,
+                            ("failed", "failed"),
+                            at,
+                        );
+                        t.result = Some(result);
+                        log.run = Run::Stopped;
+                        out.push(t);
+                    }
                 }
             }
         }
         Message::Succeeded => {
             if log.run == Run::Running {
-                if log.stop_requested {
-                    log.run = Run::Stopped;
-                    push(
-                        log,
-                        entry,
-                        TransitionKind::Stopped,
-                        ("inactive", "dead"),
-                        at,
-                        out,
-                    );
-                } else {
-                    log.run = Run::CleanExit(at);
+                let ending = Ending::Exited { result_ok: true };
+                match verdict::judge(ending, None, log.stop_requested) {
+                    Verdict::AwaitSequel => log.run = Run::CleanExit(at),
+                    Verdict::Crash(reason) => {
+                        crash(log, entry, TransitionKind::Stopped, &reason, at, out)
+                    }
+                    Verdict::Stop => {
+                        log.run = Run::Stopped;
+                        push(
+                            log,
+                            entry,
+                            TransitionKind::Stopped,
+                            ("inactive", "dead"),
+                            at,
+                            out,
+                        );
+                    }
                 }
             }
         }
@@ -408,13 +423,18 @@ fn apply(log: &mut UnitLog, entry: &Entry<'_>, out: &mut Vec<Transition>) {
                 .field("N_RESTARTS")
                 .and_then(|n| n.trim().parse().ok());
             match log.run {
-                // Restart=always restarts after a clean exit too: a crash, as live.
                 Run::CleanExit(exit_at) => {
-                    crash(log, entry, TransitionKind::Stopped, "success", exit_at, out)
+                    decide_clean_exit(log, entry, Sequel::RestartScheduled, exit_at, out)
                 }
                 Run::Crashed => {}
                 // The failure itself was not in the input; the restart says there was one.
-                _ => crash(log, entry, TransitionKind::Failed, "unknown", at, out),
+                _ => {
+                    if let Verdict::Crash(reason) =
+                        verdict::judge(Ending::RestartScheduled, None, false)
+                    {
+                        crash(log, entry, TransitionKind::Failed, &reason, at, out);
+                    }
+                }
             }
             log.restart_scheduled = true;
         }
@@ -435,8 +455,8 @@ fn apply(log: &mut UnitLog, entry: &Entry<'_>, out: &mut Vec<Transition>) {
             let stop_job = entry.field("JOB_TYPE").is_none_or(|job| job == "stop");
             if let Run::CleanExit(exit_at) = log.run {
                 // systemd runs no stop or restart job on a unit that is already inactive: this
-                // one was waiting for its automatic restart, so the clean exit was a crash.
-                crash(log, entry, TransitionKind::Stopped, "success", exit_at, out);
+                // one was waiting for its automatic restart.
+                decide_clean_exit(log, entry, Sequel::RestartScheduled, exit_at, out);
             }
             match log.run {
                 Run::Running => {
@@ -467,14 +487,15 @@ fn apply(log: &mut UnitLog, entry: &Entry<'_>, out: &mut Vec<Transition>) {
             }
         }
         Message::StartFailed => {
-            if log.run == Run::Crashed && log.restart_scheduled {
+            if verdict::gave_up(log.run == Run::Crashed && log.restart_scheduled, None) {
                 give_up(log, entry, None, out);
             } else if log.run == Run::Running {
-                let result = entry
-                    .field("JOB_RESULT")
-                    .filter(|r| !r.is_empty())
-                    .unwrap_or_else(|| "unknown".to_owned());
-                crash(log, entry, TransitionKind::Failed, &result, at, out);
+                let result = entry.field("JOB_RESULT");
+                if let Verdict::Crash(reason) =
+                    verdict::judge(Ending::Failed, result.as_deref(), false)
+                {
+                    crash(log, entry, TransitionKind::Failed, &reason, at, out);
+                }
             }
         }
     }
@@ -484,15 +505,7 @@ fn apply(log: &mut UnitLog, entry: &Entry<'_>, out: &mut Vec<Transition>) {
 /// restart was scheduled), then the start is reported, as a restart if the last run crashed.
 fn begin_run(log: &mut UnitLog, entry: &Entry<'_>, report: bool, out: &mut Vec<Transition>) {
     if let Run::CleanExit(exit_at) = log.run {
-        log.run = Run::Stopped;
-        push(
-            log,
-            entry,
-            TransitionKind::Stopped,
-            ("inactive", "dead"),
-            exit_at,
-            out,
-        );
+        decide_clean_exit(log, entry, Sequel::Other, exit_at, out);
     }
     log.invocation = entry.invocation.clone();
     let automatic = log.restart_scheduled;
@@ -509,11 +522,7 @@ fn begin_run(log: &mut UnitLog, entry: &Entry<'_>, report: bool, out: &mut Vec<T
                 ("activating", "start"),
                 entry.at,
             );
-            t.restart_cause = Some(if automatic {
-                RestartCause::Automatic
-            } else {
-                RestartCause::External
-            });
+            t.restart_cause = Some(verdict::restart_cause(automatic));
             out.push(t);
         }
         push(
@@ -532,6 +541,30 @@ fn begin_run(log: &mut UnitLog, entry: &Entry<'_>, report: bool, out: &mut Vec<T
     log.crash_pending = false;
     log.restart_scheduled = false;
     log.gave_up = false;
+}
+
+/// Records what a clean exit at `exit_at` was, now that `sequel` says.
+fn decide_clean_exit(
+    log: &mut UnitLog,
+    entry: &Entry<'_>,
+    sequel: Sequel,
+    exit_at: Micros,
+    out: &mut Vec<Transition>,
+) {
+    match verdict::decide(sequel) {
+        Verdict::Crash(reason) => crash(log, entry, TransitionKind::Stopped, &reason, exit_at, out),
+        Verdict::Stop | Verdict::AwaitSequel => {
+            log.run = Run::Stopped;
+            push(
+                log,
+                entry,
+                TransitionKind::Stopped,
+                ("inactive", "dead"),
+                exit_at,
+                out,
+            );
+        }
+    }
 }
 
 /// The current run crashed at `at` (its main process's exit time when known).
@@ -1255,6 +1288,7 @@ mod tests {
     use super::*;
     use crate::config::{parse_file, Overrides};
     use crate::detect::Policy;
+    use crate::event::RestartCause;
 
     const SECOND: Micros = 1_000_000;
     /// 2026-11-21T06:50:52Z, when the sample journal below was written.

@@ -19,6 +19,7 @@
 
 pub mod props;
 pub mod tracker;
+pub mod verdict;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -18,8 +18,9 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use super::verdict::{self, Ending, Sequel, Verdict};
 use crate::event::{
-    ExitCause, ExitCode, Micros, RestartCause, SourceKind, Transition, TransitionKind, UnitState,
+    ExitCause, ExitCode, Micros, SourceKind, Transition, TransitionKind, UnitState,
 };
 
 /// The `org.freedesktop.systemd1.Service` properties the tracker reads. `None`: not in the signal.
@@ -421,15 +422,26 @@ fn decide_end(unit: &mut TrackedUnit, new: &UnitState, new_run: bool, out: &mut 
         return;
     };
     let mut t = end.stop;
+    let sequel = if !new_run && is_auto_restart(&new.sub) {
+        Sequel::RestartScheduled
+    } else {
+        Sequel::Other
+    };
     match end.kind {
-        UndecidedKind::CleanExit if !new_run && is_auto_restart(&new.sub) => {
+        UndecidedKind::CleanExit => {
+            let Some(reason) = crash_reason(verdict::decide(sequel)) else {
+                out.push(t);
+                return;
+            };
             t.timestamp = crash_time(unit, t.timestamp, true);
             t.to = new.clone();
-            t.crash = Some(t.result.clone().unwrap_or_else(|| "unknown".to_owned()));
-            unit.crash_counted_for = Some(unit.invocation.clone());
-            unit.crash_pending = true;
+            record_crash(unit, &mut t, reason);
         }
-        UndecidedKind::LeftAutoRestart if !new_run && new.active == "failed" => {
+        UndecidedKind::LeftAutoRestart
+            if !new_run
+                && new.active == "failed"
+                && verdict::gave_up(true, unit.service.result.as_deref()) =>
+        {
             t.kind = TransitionKind::Failed;
             t.to = new.clone();
             t.result = unit.service.result.clone();
@@ -462,11 +474,7 @@ fn emit_start(unit: &mut TrackedUnit, out: &mut Vec<Transition>, at: Micros) {
     let restarts = automatic.max(pending);
     // Each automatic restart follows a crash: those beyond the one we heard were merged away.
     let missed = restarts.saturating_sub(pending);
-    let cause = if automatic > 0 {
-        RestartCause::Automatic
-    } else {
-        RestartCause::External
-    };
+    let cause = verdict::restart_cause(automatic > 0);
     for i in 0..restarts {
         // Only the last restart leads to the run we see now; earlier ones were merged away.
         let last = i + 1 == restarts;
@@ -500,11 +508,9 @@ fn step(
     at: Micros,
 ) {
     let job_attached = unit.job_id != 0 || unit.job_pending;
-    let result_ok = unit
-        .service
-        .result
-        .as_deref()
-        .is_none_or(|r| r == "success");
+    let result = unit.service.result.clone();
+    let result = result.as_deref();
+    let result_ok = result.is_none_or(|r| r == "success");
     match new.active.as_str() {
         "deactivating" if old.active != "deactivating" => {
             // A stop or restart job on a running unit whose process has not failed: asked for.
@@ -514,39 +520,51 @@ fn step(
             push(out, unit, TransitionKind::Stopping, old, at);
         }
         "failed" => {
-            let gave_up = is_auto_restart(&old.sub);
+            let gave_up = verdict::gave_up(is_auto_restart(&old.sub), result);
             if gave_up {
                 // The refused restart was counted in NRestarts but never started.
                 unit.unstarted_auto_restarts = 0;
             }
-            let crash = !gave_up && may_crash(unit, old, job_attached);
+            let crash = match gave_up || already_counted(unit) {
+                true => None,
+                false => crash_reason(verdict::judge(
+                    Ending::Failed,
+                    result,
+                    stop_asked(unit, old, job_attached),
+                )),
+            };
             let mut t = transition(
                 unit,
                 TransitionKind::Failed,
                 old,
-                crash_time(unit, at, crash),
+                crash_time(unit, at, crash.is_some()),
             );
             t.gave_up = gave_up;
-            if crash {
-                record_crash(unit, &mut t);
+            if let Some(reason) = crash {
+                record_crash(unit, &mut t, reason);
             }
             out.push(t);
         }
         // Straight from running to waiting for a restart: the failed state was merged away, or
-        // the process exited cleanly under Restart=always. Either way a crash.
+        // the process exited cleanly under Restart=always.
         "activating"
             if is_auto_restart(&new.sub)
                 && !is_auto_restart(&old.sub)
                 && old.active != "failed"
                 && !already_counted(unit) =>
         {
+            let Some(reason) =
+                crash_reason(verdict::judge(Ending::RestartScheduled, result, false))
+            else {
+                return;
+            };
             let kind = if result_ok {
                 TransitionKind::Stopped
             } else {
                 TransitionKind::Failed
             };
             let mut t = transition(unit, kind, old, crash_time(unit, at, true));
-            record_crash(unit, &mut t);
+            record_crash(unit, &mut t, reason);
             out.push(t);
         }
         "inactive" => {
@@ -557,17 +575,31 @@ fn step(
                 // failed -> inactive is ResetFailed, not a stop.
                 return;
             }
-            // Under Restart=always a clean exit also means a restart is coming (254+ shows it
-            // as `dead-before-auto-restart`): a crash although Result reads success.
-            let crash =
-                (!result_ok || is_auto_restart(&new.sub)) && may_crash(unit, old, job_attached);
-            let undecided = if is_auto_restart(&old.sub) {
+            // Leaving auto-restart for inactive: the crash was counted; what this is (a refused
+            // restart, a stop) the next state says.
+            let undecided_kind = if is_auto_restart(&old.sub) {
                 Some(UndecidedKind::LeftAutoRestart)
-            } else if !crash && result_ok && !job_attached && may_crash(unit, old, false) {
-                Some(UndecidedKind::CleanExit)
             } else {
                 None
             };
+            // 254+ names the state before a restart `dead-before-auto-restart`: the restart is
+            // already known.
+            let ending = if is_auto_restart(&new.sub) {
+                Ending::RestartScheduled
+            } else {
+                Ending::Exited { result_ok }
+            };
+            let verdict = match undecided_kind.is_some() || already_counted(unit) {
+                true => Verdict::Stop,
+                false => verdict::judge(ending, result, stop_asked(unit, old, job_attached)),
+            };
+            let undecided_kind = match verdict {
+                // A start job still attached when a run ends cleanly is a oneshot finishing it:
+                // a plain stop, nothing to wait for.
+                Verdict::AwaitSequel if !job_attached => Some(UndecidedKind::CleanExit),
+                _ => undecided_kind,
+            };
+            let crash = crash_reason(verdict);
             let mut t = transition(
                 unit,
                 TransitionKind::Stopped,
@@ -575,13 +607,13 @@ fn step(
                 crash_time(
                     unit,
                     at,
-                    crash || undecided == Some(UndecidedKind::CleanExit),
+                    crash.is_some() || undecided_kind == Some(UndecidedKind::CleanExit),
                 ),
             );
-            if crash {
-                record_crash(unit, &mut t);
+            if let Some(reason) = crash {
+                record_crash(unit, &mut t, reason);
             }
-            match undecided {
+            match undecided_kind {
                 Some(kind) => {
                     unit.undecided_end = Some(UndecidedEnd {
                         kind,
@@ -602,14 +634,19 @@ fn step(
     }
 }
 
-/// Whether a run that just went down may count as a crash: not counted yet, not asked to stop.
-fn may_crash(unit: &TrackedUnit, old: &UnitState, job_attached: bool) -> bool {
-    if already_counted(unit) || unit.stop_requested {
-        return false;
+/// Whether the run that just went down was asked to stop: a stop job was seen (`deactivating`
+/// with a job), or a job is attached while a running unit goes straight down (a stop or restart
+/// job whose `deactivating` step was merged away; during a start it is the start job failing).
+fn stop_asked(unit: &TrackedUnit, old: &UnitState, job_attached: bool) -> bool {
+    unit.stop_requested || (job_attached && is_running_state(&old.active))
+}
+
+/// The reason of a crash verdict; `None` for any other.
+fn crash_reason(verdict: Verdict) -> Option<String> {
+    match verdict {
+        Verdict::Crash(reason) => Some(reason),
+        Verdict::Stop | Verdict::AwaitSequel => None,
     }
-    // A job attached while a running unit goes straight down is a stop or restart job whose
-    // `deactivating` step was merged away; during a start it is the start job failing.
-    !(job_attached && is_running_state(&old.active))
 }
 
 fn already_counted(unit: &TrackedUnit) -> bool {
@@ -626,12 +663,7 @@ fn crash_time(unit: &TrackedUnit, state_time: Micros, crash: bool) -> Micros {
     state_time
 }
 
-fn record_crash(unit: &mut TrackedUnit, t: &mut Transition) {
-    let reason = unit
-        .service
-        .result
-        .clone()
-        .unwrap_or_else(|| "unknown".to_owned());
+fn record_crash(unit: &mut TrackedUnit, t: &mut Transition, reason: String) {
     t.crash = Some(reason);
     unit.crash_counted_for = Some(unit.invocation.clone());
     unit.crash_pending = true;
@@ -680,6 +712,7 @@ fn transition(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::RestartCause;
 
     const UNIT: &str = "crashy.service";
 
