@@ -8,7 +8,9 @@
 # sandboxed systemd the tests run, and promtool (Debian package `prometheus`) to lint /metrics;
 # for the end-to-end tests Prometheus and Alertmanager (`prometheus`, `prometheus-alertmanager`),
 # node and npm, and the reference StatsD server (npm package `statsd`, into target/npm); for the
-# package tests dpkg-dev, binutils, groff-base, man-db and lintian.
+# package tests dpkg-dev, binutils, groff-base, man-db and lintian. Also as root it fetches the
+# systemd versions the sandbox runs besides the host's (254 and 257, into target/systemd; see
+# scripts/lib/systemd-versions.sh), once: later runs find them cached.
 # The Rust toolchain itself (cargo, rustfmt, clippy) is expected to be installed already.
 #
 # Without root the sandbox tests cannot run; they print why and count as skipped. With CI=true
@@ -95,6 +97,23 @@ elif have npm; then
   note "installed in target/npm"
 else
   note "npm not found: the StatsD end-to-end test will skip"
+fi
+
+# The sandbox runs systemd 254 and 257 as well as the host's; tests on those versions need them
+# cached in target/systemd (git-ignored with target/).
+step "systemd versions for the sandbox (254, 257 in target/systemd)"
+if is_root; then
+  # shellcheck source=scripts/lib/systemd-versions.sh
+  source scripts/lib/systemd-versions.sh
+  if systemd_versions_fetch 254 257; then
+    note "ok"
+  elif strict; then
+    die "could not fetch systemd 254 and 257: the tests on those versions would be skipped"
+  else
+    note "could not fetch them: the tests on those versions will skip"
+  fi
+else
+  note "not root: cannot fetch them; the tests on those versions will skip unless already cached"
 fi
 
 # ------------------------------------------------------------------------------------------ rust

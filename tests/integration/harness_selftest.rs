@@ -245,3 +245,106 @@ fn sandbox_runs_units_and_leaves_nothing_behind() {
         assert!(gone, "process {pid} survived the sandbox");
     }
 }
+
+#[test]
+fn systemd_versions_parse_and_print() {
+    for v in SystemdVersion::ALL {
+        assert_eq!(v.as_str().parse::<SystemdVersion>(), Ok(v));
+        assert_eq!(v.to_string(), v.as_str());
+    }
+    assert!("253".parse::<SystemdVersion>().is_err());
+    assert!("".parse::<SystemdVersion>().is_err());
+}
+
+/// systemd's "Scheduled restart job" message (SD_MESSAGE_UNIT_RESTART_SCHEDULED).
+const RESTART_SCHEDULED: &str = "5eb03494b6584870a536b337290809b3";
+
+/// Each non-host systemd runs as the sandbox's PID 1 with its own journald, restarts a failing
+/// unit, and logs that in a journal the Sandbox API reads.
+#[test]
+fn sandbox_runs_other_systemd_versions_with_their_journal() {
+    for version in [SystemdVersion::V254, SystemdVersion::V257] {
+        require_systemd_version!(version);
+        let sb = Sandbox::start_version_with_journal(version).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(sb.version(), version);
+        let reported = sb.busctl(&[
+            "get-property",
+            "org.freedesktop.systemd1",
+            "/org/freedesktop/systemd1",
+            "org.freedesktop.systemd1.Manager",
+            "Version",
+        ]);
+        let reported = String::from_utf8_lossy(&reported.stdout).trim().to_string();
+        assert!(
+            reported.starts_with(&format!("s \"{version}")),
+            "Manager.Version of the {version} sandbox reads {reported}"
+        );
+        // The tests' unit files run these: each root must have them.
+        for tool in [
+            "/bin/sh",
+            "/bin/false",
+            "/bin/true",
+            "/bin/sleep",
+            "/bin/kill",
+        ] {
+            sb.run_inside_ok(10, &["test", "-x", tool]);
+        }
+
+        sb.write_unit(
+            "failing.service",
+            "[Unit]\n\
+             Description=fails at once, restarted on failure\n\
+             # The test watches NRestarts grow; the default start limit (5 in 10 s) would end\n\
+             # the loop after 5 restarts, possibly before the second reading.\n\
+             StartLimitIntervalSec=0\n\
+             \n\
+             [Service]\n\
+             ExecStart=/bin/false\n\
+             Restart=on-failure\n\
+             RestartSec=100ms\n",
+        );
+        // Through nsenter on 254 and 257: a privileged call from the host aborts 254's PID 1.
+        sb.reload();
+        sb.systemctl_ok(&["start", "--no-block", "failing.service"]);
+        assert!(
+            wait_until(Duration::from_secs(20), || sb.n_restarts("failing.service")
+                >= 1),
+            "systemd {version} did not restart failing.service\n{}",
+            sb.log_tail(30)
+        );
+        let first = sb.n_restarts("failing.service");
+        assert!(
+            wait_until(Duration::from_secs(20), || sb.n_restarts("failing.service")
+                > first),
+            "NRestarts of failing.service stayed at {first} on systemd {version}"
+        );
+        // PID 1 is still the one that started (no abort and restart of the namespace's init).
+        assert!(Path::new(&format!("/proc/{}", sb.pid1())).exists());
+
+        assert!(
+            wait_until(Duration::from_secs(20), || {
+                sb.journal_count("failing.service", RESTART_SCHEDULED) >= 1
+            }),
+            "no \"Scheduled restart job\" for failing.service in the {version} journal\n{}",
+            String::from_utf8_lossy(&sb.journalctl(&["-o", "short-monotonic"]).stdout)
+        );
+        let text = sb.journalctl(&[
+            "--quiet",
+            "-o",
+            "cat",
+            "UNIT=failing.service",
+            &format!("MESSAGE_ID={RESTART_SCHEDULED}"),
+        ]);
+        assert!(
+            String::from_utf8_lossy(&text.stdout).contains("Scheduled restart job"),
+            "{}",
+            String::from_utf8_lossy(&text.stdout)
+        );
+        // The version's own journalctl reads the same files.
+        assert!(
+            sb.journal_count_inside("failing.service", RESTART_SCHEDULED) >= 1,
+            "the {version} journalctl inside finds no \"Scheduled restart job\": {}",
+            String::from_utf8_lossy(&sb.journalctl_inside(&["-n", "20"]).stderr)
+        );
+    }
+}

@@ -6,21 +6,32 @@
 //! systemd-journald inside the sandbox, keeping the journal in memory under the sandbox's /run,
 //! which the host sees at `<sandbox>/run/log/journal`; journalctl reads it from there with
 //! `--directory`.
+//!
+//! On 254 and 257 journald is that version's own, and so are the journal files. The host's 252
+//! journalctl reads them (their one newer header flag is a compatible one), and crashwatch in
+//! production reads with whatever journalctl the host has, so [`Sandbox::journalctl`] stays the
+//! host's; [`Sandbox::journalctl_inside`] is the version's own, for comparison.
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use super::{find_in_path, wait_until, Sandbox};
+use super::{find_in_path, wait_until, Sandbox, SystemdVersion};
 
 impl Sandbox {
     /// A sandbox whose systemd logs to its own journald. Returns once journald has opened its
     /// journal file, so every later message of PID 1 is in it.
+    /// The host's systemd 252.
     pub fn start_with_journal() -> Result<Sandbox, String> {
+        Sandbox::start_version_with_journal(SystemdVersion::V252)
+    }
+
+    /// [`Sandbox::start_with_journal`] with systemd `version` and its own journald.
+    pub fn start_version_with_journal(version: SystemdVersion) -> Result<Sandbox, String> {
         if find_in_path("journalctl").is_none() {
             return Err("needs journalctl (package systemd) to read the sandbox's journal".into());
         }
-        let sandbox = Sandbox::start_with_env(&[("SDTEST_JOURNAL", "1")])?;
+        let sandbox = Sandbox::start_version(version, &[("SDTEST_JOURNAL", "1")])?;
         let opened = wait_until(Duration::from_secs(20), || {
             sandbox.journal_files() > 0
                 && sandbox
@@ -69,16 +80,37 @@ impl Sandbox {
             .expect("running journalctl")
     }
 
+    /// `journalctl --directory=/run/log/journal <args>` inside the sandbox, within 30 s: the
+    /// journalctl of the sandbox's own systemd version, on the same files as
+    /// [`Sandbox::journalctl`] (the sandbox's /run is `<sandbox>/run` on the host).
+    pub fn journalctl_inside(&self, args: &[&str]) -> Output {
+        let mut command = vec!["journalctl", "--directory=/run/log/journal", "--no-pager"];
+        command.extend_from_slice(args);
+        self.run_inside(30, &command)
+    }
+
     /// How many messages with `message_id` PID 1 wrote about `unit`.
     pub fn journal_count(&self, unit: &str, message_id: &str) -> usize {
-        let out = self.journalctl(&[
-            "--quiet",
-            "-o",
-            "cat",
-            "_PID=1",
-            &format!("UNIT={unit}"),
-            &format!("MESSAGE_ID={message_id}"),
-        ]);
+        let args = journal_count_args(unit, message_id);
+        let out = self.journalctl(&args.each_ref().map(String::as_str));
         String::from_utf8_lossy(&out.stdout).lines().count()
     }
+
+    /// [`Sandbox::journal_count`] read by the sandbox's own journalctl.
+    pub fn journal_count_inside(&self, unit: &str, message_id: &str) -> usize {
+        let args = journal_count_args(unit, message_id);
+        let out = self.journalctl_inside(&args.each_ref().map(String::as_str));
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    }
+}
+
+fn journal_count_args(unit: &str, message_id: &str) -> [String; 6] {
+    [
+        "--quiet".into(),
+        "-o".into(),
+        "cat".into(),
+        "_PID=1".into(),
+        format!("UNIT={unit}"),
+        format!("MESSAGE_ID={message_id}"),
+    ]
 }

@@ -2,13 +2,16 @@
 //!
 //! crashwatch only means something against a real systemd: the interesting behaviour (automatic
 //! restarts, `NRestarts`, the order of `PropertiesChanged` signals, start limits) lives in systemd,
-//! not in our code. So the tests drive a real systemd 252 running as PID 1 of fresh namespaces
+//! not in our code. So the tests drive a real systemd running as PID 1 of fresh namespaces
 //! (see `systemd-sandbox.sh` beside this file), point the real `crashwatch` binary at that
 //! instance's system bus, and compare what crashwatch exports (Prometheus text, StatsD datagrams,
-//! the JSON-lines event record) with what systemd itself reports.
+//! the JSON-lines event record) with what systemd itself reports. That systemd is the host's 252
+//! unless a test asks for another [`SystemdVersion`] (254 or 257, which
+//! `scripts/lib/systemd-versions.sh` fetches into `target/systemd`).
 //!
 //! What is here:
-//! - [`Sandbox`]: one throw-away systemd + dbus-daemon per test, so tests run in parallel.
+//! - [`Sandbox`]: one throw-away systemd + dbus-daemon per test, so tests run in parallel;
+//!   [`Sandbox::start_version`] picks the systemd version.
 //! - [`Crashwatch`]: the binary under test, started against a sandbox, with scraping helpers.
 //! - [`StatsdListener`] and [`parse_statsd_line`]: a UDP sink and a strict line validator.
 //! - [`promtool_check_metrics`]: the Prometheus project's own linter as the judge of /metrics.
@@ -21,7 +24,7 @@
 #![allow(dead_code)] // each test module uses a different subset of these helpers
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -83,6 +86,20 @@ pub fn skip_or_fail(ci: bool, test: &str, reason: &str) {
 macro_rules! require_sandbox {
     () => {
         if let Err(reason) = $crate::support::sandbox_prerequisites() {
+            $crate::support::skip(&reason);
+            return;
+        }
+    };
+}
+
+/// Skip (or, under CI=true, fail) the calling test unless a sandbox can run systemd `$version`
+/// (a [`SystemdVersion`]): the sandbox prerequisites, plus the version's cached files.
+#[macro_export]
+macro_rules! require_systemd_version {
+    ($version:expr) => {
+        if let Err(reason) = $crate::support::sandbox_prerequisites()
+            .and_then(|()| $crate::support::systemd_version_prerequisites($version))
+        {
             $crate::support::skip(&reason);
             return;
         }
@@ -194,6 +211,23 @@ pub fn sandbox_prerequisites() -> Result<(), String> {
         .clone()
 }
 
+/// Why a sandbox cannot run `version` here, or Ok: 252 is the host's systemd, the others must
+/// have been fetched by `scripts/lib/systemd-versions.sh` (which `scripts/test.sh` runs as root).
+pub fn systemd_version_prerequisites(version: SystemdVersion) -> Result<(), String> {
+    if version == SystemdVersion::V252 {
+        return Ok(());
+    }
+    let dir = systemd_cache_dir().join(version.as_str());
+    if dir.join(".complete").exists() {
+        Ok(())
+    } else {
+        Err(format!(
+            "needs systemd {version} in {} (run `scripts/lib/systemd-versions.sh {version}` as root)",
+            dir.display()
+        ))
+    }
+}
+
 pub fn promtool_prerequisites() -> Result<(), String> {
     if find_in_path("promtool").is_some() {
         Ok(())
@@ -271,6 +305,62 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 /// Path of the project's sandbox script.
 pub fn sandbox_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/systemd-sandbox.sh")
+}
+
+/// Where `scripts/lib/systemd-versions.sh` keeps the systemd versions other than the host's:
+/// `$SDTEST_SYSTEMD_CACHE`, by default `target/systemd` in the repository.
+pub fn systemd_cache_dir() -> PathBuf {
+    match std::env::var_os("SDTEST_SYSTEMD_CACHE") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("target/systemd"),
+    }
+}
+
+/// The systemd a [`Sandbox`] runs as its PID 1. What systemd says on the bus changes between
+/// versions (254 added SubStates such as `auto-restart-queued`), and hosts run all of these:
+/// Debian 12 and RHEL 9 ship 252, Debian 13 ships 257.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SystemdVersion {
+    /// The host's own systemd (Debian 12).
+    V252,
+    /// bookworm-backports' build, layered over the host's /usr inside the sandbox.
+    V254,
+    /// trixie's, in a copy-on-write root of its own.
+    V257,
+}
+
+impl SystemdVersion {
+    pub const ALL: [SystemdVersion; 3] = [
+        SystemdVersion::V252,
+        SystemdVersion::V254,
+        SystemdVersion::V257,
+    ];
+
+    /// The major version, as `SDTEST_SYSTEMD` and `Manager.Version` spell it: "252".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SystemdVersion::V252 => "252",
+            SystemdVersion::V254 => "254",
+            SystemdVersion::V257 => "257",
+        }
+    }
+}
+
+impl fmt::Display for SystemdVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for SystemdVersion {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        SystemdVersion::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s.trim())
+            .ok_or_else(|| format!("unknown systemd version {s:?} (known: 252, 254, 257)"))
+    }
 }
 
 const SANDBOX_TAG: &str = "cw-sd";
@@ -383,6 +473,7 @@ pub struct Sandbox {
     bus_address: String,
     pid1: u32,
     unit_dir: PathBuf,
+    version: SystemdVersion,
 }
 
 impl Sandbox {
@@ -391,13 +482,23 @@ impl Sandbox {
     }
 
     /// [`Sandbox::start`] with extra environment for the script (its knobs, e.g. SDTEST_JOURNAL).
+    /// The host's systemd 252.
     pub fn start_with_env(env: &[(&str, &str)]) -> Result<Sandbox, String> {
+        Sandbox::start_version(SystemdVersion::V252, env)
+    }
+
+    /// A sandbox whose PID 1 is systemd `version`, with extra environment for the script.
+    /// Versions other than 252 must have been fetched (see [`systemd_version_prerequisites`]).
+    pub fn start_version(version: SystemdVersion, env: &[(&str, &str)]) -> Result<Sandbox, String> {
+        systemd_version_prerequisites(version)?;
         sweep_orphaned_sandboxes();
         let dir = TempDir::new(SANDBOX_TAG);
         let out = Command::new("bash")
             .arg(sandbox_script())
             .arg("start")
             .env("SDTEST_DIR", dir.path())
+            .env("SDTEST_SYSTEMD", version.as_str())
+            .env("SDTEST_SYSTEMD_CACHE", systemd_cache_dir())
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .output()
@@ -422,6 +523,7 @@ impl Sandbox {
                 bus_address,
                 pid1,
                 unit_dir,
+                version,
             }),
             _ => {
                 let _ = Command::new("bash")
@@ -430,7 +532,7 @@ impl Sandbox {
                     .env("SDTEST_DIR", dir.path())
                     .output();
                 Err(format!(
-                    "systemd sandbox in {} did not start ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
+                    "systemd {version} sandbox in {} did not start ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
                     dir.path().display(),
                     out.status
                 ))
@@ -448,6 +550,11 @@ impl Sandbox {
         self.pid1
     }
 
+    /// The systemd version this sandbox runs.
+    pub fn version(&self) -> SystemdVersion {
+        self.version
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
@@ -459,8 +566,22 @@ impl Sandbox {
             .unwrap_or_else(|e| panic!("writing unit {}: {e}", path.display()));
     }
 
-    /// `Manager.Reload`, which replies only once the reload is complete.
+    /// `Manager.Reload`, which replies only once the reload is complete. On 252 it is called over
+    /// the bus from the host. Newer versions abort PID 1 on a privileged call from a peer outside
+    /// their pid namespace (observed on 254: an assertion on the peer's pid), so there it is
+    /// `systemctl daemon-reload` inside the namespace, which also waits for the reload.
     pub fn reload(&self) {
+        if self.version != SystemdVersion::V252 {
+            let out = self.systemctl(&["daemon-reload"]);
+            assert!(
+                out.status.success(),
+                "systemctl daemon-reload failed: {}{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                self.log_tail(20)
+            );
+            return;
+        }
         let out = self.busctl(&[
             "call",
             "org.freedesktop.systemd1",
@@ -556,6 +677,8 @@ impl Sandbox {
 
     /// `args` run inside the sandbox's pid and mount namespaces, as root, with a clean
     /// environment (the PATH a maintainer script expects, the C locale) and `timeout` seconds.
+    /// The programs are those of the sandbox's own root: for 254 its systemctl and journalctl,
+    /// for 257 trixie's everything.
     pub fn run_inside(&self, timeout: u32, args: &[&str]) -> Output {
         Command::new("nsenter")
             .args(["-t", &self.pid1.to_string(), "-p", "-m", "--"])

@@ -26,7 +26,29 @@
 #              SDTEST_TIMEOUT (startup seconds, default 30), SDTEST_LOGLEVEL (systemd, default info),
 #              SYSTEMD (path of the systemd binary, default /lib/systemd/systemd),
 #              SDTEST_JOURNAL=1 (also run systemd-journald, see below),
-#              SDTEST_OVERLAY_ROOT=1 (a copy-on-write root, for installing packages; see below).
+#              SDTEST_OVERLAY_ROOT=1 (a copy-on-write root, for installing packages; see below),
+#              SDTEST_SYSTEMD=252|254|257 (which systemd is PID 1; default the host's, see below),
+#              SDTEST_SYSTEMD_CACHE (where scripts/lib/systemd-versions.sh keeps 254 and 257,
+#              default target/systemd in this repository).
+#
+# SDTEST_SYSTEMD picks the systemd version, because what systemd says on the bus changes between
+# versions. Unset or 252 is the host's systemd (Debian 12). The others are fetched beforehand by
+# scripts/lib/systemd-versions.sh (scripts/test.sh does it):
+#   254  bookworm-backports' systemd, built for Debian 12. Inside the mount namespace its files
+#        are laid over the host's /usr (a copy-on-write overlayfs, upper layer in
+#        $SDTEST_DIR/usr254), so /lib/systemd/systemd, systemctl, journalctl, systemd-journald and
+#        libsystemd.so.0 are 254's at their usual paths: every binary finds its own libraries
+#        through its RUNPATH, no LD_LIBRARY_PATH is set for PID 1 or inherited by anything it runs,
+#        and daemon-reexec (which execs /lib/systemd/systemd) stays on 254. The rest (dbus-daemon,
+#        /bin/sh, coreutils) is the host's.
+#   257  trixie's systemd, built against a newer glibc, so the namespace's root is a copy-on-write
+#        overlayfs of the cached trixie root (upper layer in $SDTEST_DIR/overlay/upper: the cache
+#        stays clean, and sandboxes run side by side). systemd, dbus-daemon, journald and the
+#        tools units run (/bin/sh, /bin/kill, ...) are trixie's. $SDTEST_DIR keeps its path inside,
+#        and /run is the host directory $SDTEST_DIR/run as for 252, so host-side clients use the
+#        same bus address.
+# Privileged bus calls (Manager.Reload, ...) from a peer outside the pid namespace abort 254's
+# PID 1 (an assertion on the peer's pid); make them from inside: nsenter ... systemctl daemon-reload.
 #
 # With SDTEST_JOURNAL=1 the host's systemd-journald.service and its two sockets join the boot, PID 1
 # logs to the journal, and journald keeps it in memory only (Storage=volatile, 64M): the journal
@@ -55,8 +77,24 @@ SDTEST_TIMEOUT=${SDTEST_TIMEOUT:-30}
 NAME=cwtest-$(basename "$SDTEST_DIR")
 RUN=$SDTEST_DIR/run     # bind-mounted on /run inside, so host clients reach the sockets here
 UNITS=$SDTEST_DIR/units # the only unit directory of the test systemd (besides its /run dirs)
-SYSTEMD=${SYSTEMD:-/lib/systemd/systemd}
 SELF=$(readlink -f "${BASH_SOURCE[0]}")
+SDTEST_SYSTEMD=${SDTEST_SYSTEMD:-252}
+SDTEST_SYSTEMD_CACHE=$(readlink -m "${SDTEST_SYSTEMD_CACHE:-$(dirname "$SELF")/../../target/systemd}")
+export SDTEST_SYSTEMD SDTEST_SYSTEMD_CACHE # for the script's own later stages, inside script(1)
+# The root whose files systemd runs from (257's root is its own), and where the unit files for
+# dbus and journald come from.
+ROOTFS="" DBUS_UNITS_ROOT="" SYSTEMD_UNITS_ROOT=""
+case "$SDTEST_SYSTEMD" in
+  252) ;;
+  254) SYSTEMD_UNITS_ROOT=$SDTEST_SYSTEMD_CACHE/254 ;;
+  257) ROOTFS=$SDTEST_SYSTEMD_CACHE/257/root DBUS_UNITS_ROOT=$ROOTFS SYSTEMD_UNITS_ROOT=$ROOTFS ;;
+  *)
+    echo "[systemd-sandbox] SDTEST_SYSTEMD=$SDTEST_SYSTEMD: known versions are 252 (the host's), 254, 257" >&2
+    exit 2
+    ;;
+esac
+# The path systemd has inside the namespace (for 254 and 257 that path shows their binary).
+SYSTEMD=${SYSTEMD:-/lib/systemd/systemd}
 
 log() { echo "[systemd-sandbox] $*" >&2; }
 
@@ -104,7 +142,7 @@ After=dbus.socket dbus.service
 AllowIsolate=yes
 EOF
   local d src=""
-  for d in /lib/systemd/system /usr/lib/systemd/system; do
+  for d in "$DBUS_UNITS_ROOT/lib/systemd/system" "$DBUS_UNITS_ROOT/usr/lib/systemd/system"; do
     if [ -f "$d/dbus.socket" ] && [ -f "$d/dbus.service" ]; then src=$d; break; fi
   done
   [ -n "$src" ] || { log "dbus.socket/dbus.service not found (install the dbus package)"; return 1; }
@@ -114,6 +152,9 @@ EOF
   printf '[Service]\nOOMScoreAdjust=0\n' >"$UNITS/dbus.service.d/sandbox.conf"
   if [ "${SDTEST_JOURNAL:-0}" = 1 ]; then
     local j
+    # journald's own units come with the systemd that runs them.
+    src=$SYSTEMD_UNITS_ROOT/lib/systemd/system
+    [ -d "$src" ] || src=$SYSTEMD_UNITS_ROOT/usr/lib/systemd/system
     for j in systemd-journald.service systemd-journald.socket systemd-journald-dev-log.socket; do
       [ -f "$src/$j" ] || { log "$src/$j not found (install the systemd package)"; return 1; }
       cp "$src/$j" "$UNITS/"
@@ -140,24 +181,18 @@ launch() {
     --propagation private bash "$SELF" _inner
 }
 
-# ---------------------------------------------------------------- SDTEST_OVERLAY_ROOT=1
-# Makes a copy-on-write view of the host's root the root of this mount namespace (see the top).
+# ---------------------------------------------------------------- SDTEST_OVERLAY_ROOT=1, 257
+# Makes a copy-on-write view of LOWER (the host's root, or 257's cached root) the root of this
+# mount namespace (see the top).
 enter_overlay_root() {
-  local o=$SDTEST_DIR/overlay new d real seen=" "
+  local lower=$1 o=$SDTEST_DIR/overlay new d
   new=$o/root
   mkdir -p "$o/upper" "$o/work" "$new"
-  if ! mount -t overlay sandbox-root -o "lowerdir=/,upperdir=$o/upper,workdir=$o/work,redirect_dir=on" "$new" 2>/dev/null; then
+  if ! mount -t overlay sandbox-root -o "lowerdir=$lower,upperdir=$o/upper,workdir=$o/work,redirect_dir=on" "$new" 2>/dev/null; then
     mount -t tmpfs -o mode=755 sandbox-upper "$o"
     mkdir -p "$o/upper" "$o/work" "$new"
-    mount -t overlay sandbox-root -o "lowerdir=/,upperdir=$o/upper,workdir=$o/work,redirect_dir=on" "$new"
+    mount -t overlay sandbox-root -o "lowerdir=$lower,upperdir=$o/upper,workdir=$o/work,redirect_dir=on" "$new"
   fi
-  for d in /etc/systemd/system /lib/systemd/system /usr/lib/systemd/system; do
-    real=$(readlink -f "$d") # /lib is /usr/lib on merged-/usr systems: one directory, not two
-    case "$seen" in *" $real "*) continue ;; esac
-    seen="$seen$real "
-    mkdir -p "$o/units$real" "$new$real"
-    mount --bind "$o/units$real" "$new$real"
-  done
   # The API file systems as they are now, and the instance directory itself rather than the
   # lower layer's snapshot of it.
   for d in /proc /sys /dev; do mount --rbind "$d" "$new$d"; done
@@ -171,11 +206,41 @@ enter_overlay_root() {
   rmdir "$SDTEST_DIR/old-root"
 }
 
+# With SDTEST_OVERLAY_ROOT=1: the root's own unit directories appear empty (see the top).
+mask_unit_dirs() {
+  local o=$SDTEST_DIR/overlay d real seen=" "
+  for d in /etc/systemd/system /lib/systemd/system /usr/lib/systemd/system; do
+    real=$(readlink -f "$d") # /lib is /usr/lib on merged-/usr systems: one directory, not two
+    case "$seen" in *" $real "*) continue ;; esac
+    seen="$seen$real "
+    mkdir -p "$o/units$real" "$real"
+    mount --bind "$o/units$real" "$real"
+  done
+}
+
+# 254: its files over the host's /usr, copy-on-write so that nothing reaches the cache or the
+# host (see the top).
+layer_254() {
+  local u=$SDTEST_DIR/usr254
+  mkdir -p "$u/upper" "$u/work"
+  if ! mount -t overlay sandbox-usr254 -o "lowerdir=$SDTEST_SYSTEMD_CACHE/254/usr:/usr,upperdir=$u/upper,workdir=$u/work" /usr 2>/dev/null; then
+    mount -t tmpfs -o mode=755 sandbox-usr254 "$u"
+    mkdir -p "$u/upper" "$u/work"
+    mount -t overlay sandbox-usr254 -o "lowerdir=$SDTEST_SYSTEMD_CACHE/254/usr:/usr,upperdir=$u/upper,workdir=$u/work" /usr
+  fi
+}
+
 # ---------------------------------------------------------------- PID 1 of the new namespaces
 inner() {
   local tty unit_path="/run/systemd/system.control:/run/systemd/transient:/run/systemd/system:$UNITS"
+  if [ -n "$ROOTFS" ]; then
+    enter_overlay_root "$ROOTFS"
+  elif [ "${SDTEST_OVERLAY_ROOT:-0}" = 1 ]; then
+    enter_overlay_root /
+  fi
+  if [ "$SDTEST_SYSTEMD" = 254 ]; then layer_254; fi
   if [ "${SDTEST_OVERLAY_ROOT:-0}" = 1 ]; then
-    enter_overlay_root
+    mask_unit_dirs
     # Where packages put units and where `systemctl enable` puts its symlinks.
     unit_path="/run/systemd/system.control:/run/systemd/transient:/etc/systemd/system:/run/systemd/system:$UNITS:/lib/systemd/system"
   fi
@@ -240,7 +305,15 @@ start() {
     log "already running in $SDTEST_DIR"
     exit 1
   fi
-  [ -x "$SYSTEMD" ] || { log "$SYSTEMD not found (install the systemd package)"; exit 1; }
+  case "$SDTEST_SYSTEMD" in
+    252) [ -x "$SYSTEMD" ] || { log "$SYSTEMD not found (install the systemd package)"; exit 1; } ;;
+    *)
+      [ -f "$SDTEST_SYSTEMD_CACHE/$SDTEST_SYSTEMD/.complete" ] || {
+        log "systemd $SDTEST_SYSTEMD is not in $SDTEST_SYSTEMD_CACHE (run scripts/lib/systemd-versions.sh $SDTEST_SYSTEMD as root)"
+        exit 1
+      }
+      ;;
+  esac
   cgroup_dirs
   [ -n "$CG2" ] || { log "no cgroup2 hierarchy at /sys/fs/cgroup or /sys/fs/cgroup/unified"; exit 1; }
   rm -rf "$SDTEST_DIR"
@@ -275,7 +348,7 @@ start() {
       exit 1
       ;;
   esac
-  log "up in $(awk "BEGIN{printf \"%.2f\", $(date +%s.%N) - $t0}") s, state $st, pid1 (host pid) $(pid1)"
+  log "systemd $SDTEST_SYSTEMD up in $(awk "BEGIN{printf \"%.2f\", $(date +%s.%N) - $t0}") s, state $st, pid1 (host pid) $(pid1)"
   echo "DBUS_SYSTEM_BUS_ADDRESS=$addr"
   echo "SDTEST_PID1=$(pid1)"
   echo "SDTEST_UNIT_DIR=$UNITS"
