@@ -180,6 +180,9 @@ struct UnitLog {
     n_restarts: Option<u32>,
     /// Giving up was reported for the last crash.
     gave_up: bool,
+    /// The current run was begun by a start job ("Starting") that has not finished yet: a
+    /// "Failed to start" is that run's own failure, not a start refused after it.
+    start_job_open: bool,
 }
 
 impl UnitLog {
@@ -344,6 +347,7 @@ fn apply(log: &mut UnitLog, entry: &Entry<'_>, out: &mut Vec<Transition>) {
     match entry.message {
         Message::Starting => {}
         Message::Started => {
+            log.start_job_open = false;
             if log.run == Run::Running && !log.up {
                 log.up = true;
                 push(
@@ -487,10 +491,16 @@ fn apply(log: &mut UnitLog, entry: &Entry<'_>, out: &mut Vec<Transition>) {
             }
         }
         Message::StartFailed => {
-            if verdict::gave_up(log.run == Run::Crashed && log.restart_scheduled, None) {
+            let result = entry.field("JOB_RESULT");
+            // A start job that failed with no run of it, after a crash: the start was refused
+            // (the start limit), whoever asked for it: Restart=, a socket, a timer.
+            let refused = log.run == Run::Crashed
+                && !log.start_job_open
+                && result.as_deref().is_none_or(|r| r == "failed");
+            log.start_job_open = false;
+            if verdict::gave_up(refused, None) {
                 give_up(log, entry, None, out);
             } else if log.run == Run::Running {
-                let result = entry.field("JOB_RESULT");
                 if let Verdict::Crash(reason) =
                     verdict::judge(Ending::Failed, result.as_deref(), false)
                 {
@@ -535,6 +545,7 @@ fn begin_run(log: &mut UnitLog, entry: &Entry<'_>, report: bool, out: &mut Vec<T
         );
     }
     log.run = Run::Running;
+    log.start_job_open = entry.message == Message::Starting;
     log.up = false;
     log.stop_requested = false;
     log.exit = None;
@@ -1725,6 +1736,69 @@ mod tests {
             report.loops[0].ended,
             Some((T0 + 1_050_000, LoopOutcome::GaveUp))
         );
+    }
+
+    #[test]
+    fn a_start_refused_after_a_crash_gives_up_but_a_run_that_fails_its_start_does_not() {
+        // A socket starts the unit again after each crash (no Restart=, no scheduled restart);
+        // the start limit then refuses a start: "Failed to start" with no run of its own.
+        let unit = "sock.service";
+        let crash = |at: Micros, invocation: &str| {
+            vec![
+                line(
+                    at,
+                    UNIT_STARTING,
+                    unit,
+                    invocation,
+                    &[("JOB_TYPE", "start")],
+                ),
+                started(at + 1_000, unit, invocation),
+                line(
+                    at + 2_000,
+                    UNIT_FAILED,
+                    unit,
+                    invocation,
+                    &[("UNIT_RESULT", "exit-code")],
+                ),
+            ]
+        };
+        let mut lines = [crash(T0, "s0"), crash(T0 + 10_000, "s1")].concat();
+        lines.push(line(
+            T0 + 20_000,
+            UNIT_START_FAILED,
+            unit,
+            "s1",
+            &[("JOB_TYPE", "start"), ("JOB_RESULT", "failed")],
+        ));
+        let (out, _) = parse(&lines);
+        let last = out.last().expect("transitions");
+        assert!(last.gave_up && last.crash.is_none(), "{last:#?}");
+
+        // ExecStartPre fails: the start job's own run fails, then the job is reported failed.
+        let mut lines = vec![line(
+            T0,
+            UNIT_STARTING,
+            unit,
+            "p0",
+            &[("JOB_TYPE", "start")],
+        )];
+        lines.push(line(
+            T0 + 2_000,
+            UNIT_FAILED,
+            unit,
+            "p0",
+            &[("UNIT_RESULT", "exit-code")],
+        ));
+        lines.push(line(
+            T0 + 2_100,
+            UNIT_START_FAILED,
+            unit,
+            "p0",
+            &[("JOB_TYPE", "start"), ("JOB_RESULT", "failed")],
+        ));
+        let (out, _) = parse(&lines);
+        assert_eq!(out.iter().filter(|t| t.crash.is_some()).count(), 1);
+        assert!(out.iter().all(|t| !t.gave_up), "{out:#?}");
     }
 
     #[test]

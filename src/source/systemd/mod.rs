@@ -323,17 +323,17 @@ impl SystemdSource {
                 if let Ok((_, _, unit)) =
                     decode::<(u32, zbus::ObjectPath<'_>, &str)>(&body, SOURCE, member)
                 {
-                    self.tracker.job(unit, true);
+                    self.tracker.job_new(unit);
                 }
                 Vec::new()
             }
             (MANAGER_IFACE, "JobRemoved") => {
-                if let Ok((_, _, unit, _)) =
-                    decode::<(u32, zbus::ObjectPath<'_>, &str, &str)>(&body, SOURCE, member)
-                {
-                    self.tracker.job(unit, false);
+                match decode::<(u32, zbus::ObjectPath<'_>, &str, &str)>(&body, SOURCE, member) {
+                    Ok((_, _, unit, result)) if self.settings.filter.allows(unit) => {
+                        self.tracker.job_removed(unit, result, now)
+                    }
+                    _ => Vec::new(),
                 }
-                Vec::new()
             }
             (MANAGER_IFACE, "Reloading") => {
                 if let Ok(active) = decode::<bool>(&body, SOURCE, member) {

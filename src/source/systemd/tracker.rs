@@ -122,6 +122,12 @@ struct TrackedUnit {
     undecided_end: Option<UndecidedEnd>,
     /// When the tracker last heard of the unit, by its own clock.
     heard_at: Micros,
+    /// The run that was current when the last job was queued: a start job that fails while it
+    /// still is, began no run.
+    job_queued_in: Option<Vec<u8>>,
+    /// Giving up was reported for the current run: a refused start and the `failed` state it
+    /// leads to are one give-up.
+    gave_up_reported: bool,
 }
 
 /// How long an end waits for the signal that says what it meant. systemd sends that signal in
@@ -171,6 +177,8 @@ impl TrackedUnit {
             inactive_exit_seen: 0,
             undecided_end: None,
             heard_at: 0,
+            job_queued_in: None,
+            gave_up_reported: false,
         }
     }
 }
@@ -262,11 +270,40 @@ impl Tracker {
         self.apply(&snapshot.name, Some(service), Some(unit), now)
     }
 
-    /// Records that a job was queued (`JobNew`) or finished (`JobRemoved`) for a unit.
-    pub fn job(&mut self, unit: &str, pending: bool) {
+    /// Records that a job was queued (`JobNew`) for a unit.
+    pub fn job_new(&mut self, unit: &str) {
         if let Some(tracked) = self.units.get_mut(unit) {
-            tracked.job_pending = pending;
+            tracked.job_pending = true;
+            tracked.job_queued_in = Some(tracked.invocation.clone());
         }
+    }
+
+    /// Records that a job of a unit finished (`JobRemoved`) with `result` (done, failed,
+    /// canceled, ...). A start job that failed with no run of it, after the unit crashed, is
+    /// systemd refusing the start (its start limit): whatever keeps starting the unit, Restart=,
+    /// a socket or a timer, systemd gave up on it.
+    pub fn job_removed(&mut self, unit: &str, result: &str, now: Micros) -> Vec<Transition> {
+        let mut out = Vec::new();
+        let Some(tracked) = self.units.get_mut(unit) else {
+            return out;
+        };
+        tracked.job_pending = false;
+        let queued_in = tracked.job_queued_in.take();
+        let refused = result == "failed"
+            && queued_in.as_ref() == Some(&tracked.invocation)
+            && tracked.crash_pending
+            && !tracked.start_pending
+            && tracked.undecided_end.is_none()
+            && !is_running_state(&tracked.state.active);
+        if refused && !tracked.gave_up_reported && verdict::gave_up(true, None) {
+            let from = tracked.state.clone();
+            let mut t = transition(tracked, TransitionKind::Failed, &from, now);
+            t.gave_up = true;
+            tracked.gave_up_reported = true;
+            tracked.unstarted_auto_restarts = 0;
+            out.push(t);
+        }
+        out
     }
 
     /// Forgets a unit systemd unloaded, unless its last run crashed: a unit garbage-collected
@@ -324,12 +361,9 @@ impl Tracker {
 
         if let Some(service) = service {
             if let Some(n) = service.n_restarts {
-                // Only increases count: a manual start or ResetFailed sets it back to 0.
-                let previous = unit.n_restarts.unwrap_or(0);
-                if n > previous {
-                    unit.unstarted_auto_restarts =
-                        unit.unstarted_auto_restarts.saturating_add(n - previous);
-                }
+                unit.unstarted_auto_restarts = unit
+                    .unstarted_auto_restarts
+                    .saturating_add(restarts_scheduled(unit.n_restarts.unwrap_or(0), n));
                 unit.n_restarts = Some(n);
             }
             unit.service.merge(service);
@@ -377,6 +411,7 @@ impl Tracker {
             unit.start_from = unit.state.clone();
             unit.stop_requested = false;
             unit.crash_counted_for = None;
+            unit.gave_up_reported = false;
         }
 
         let old_state = std::mem::replace(&mut unit.state, new_state.clone());
@@ -414,6 +449,19 @@ impl Tracker {
     }
 }
 
+/// How many automatic restarts systemd scheduled for NRestarts to go from `previous` to `now`.
+/// It grows by one per scheduled restart and goes back to 0 on a start systemd did not schedule
+/// and on ResetFailed; such a reset is not always heard on its own (a `reset-failed` while the
+/// unit waits to restart changes no state), so a smaller value above 0 is a reset followed by
+/// that many restarts.
+fn restarts_scheduled(previous: u32, now: u32) -> u32 {
+    if now >= previous {
+        now - previous
+    } else {
+        now
+    }
+}
+
 /// Decides what an undecided end meant, now that the unit's next state is known. When that
 /// state is the end's own sequel (`auto-restart` after a clean exit, `failed` after the restart
 /// was refused), the record says so and takes the state, so it is not judged again as a step.
@@ -448,6 +496,7 @@ fn decide_end(unit: &mut TrackedUnit, new: &UnitState, new_run: bool, out: &mut 
             t.gave_up = true;
             // The refused restart was counted in NRestarts but never started.
             unit.unstarted_auto_restarts = 0;
+            unit.gave_up_reported = true;
         }
         _ => {
             out.push(t);
@@ -520,10 +569,12 @@ fn step(
             push(out, unit, TransitionKind::Stopping, old, at);
         }
         "failed" => {
-            let gave_up = verdict::gave_up(is_auto_restart(&old.sub), result);
+            let gave_up =
+                !unit.gave_up_reported && verdict::gave_up(is_auto_restart(&old.sub), result);
             if gave_up {
                 // The refused restart was counted in NRestarts but never started.
                 unit.unstarted_auto_restarts = 0;
+                unit.gave_up_reported = true;
             }
             let crash = match gave_up || already_counted(unit) {
                 true => None,
@@ -964,7 +1015,7 @@ mod tests {
     #[test]
     fn a_stop_whose_deactivating_was_merged_away_is_no_crash() {
         let mut tracker = running();
-        tracker.job(UNIT, true);
+        tracker.job_new(UNIT);
         let out = tracker.apply(
             UNIT,
             Some(service(0, "exit-code")),
@@ -1290,7 +1341,7 @@ mod tests {
             Some(unit("failed", "failed", 5, 9, t + 2)),
             t + 2,
         ));
-        tracker.job(UNIT, false);
+        out.extend(tracker.job_removed(UNIT, "failed", t + 3));
         out.extend(tracker.apply(
             UNIT,
             None,
@@ -1348,9 +1399,77 @@ mod tests {
             10,
         ));
         out.extend(tracker.apply(UNIT, None, Some(unit("inactive", "dead", 1, 12, 20)), 20));
-        tracker.job(UNIT, false);
+        out.extend(tracker.job_removed(UNIT, "done", 0));
         out.extend(tracker.apply(UNIT, None, Some(unit("inactive", "dead", 1, 0, 20)), 21));
         assert_eq!(kinds(&out), ["crash-failed", "stopped"]);
         assert!(!out[1].gave_up);
+    }
+
+    #[test]
+    fn a_start_refused_after_a_crash_is_systemd_giving_up_whoever_asked() {
+        // A socket or a timer starts the unit again and again; the start limit refuses the sixth
+        // start: no run, the start job fails, the unit stays failed.
+        let mut tracker = running();
+        let mut out = tracker.apply(
+            UNIT,
+            Some(service(0, "exit-code")),
+            Some(unit("failed", "failed", 1, 0, 10)),
+            10,
+        );
+        tracker.job_new(UNIT);
+        out.extend(tracker.apply(UNIT, None, Some(unit("failed", "failed", 1, 12, 11)), 11));
+        out.extend(tracker.job_removed(UNIT, "failed", 12));
+        out.extend(tracker.apply(UNIT, None, Some(unit("failed", "failed", 1, 0, 12)), 12));
+        assert_eq!(kinds(&out), ["crash-failed", "failed"]);
+        assert!(out[1].gave_up);
+        // Refused again: still the same give-up.
+        tracker.job_new(UNIT);
+        assert!(tracker.job_removed(UNIT, "failed", 13).is_empty());
+        // A start job that fails with a run of its own is that run's failure, not a refusal.
+        let mut tracker = running();
+        tracker.apply(
+            UNIT,
+            Some(service(0, "exit-code")),
+            Some(unit("failed", "failed", 1, 0, 10)),
+            10,
+        );
+        tracker.apply(
+            UNIT,
+            Some(service(0, "success")),
+            Some(unit("inactive", "dead", 2, 12, 20)),
+            20,
+        );
+        tracker.apply(
+            UNIT,
+            None,
+            Some(unit("activating", "start-pre", 2, 12, 20)),
+            20,
+        );
+        let out = tracker.apply(
+            UNIT,
+            Some(service(0, "exit-code")),
+            Some(unit("failed", "failed", 2, 12, 21)),
+            21,
+        );
+        assert_eq!(crashes(&out), 1);
+        assert!(tracker.job_removed(UNIT, "failed", 22).is_empty());
+    }
+
+    #[test]
+    fn a_reset_failed_while_waiting_to_restart_keeps_the_restart_automatic() {
+        let mut tracker = running();
+        let mut out = cycle(&mut tracker, 1, 1, 100);
+        out.extend(cycle(&mut tracker, 2, 2, 200));
+        // reset-failed during auto-restart sets NRestarts to 0 without a signal of its own; the
+        // next one reads 1.
+        out.extend(cycle(&mut tracker, 3, 1, 300));
+        let causes: Vec<_> = out
+            .iter()
+            .filter(|t| t.kind == TransitionKind::Restart)
+            .map(|t| t.restart_cause)
+            .collect();
+        assert_eq!(causes, [Some(RestartCause::Automatic); 3]);
+        assert_eq!(restarts_scheduled(4, 0), 0, "a manual start resets it");
+        assert_eq!(restarts_scheduled(4, 6), 2);
     }
 }
