@@ -8,12 +8,14 @@ use libfuzzer_sys::fuzz_target;
 
 const ACTIVE: [&str; 8] = ["active", "inactive", "failed", "activating", "deactivating", "reloading", "maintenance", "bogus"];
 const SUB: [&str; 8] = ["running", "dead", "failed", "auto-restart", "start", "stop-sigterm", "dead-before-auto-restart", ""];
+const RESULT_OF_JOB: [&str; 4] = ["done", "failed", "canceled", "dependency"];
 const RESULT: [&str; 4] = ["success", "exit-code", "signal", "\u{0}weird"];
 
 fuzz_target!(|data: &[u8]| {
     let mut tracker = Tracker::new();
     let (mut starts, mut restarts) = (0usize, 0usize);
-    for (i, chunk) in data.chunks(6).enumerate() {
+    let mut clock = 0u64;
+    for chunk in data.chunks(6) {
         let b = |k: usize| chunk.get(k).copied().unwrap_or(0);
         let service = (b(0) & 1 == 1).then(|| ServiceProps {
             n_restarts: Some(u32::from(b(1) % 8)),
@@ -28,13 +30,27 @@ fuzz_target!(|data: &[u8]| {
             sub_state: Some(SUB[usize::from(b(4)) % SUB.len()].to_owned()),
             invocation_id: Some(if b(5) % 3 == 0 { Vec::new() } else { vec![b(5) % 6; 16] }),
             job_id: Some(u32::from(b(0) >> 4)),
-            state_change_timestamp: Some(i as u64 * 1000),
+            state_change_timestamp: Some(clock),
             inactive_exit_timestamp: Some(u64::from(b(1)) * 1000),
         });
-        if b(0) & 4 == 4 {
-            tracker.job("u.service", b(0) & 8 == 8);
+        // Time only moves forward, by a step per chunk or to the deadline of an undecided end.
+        clock += 1000;
+        if b(5) & 0x80 == 0x80 {
+            clock = clock.max(tracker.next_deadline().unwrap_or(clock));
         }
-        for t in tracker.apply("u.service", service, unit, i as u64) {
+        let now = clock;
+        let mut transitions = Vec::new();
+        // The job signals, the deadline of an undecided end and the unit's removal arrive in any
+        // order relative to the property changes.
+        match (b(0) >> 2) & 3 {
+            1 => tracker.job_new("u.service"),
+            2 => transitions.extend(tracker.job_removed("u.service", RESULT_OF_JOB[usize::from(b(1)) % 4], now)),
+            3 if b(1) & 0x80 == 0x80 => transitions.extend(tracker.remove("u.service").unwrap_or_default()),
+            _ => {}
+        }
+        transitions.extend(tracker.settle_due(now));
+        transitions.extend(tracker.apply("u.service", service, unit, now));
+        for t in transitions {
             match t.kind {
                 TransitionKind::Starting => starts += 1,
                 TransitionKind::Restart => restarts += 1,
