@@ -133,9 +133,9 @@ else
   note "rustfmt not installed, skipping (rustup component add rustfmt)"
 fi
 
-step "Lints (cargo clippy --all-targets -- -D warnings)"
+step "Lints (cargo clippy --all-targets --test conformance -- -D warnings)"
 if cargo clippy --version >/dev/null 2>&1; then
-  cargo clippy --all-targets "${locked[@]}" -- -D warnings
+  cargo clippy --all-targets --test conformance "${locked[@]}" -- -D warnings
   note "ok"
 elif strict; then
   die "clippy is not installed (rustup component add clippy)"
@@ -161,6 +161,11 @@ else
   note "runner: cargo test (cargo-nextest not installed)"
   cargo test "${locked[@]}" --no-fail-fast
 fi
+
+# Real systemd behaviours x versions, crashwatch's verdicts against systemd's own account and the
+# journal's (test = false keeps it out of the runs above); a failing case fails the script.
+step "Conformance matrix (systemd 252, 254, 257; table in target/conformance/CONFORMANCE.md)"
+bash scripts/conformance.sh --write target/conformance/CONFORMANCE.md
 
 # Bounded fuzzing of the parsers that take outside input: always in CI, elsewhere on request.
 fuzz_seconds=${CRASHWATCH_FUZZ_SECONDS:-}
