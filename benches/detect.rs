@@ -2,7 +2,7 @@
 //!
 //! `detector/*` times [`Detector::observe`] (and `advance`) alone. `pipeline/*` times what the
 //! daemon does with each signal after the bus: the tracker turns decoded property pairs into
-//! transitions and the detector task (`dispatch::run`, the daemon's own code) feeds the detector
+//! transitions and the detector task (`engine::run`, the daemon's own code) feeds the detector
 //! and the sinks, on one current-thread runtime as in the daemon. The figure to compare with the
 //! bus's ~50,000 signals/s is `pipeline/signals`: if one core handles many times that, the daemon
 //! is never the bottleneck. Allocations per operation come from the counting allocator.
@@ -14,7 +14,7 @@ mod common;
 use std::time::Duration;
 
 use crashwatch::detect::{Detector, Observation, Policy};
-use crashwatch::dispatch::{self, Sinks};
+use crashwatch::engine::{self, Sinks};
 use crashwatch::event::{SourceEvent, Transition};
 use crashwatch::sink::prometheus::ChangeTracking;
 use crashwatch::sink::{self, ThreadedSink};
@@ -196,13 +196,13 @@ fn drive(
                     let (tx, rx) = mpsc::channel(65_536);
                     let producer = tokio::task::spawn_local(produce(tx));
                     let detector = Detector::new(Policy::default(), Vec::new());
-                    let limits = dispatch::Limits {
+                    let limits = engine::Limits {
                         max_units: 100_000,
                         fold_instances: false,
                         unloaded_retention: Duration::from_secs(900),
                     };
-                    let units = crashwatch::units::SharedUnits::new();
-                    dispatch::run(rx, detector, units, sinks, limits, CancellationToken::new())
+                    let units = crashwatch::engine::units::SharedUnits::new();
+                    engine::run(rx, detector, units, sinks, limits, CancellationToken::new())
                         .await;
                     let _ = producer.await;
                 })

@@ -13,7 +13,7 @@ mod common;
 
 use crashwatch::detect::Policy;
 use crashwatch::event::{Event, LoopEvent, SourceKind, Transition, TransitionKind, UnitState};
-use crashwatch::units::UnitTable;
+use crashwatch::engine::units::UnitTable;
 
 use common::{bench, Args};
 

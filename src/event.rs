@@ -9,8 +9,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-/// Microseconds since the Unix epoch (realtime clock), the resolution systemd reports.
-pub type Micros = u64;
+pub use crate::time::Micros;
 
 /// Which kind of init system a transition came from. Used as the `source` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -314,3 +313,50 @@ pub fn printable(name: &str) -> String {
         })
         .collect()
 }
+/// Linux signal numbers by name, with or without `SIG` (`SEGV`, `SIGSEGV`), as Upstart prints
+/// them (`nih_signal_to_name`) and the journal records them; unknown signals are given as numbers.
+pub fn signal_number(name: &str) -> Option<i32> {
+    const NAMES: [(&str, i32); 33] = [
+        ("HUP", 1),
+        ("INT", 2),
+        ("QUIT", 3),
+        ("ILL", 4),
+        ("TRAP", 5),
+        ("ABRT", 6),
+        ("IOT", 6),
+        ("BUS", 7),
+        ("FPE", 8),
+        ("KILL", 9),
+        ("USR1", 10),
+        ("SEGV", 11),
+        ("USR2", 12),
+        ("PIPE", 13),
+        ("ALRM", 14),
+        ("TERM", 15),
+        ("STKFLT", 16),
+        ("CHLD", 17),
+        ("CONT", 18),
+        ("STOP", 19),
+        ("TSTP", 20),
+        ("TTIN", 21),
+        ("TTOU", 22),
+        ("URG", 23),
+        ("XCPU", 24),
+        ("XFSZ", 25),
+        ("VTALRM", 26),
+        ("PROF", 27),
+        ("WINCH", 28),
+        ("IO", 29),
+        ("POLL", 29),
+        ("PWR", 30),
+        ("SYS", 31),
+    ];
+    let name = name.trim();
+    let bare = name.strip_prefix("SIG").unwrap_or(name);
+    NAMES
+        .iter()
+        .find(|(n, _)| *n == bare)
+        .map(|(_, number)| *number)
+        .or_else(|| name.parse().ok())
+}
+

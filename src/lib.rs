@@ -5,20 +5,18 @@
 //! nothing global, so the embedder chooses the `metrics` recorder and passes its handle in.
 
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod detect;
-pub mod dispatch;
+pub mod engine;
 pub mod event;
 pub mod glob;
 pub mod http;
 pub(crate) mod internal_events;
-pub mod journal;
-pub mod man;
 pub mod notify;
 pub mod sink;
 pub mod source;
-pub mod status;
-pub mod units;
+pub mod time;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::mpsc;
@@ -26,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use config::Config;
 use detect::Detector;
-use dispatch::Sinks;
+use engine::Sinks;
 use sink::ThreadedSink;
 use source::systemd::{SystemdError, SystemdSettings, SystemdSource};
 use source::upstart::{UpstartError, UpstartSettings, UpstartSource};
@@ -155,17 +153,17 @@ pub async fn run(
     };
     let (tx, rx) = mpsc::channel(TRANSITION_QUEUE);
     let mut tasks = tokio::task::JoinSet::new();
-    let mut history = journal::History::default();
+    let mut history = source::journal::History::default();
     match kind {
         event::SourceKind::Systemd => {
             // Taken before the snapshot: journal entries from here on are the snapshot's.
-            let snapshot_at = source::bus::now_micros();
+            let snapshot_at = time::now_micros();
             let source = SystemdSource::connect(SystemdSettings {
                 filter: config.filter.clone(),
                 max_backoff: std::time::Duration::from_secs(30),
             })
             .await?;
-            history = journal::history(&config, snapshot_at).await;
+            history = source::journal::history(&config, snapshot_at).await;
             ready(source.watched_units());
             tasks.spawn(source.run(tx, shutdown.child_token()));
         }
@@ -185,7 +183,7 @@ pub async fn run(
             tasks.spawn(source.run(tx, shutdown.child_token()));
         }
     }
-    let units = units::SharedUnits::new();
+    let units = engine::units::SharedUnits::new();
     if let (Some(listener), Some(handle)) = (listener, metrics) {
         let routes = http::Routes {
             exposition: sink::prometheus::Exposition::new(handle, units.clone()),
@@ -194,13 +192,13 @@ pub async fn run(
         tasks.spawn(http::serve(listener, routes, shutdown.child_token()));
     }
     let mut detector = Detector::new(config.policy, config.overrides.clone());
-    let limits = dispatch::Limits {
+    let limits = engine::Limits {
         max_units: config.max_units,
         fold_instances: config.fold_instances,
         unloaded_retention: config.unloaded_retention,
     };
-    journal::seed(&mut detector, &mut units.lock(), &history, limits);
-    dispatch::run(rx, detector, units, sinks, limits, shutdown.clone()).await;
+    source::journal::seed(&mut detector, &mut units.lock(), &history, limits);
+    engine::run(rx, detector, units, sinks, limits, shutdown.clone()).await;
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
     Ok(())

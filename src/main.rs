@@ -85,7 +85,7 @@ fn status(args: StatusArgs) -> ExitCode {
         ),
         None => "/api/units".to_owned(),
     };
-    let document = match crashwatch::status::fetch(address, &path) {
+    let document = match crashwatch::commands::status::fetch(address, &path) {
         Ok(document) => document,
         Err(e) => {
             eprintln!("crashwatch: {e}");
@@ -95,9 +95,9 @@ fn status(args: StatusArgs) -> ExitCode {
     let text = if args.json {
         format!("{document:#}\n")
     } else if args.unit.is_some() {
-        crashwatch::status::events_table(&document)
+        crashwatch::commands::status::events_table(&document)
     } else {
-        crashwatch::status::units_table(&document)
+        crashwatch::commands::status::units_table(&document)
     };
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
@@ -113,7 +113,7 @@ fn status(args: StatusArgs) -> ExitCode {
 /// `crashwatch man --out-dir DIR --date DATE`: the manual pages, for packaging. Prints each
 /// page's path.
 fn write_man_pages(out_dir: &Path, date: &str) -> ExitCode {
-    match crashwatch::man::write_pages(out_dir, date) {
+    match crashwatch::commands::man::write_pages(out_dir, date) {
         Ok(pages) => {
             for page in pages {
                 println!("{}", page.display());
@@ -162,7 +162,7 @@ fn replay(args: ReplayArgs) -> ExitCode {
     };
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut written: std::io::Result<()> = Ok(());
-    let report = crashwatch::journal::replay(input, &config, |event| {
+    let report = crashwatch::source::journal::replay(input, &config, |event| {
         if args.json && written.is_ok() {
             let event = crashwatch::event::Event::Loop(event.clone());
             written = writeln!(out, "{}", crashwatch::sink::events::to_json(&event));
@@ -193,7 +193,7 @@ fn replay(args: ReplayArgs) -> ExitCode {
                 report.lifecycle_messages
             )
         } else {
-            out.write_all(crashwatch::journal::loop_table(&report.loops).as_bytes())
+            out.write_all(crashwatch::source::journal::loop_table(&report.loops).as_bytes())
         };
     }
     match written.and_then(|()| out.flush()) {

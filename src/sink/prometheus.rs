@@ -1,4 +1,4 @@
-//! The Prometheus exposition: unit series from the [unit table](crate::units), crashwatch's own
+//! The Prometheus exposition: unit series from the [unit table](crate::engine::units), crashwatch's own
 //! metrics through the `metrics` facade.
 //!
 //! Names follow node_exporter's conventions: base units, `_total` on counters, one `unit` label
@@ -21,7 +21,7 @@ use metrics::{
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::units::SharedUnits;
+use crate::engine::units::SharedUnits;
 
 /// Describes every metric once, so `/metrics` carries HELP and TYPE lines.
 pub fn describe() {

@@ -12,7 +12,6 @@ use tokio::sync::mpsc;
 use zbus::message::Type as MessageType;
 use zbus::{Connection, Message, MessageStream};
 
-use crate::event::Micros;
 use crate::internal_events::SignalDecodeError;
 
 /// The bus daemon's own name, interface and object.
@@ -99,10 +98,3 @@ where
     })
 }
 
-/// Now, in µs since the epoch: the fallback when the init system gives no timestamp.
-pub fn now_micros() -> Micros {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as Micros)
-        .unwrap_or(0)
-}

@@ -25,8 +25,8 @@ use super::http::{post_with_retries, HttpUrl, Retry};
 use super::{count, failure_of, ActionRequest, EVENT_ENDED, EVENT_REFRESH, EVENT_STARTED};
 use crate::event::Micros;
 use crate::internal_events::{ActionDropped, ActionFailed};
-use crate::journal::format_timestamp;
-use crate::source::bus::now_micros;
+use crate::time::format_timestamp;
+use crate::time::now_micros;
 
 /// The alert's name unless configured.
 pub const DEFAULT_ALERTNAME: &str = "CrashwatchUnitCrashLooping";

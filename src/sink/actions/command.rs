@@ -14,7 +14,7 @@ use tokio::process::{Child, ChildStderr, ChildStdout};
 use tokio::time::Instant;
 
 use super::ActionRequest;
-use crate::journal::format_timestamp;
+use crate::time::format_timestamp;
 
 /// The most of each of stdout and stderr kept for the log.
 pub const MAX_OUTPUT: usize = 64 * 1024;

@@ -4,7 +4,7 @@ use serde_json::{json, Value};
 
 use super::http::{HttpUrl, Retry};
 use super::ActionRequest;
-use crate::journal::format_timestamp;
+use crate::time::format_timestamp;
 
 /// A configured webhook.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! What a run's end, a start and systemd's refusal mean: the rules that both readers of systemd
 //! apply, the live [`tracker`](super::tracker) (D-Bus properties) and the
-//! [`journal`](crate::journal) parser (lifecycle messages), so the two cannot drift apart.
+//! [`journal`](crate::source::journal) parser (lifecycle messages), so the two cannot drift apart.
 //!
 //! The adapters differ only in how they learn the facts: the tracker from `ActiveState`,
 //! `SubState`, the `Job` property and `Result`; the journal from "Unit failed", "Unit succeeded",

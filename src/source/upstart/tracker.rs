@@ -41,7 +41,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::names::unit_name;
 use crate::event::{
-    ExitCause, ExitCode, Micros, RestartCause, SourceKind, Transition, TransitionKind, UnitState,
+    signal_number, ExitCause, ExitCode, Micros, RestartCause, SourceKind, Transition, TransitionKind, UnitState,
 };
 
 /// The job events Upstart emits for every instance.
@@ -160,53 +160,6 @@ impl JobEvent {
         failure.result = Some("failed");
         Some(failure)
     }
-}
-
-/// Linux signal numbers by the names Upstart prints (`nih_signal_to_name`); unknown signals are
-/// printed as numbers.
-pub fn signal_number(name: &str) -> Option<i32> {
-    const NAMES: [(&str, i32); 33] = [
-        ("HUP", 1),
-        ("INT", 2),
-        ("QUIT", 3),
-        ("ILL", 4),
-        ("TRAP", 5),
-        ("ABRT", 6),
-        ("IOT", 6),
-        ("BUS", 7),
-        ("FPE", 8),
-        ("KILL", 9),
-        ("USR1", 10),
-        ("SEGV", 11),
-        ("USR2", 12),
-        ("PIPE", 13),
-        ("ALRM", 14),
-        ("TERM", 15),
-        ("STKFLT", 16),
-        ("CHLD", 17),
-        ("CONT", 18),
-        ("STOP", 19),
-        ("TSTP", 20),
-        ("TTIN", 21),
-        ("TTOU", 22),
-        ("URG", 23),
-        ("XCPU", 24),
-        ("XFSZ", 25),
-        ("VTALRM", 26),
-        ("PROF", 27),
-        ("WINCH", 28),
-        ("IO", 29),
-        ("POLL", 29),
-        ("PWR", 30),
-        ("SYS", 31),
-    ];
-    let name = name.trim();
-    let bare = name.strip_prefix("SIG").unwrap_or(name);
-    NAMES
-        .iter()
-        .find(|(n, _)| *n == bare)
-        .map(|(_, number)| *number)
-        .or_else(|| name.parse().ok())
 }
 
 /// How a run ended when nobody asked it to.

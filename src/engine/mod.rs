@@ -8,6 +8,8 @@
 //! a retention period (so a scrape still sees how a short-lived unit ended), then leave the unit
 //! table; at the cap they make room first.
 
+pub mod units;
+
 use std::collections::VecDeque;
 use std::time::Duration;
 
@@ -22,8 +24,8 @@ use crate::event::{
 use crate::internal_events::UnitOverflow;
 use crate::sink::actions::{ActionsSink, LastExit};
 use crate::sink::ThreadedSink;
-use crate::source::bus::now_micros;
-use crate::units::{SharedUnits, UnitTable};
+use crate::time::now_micros;
+use crate::engine::units::{SharedUnits, UnitTable};
 
 /// The sinks that run on threads of their own.
 #[derive(Default)]

@@ -48,14 +48,15 @@ use serde_json::{Map, Value};
 
 use crate::config::Config;
 use crate::detect::{Detector, LoopChange, Update};
-use crate::dispatch::{self, Limits};
+use crate::engine::{self, Limits};
 use crate::event::{
-    printable, ExitCause, ExitCode, LoopEvent, LoopOutcome, Micros, SourceKind, Transition,
+    printable, signal_number, ExitCause, ExitCode, LoopEvent, LoopOutcome, Micros, SourceKind, Transition,
     TransitionKind, UnitState,
 };
 use crate::source::systemd::verdict::{self, Ending, Sequel, Verdict};
-use crate::source::upstart::tracker::signal_number;
-use crate::units::UnitTable;
+use crate::time::format_timestamp;
+
+use crate::engine::units::UnitTable;
 
 /// "A start job for unit @UNIT@ has begun execution" (`SD_MESSAGE_UNIT_STARTING`).
 pub const UNIT_STARTING: &str = "7d4958e842da4a758f6c1cdc7b36dcc5";
@@ -1050,7 +1051,7 @@ pub fn seed(
     for t in &history.transitions {
         let folded = limits
             .fold_instances
-            .then(|| dispatch::fold_instance(&t.unit))
+            .then(|| engine::fold_instance(&t.unit))
             .flatten();
         let unit = folded.unwrap_or_else(|| t.unit.clone());
         if !units.contains_key(&unit) {
@@ -1060,7 +1061,7 @@ pub fn seed(
             units.insert(unit.clone(), t.source);
         }
         advance_to(detector, &mut clock, t.timestamp, drop);
-        if let Some(observation) = dispatch::observation(t) {
+        if let Some(observation) = engine::observation(t) {
             detector.observe(&unit, observation, t.timestamp);
         }
     }
@@ -1072,7 +1073,7 @@ pub fn seed(
     seeded.sort_by(|a, b| a.0.cmp(b.0));
     for (unit, &source) in &seeded {
         table.register(unit, source, detector.policy_for(unit));
-        dispatch::show_window(detector, table, unit);
+        engine::show_window(detector, table, unit);
         if detector.is_looping(unit) {
             tracing::info!(
                 unit = unit.as_str(),
@@ -1146,7 +1147,7 @@ pub fn replay(
             if !config.filter.allows(&t.unit) {
                 continue;
             }
-            let Some(observation) = dispatch::observation(&t) else {
+            let Some(observation) = engine::observation(&t) else {
                 continue;
             };
             if let Some(update) = detector.observe(&t.unit, observation, t.timestamp) {
@@ -1265,34 +1266,7 @@ pub fn loop_table(loops: &[FoundLoop]) -> String {
     out
 }
 
-/// `2026-11-21T06:50:53.114Z`: RFC 3339 in UTC, to the millisecond.
-pub fn format_timestamp(at: Micros) -> String {
-    let seconds = at / 1_000_000;
-    let millis = (at % 1_000_000) / 1_000;
-    let (days, rest) = (seconds / 86_400, seconds % 86_400);
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rest / 3_600,
-        rest % 3_600 / 60,
-        rest % 60
-    )
-}
 
-/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's
-/// `civil_from_days`), so no date crate is needed for one column.
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
-}
 
 #[cfg(test)]
 mod tests {
@@ -2063,16 +2037,7 @@ mod tests {
     }
 
     #[test]
-    fn timestamps_are_utc_rfc3339() {
-        assert_eq!(format_timestamp(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(
-            format_timestamp(951_782_400_123_456),
-            "2000-02-29T00:00:00.123Z"
-        );
-        assert_eq!(
-            format_timestamp(4_107_542_399_999_999),
-            "2100-02-28T23:59:59.999Z"
-        );
+    fn control_characters_are_made_printable() {
         assert_eq!(printable("a\u{1b}[31mb"), "a\\u{1b}[31mb");
     }
 

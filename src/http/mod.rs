@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::internal_events::HttpRequestError;
 use crate::sink::prometheus::Exposition;
-use crate::status;
-use crate::units::SharedUnits;
+use crate::commands::status;
+use crate::engine::units::SharedUnits;
 
 /// How long a client may take to send its request, and to take the answer.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);

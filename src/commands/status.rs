@@ -2,7 +2,7 @@
 //!
 //! `GET /api/units` lists every watched unit: its state, its window, whether it is crash-looping,
 //! its last crash and last transition. `GET /api/units/{unit}/events` gives one unit's recent
-//! transitions (at most [`RECENT_TRANSITIONS`](crate::units::RECENT_TRANSITIONS)). Times are
+//! transitions (at most [`RECENT_TRANSITIONS`](crate::engine::units::RECENT_TRANSITIONS)). Times are
 //! given twice: microseconds since the epoch for programs, RFC 3339 for people.
 
 use std::io::{Read, Write};
@@ -12,8 +12,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::event::{printable, Micros};
-use crate::journal::format_timestamp;
-use crate::units::{UnitRecord, UnitTable};
+use crate::time::{format_duration, format_timestamp};
+use crate::engine::units::{UnitRecord, UnitTable};
 
 /// The document of `GET /api/units`: every unit, by name.
 pub fn units_document(table: &UnitTable) -> Value {
@@ -27,7 +27,7 @@ pub fn units_document(table: &UnitTable) -> Value {
         "units": units,
         "crashlooping": looping,
         "gave_up": gave_up,
-        "generated_at": format_timestamp(crate::source::bus::now_micros()),
+        "generated_at": format_timestamp(crate::time::now_micros()),
     })
 }
 
@@ -185,7 +185,7 @@ pub fn units_table(document: &Value) -> String {
                 "{}/{} in {}",
                 u["restarts_in_window"].as_u64().unwrap_or(0),
                 u["threshold"].as_u64().unwrap_or(0),
-                duration(u["window_seconds"].as_f64().unwrap_or(0.0))
+                format_duration(u["window_seconds"].as_f64().unwrap_or(0.0))
             );
             let last_crash = match u["last_crash"].as_object() {
                 Some(crash) => {
@@ -291,15 +291,6 @@ fn columns<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
     out
 }
 
-/// `300` as `5m`, `90` as `90s`, `7200` as `2h`.
-fn duration(seconds: f64) -> String {
-    let s = seconds.round() as u64;
-    match s {
-        s if s >= 3_600 && s % 3_600 == 0 => format!("{}h", s / 3_600),
-        s if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
-        s => format!("{s}s"),
-    }
-}
 
 #[cfg(test)]
 mod tests {
