@@ -202,8 +202,7 @@ fn drive(
                         unloaded_retention: Duration::from_secs(900),
                     };
                     let units = crashwatch::engine::units::SharedUnits::new();
-                    engine::run(rx, detector, units, sinks, limits, CancellationToken::new())
-                        .await;
+                    engine::run(rx, detector, units, sinks, limits, CancellationToken::new()).await;
                     let _ = producer.await;
                 })
                 .await

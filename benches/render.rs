@@ -12,8 +12,8 @@
 mod common;
 
 use crashwatch::detect::Policy;
-use crashwatch::event::{Event, LoopEvent, SourceKind, Transition, TransitionKind, UnitState};
 use crashwatch::engine::units::UnitTable;
+use crashwatch::event::{Event, LoopEvent, SourceKind, Transition, TransitionKind, UnitState};
 
 use common::{bench, Args};
 

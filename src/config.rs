@@ -14,7 +14,6 @@ use serde::Deserialize;
 
 use crate::detect::{Policy, MAX_RESTARTS_HELD};
 use crate::glob::{Glob, UnitFilter};
-use crate::time::parse_duration;
 use crate::sink::actions::alertmanager::{self, AlertmanagerAction};
 use crate::sink::actions::command::CommandAction;
 use crate::sink::actions::http::{self, HttpUrl, Retry};
@@ -24,6 +23,7 @@ use crate::sink::events::EventsTarget;
 use crate::source::upstart::hook::DEFAULT_SOCKET;
 use crate::source::upstart::UpstartAddress;
 use crate::source::SourceChoice;
+use crate::time::parse_duration;
 
 /// The address `/metrics` is served on unless told otherwise: loopback only, port 9863.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9863";
@@ -791,7 +791,6 @@ pub fn parse_file(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
     })
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1148,5 +1147,4 @@ mod tests {
             assert!(!message.contains('\n'), "{message}");
         }
     }
-
 }

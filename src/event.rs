@@ -359,4 +359,3 @@ pub fn signal_number(name: &str) -> Option<i32> {
         .map(|(_, number)| *number)
         .or_else(|| name.parse().ok())
 }
-

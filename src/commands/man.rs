@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use clap::CommandFactory;
 
 use crate::cli::Cli;
+use std::process::ExitCode;
 
 /// The manual's name, centred on each page's header line, as "Git Manual" is on git's.
 const MANUAL: &str = "crashwatch manual";
@@ -45,6 +46,27 @@ fn write_page(command: &clap::Command, date: &str, out_dir: &Path) -> std::io::R
     page.render(&mut file)?;
     file.flush()?;
     Ok(path)
+}
+
+/// `crashwatch man --out-dir DIR --date DATE`: the manual pages, for packaging. Prints each
+/// page's path.
+/// `crashwatch man`: writes the pages and prints their paths.
+pub fn run(out_dir: &Path, date: &str) -> ExitCode {
+    match crate::commands::man::write_pages(out_dir, date) {
+        Ok(pages) => {
+            for page in pages {
+                println!("{}", page.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "crashwatch: writing the manual pages to {}: {e}",
+                out_dir.display()
+            );
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[cfg(test)]

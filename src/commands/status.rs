@@ -1,93 +1,72 @@
-//! The status API's documents, and `crashwatch status`, which reads them from a running daemon.
-//!
-//! `GET /api/units` lists every watched unit: its state, its window, whether it is crash-looping,
-//! its last crash and last transition. `GET /api/units/{unit}/events` gives one unit's recent
-//! transitions (at most [`RECENT_TRANSITIONS`](crate::engine::units::RECENT_TRANSITIONS)). Times are
-//! given twice: microseconds since the epoch for programs, RFC 3339 for people.
+//! `crashwatch status`: reads the status API of a running daemon and prints it as tables.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::ExitCode;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::event::{printable, Micros};
-use crate::time::{format_duration, format_timestamp};
-use crate::engine::units::{UnitRecord, UnitTable};
+use super::{resolve_config, write_stdout, PACKAGED_CONFIG};
+use crate::cli::StatusArgs;
+use crate::config::Overrides;
 
-/// The document of `GET /api/units`: every unit, by name.
-pub fn units_document(table: &UnitTable) -> Value {
-    let units: Vec<Value> = table
-        .iter()
-        .map(|(name, record)| unit_summary(name, record))
-        .collect();
-    let looping = table.iter().filter(|(_, r)| r.crashlooping).count();
-    let gave_up = table.iter().filter(|(_, r)| r.gave_up_at.is_some()).count();
-    json!({
-        "units": units,
-        "crashlooping": looping,
-        "gave_up": gave_up,
-        "generated_at": format_timestamp(crate::time::now_micros()),
-    })
-}
+use crate::event::printable;
+use crate::time::format_duration;
 
-fn unit_summary(name: &str, record: &UnitRecord) -> Value {
-    let (state, substate) = match &record.state {
-        Some((active, sub)) => (Some(&**active), Some(&**sub)),
-        None => (None, None),
+/// `crashwatch status`: the daemon's units as a table (or JSON), or one unit's transitions.
+pub fn run(args: StatusArgs) -> ExitCode {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+    let address = match &args.address {
+        Some(text) => match text.parse::<SocketAddr>() {
+            Ok(address) => address,
+            Err(_) => {
+                eprintln!("crashwatch: --address {text:?} is not IP:PORT");
+                return ExitCode::from(2);
+            }
+        },
+        None => {
+            let path = args.config.clone().or_else(|| {
+                let packaged = Path::new(PACKAGED_CONFIG);
+                packaged.exists().then(|| packaged.to_path_buf())
+            });
+            match resolve_config(path.as_deref(), Overrides::default()) {
+                Ok(config) => config.listen,
+                Err(code) => return code,
+            }
+        }
     };
-    json!({
-        "unit": name,
-        "source": record.source,
-        "state": state,
-        "substate": substate,
-        "active": record.active,
-        "crashlooping": record.crashlooping,
-        "gave_up": record.gave_up_at.is_some(),
-        "gave_up_at": record.gave_up_at.map(format_timestamp),
-        "restarts_in_window": record.restarts_in_window,
-        "threshold": record.policy.threshold,
-        "window_seconds": record.policy.window.as_secs_f64(),
-        "starts_total": record.starts,
-        "restarts_total": record.restarts,
-        "crashloops_total": record.crashloops,
-        "last_crash": record.last_crash.as_ref().map(|crash| {
-            let mut value = json!(crash);
-            with_time(&mut value, crash.timestamp_us);
-            value
-        }),
-        "last_transition": record.last_transition.map(|(at, kind)| json!({
-            "timestamp_us": at,
-            "time": format_timestamp(at),
-            "transition": kind,
-        })),
-        "unloaded": record.unloaded_at.is_some(),
-    })
-}
-
-fn with_time(value: &mut Value, at: Micros) {
-    if let Some(map) = value.as_object_mut() {
-        map.insert("time".to_owned(), json!(format_timestamp(at)));
-    }
-}
-
-/// The document of `GET /api/units/{unit}/events`: the unit's recent transitions, oldest first;
-/// `None` for a unit that is not watched.
-pub fn events_document(table: &UnitTable, unit: &str) -> Option<Value> {
-    let record = table.get(unit)?;
-    let events: Vec<Value> = record
-        .recent()
-        .map(|t| {
-            let mut value = json!(t);
-            with_time(&mut value, t.timestamp_us);
-            value
-        })
-        .collect();
-    Some(json!({
-        "unit": unit,
-        "source": record.source,
-        "events": events,
-    }))
+    // A daemon listening on every address answers on loopback too.
+    let address = match address.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), address.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), address.port())
+        }
+        _ => address,
+    };
+    let path = match &args.unit {
+        Some(unit) => format!("/api/units/{}/events", crate::http::percent_encode(unit)),
+        None => "/api/units".to_owned(),
+    };
+    let document = match crate::commands::status::fetch(address, &path) {
+        Ok(document) => document,
+        Err(e) => {
+            eprintln!("crashwatch: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let text = if args.json {
+        format!("{document:#}\n")
+    } else if args.unit.is_some() {
+        crate::commands::status::events_table(&document)
+    } else {
+        crate::commands::status::units_table(&document)
+    };
+    write_stdout(text.as_bytes())
 }
 
 /// Why the daemon's status could not be read.
@@ -291,66 +270,17 @@ fn columns<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
     out
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::Policy;
     use crate::event::{Event, SourceKind, Transition, TransitionKind, UnitState};
-
-    fn table_with(units: &[(&str, bool, u32)]) -> UnitTable {
-        let mut table = UnitTable::new();
-        for &(unit, looping, in_window) in units {
-            table.register(unit, SourceKind::Systemd, Policy::default());
-            let mut crash = Transition::new(
-                unit,
-                SourceKind::Systemd,
-                1_700_000_000_000_000,
-                TransitionKind::Failed,
-                UnitState::new("active", "running"),
-                UnitState::new("activating", "auto-restart"),
-            );
-            crash.crash = Some("exit-code".into());
-            crash.exit = Some(crate::event::ExitCause {
-                code: crate::event::ExitCode::Exited,
-                status: 1,
-            });
-            table.record(&Event::Transition {
-                transition: crash,
-                restarts: 0,
-            });
-            table.show_window(unit, in_window, looping);
-        }
-        table
-    }
+    use crate::http::api::tests::table_with;
+    use crate::http::api::{events_document, units_document};
 
     #[test]
-    fn the_units_document_says_what_an_operator_asks_first() {
-        let table = table_with(&[("a.service", false, 1), ("b.service", true, 4)]);
-        let document = units_document(&table);
-        assert_eq!(document["crashlooping"], 1);
-        let b = &document["units"][1];
-        assert_eq!(b["unit"], "b.service");
-        assert_eq!(b["crashlooping"], true);
-        assert_eq!(b["restarts_in_window"], 4);
-        assert_eq!(b["state"], "activating");
-        assert_eq!(b["substate"], "auto-restart");
-        assert_eq!(b["last_crash"]["reason"], "exit-code");
-        assert_eq!(b["last_crash"]["exit_code"], "exited");
-        assert_eq!(b["last_crash"]["exit_status"], 1);
-        assert_eq!(b["last_crash"]["time"], "2023-11-14T22:13:20.000Z");
-        assert_eq!(b["last_transition"]["transition"], "failed");
-        assert_eq!(b["threshold"], Policy::default().threshold);
-    }
-
-    #[test]
-    fn events_are_given_for_watched_units_only() {
+    fn the_events_table_names_the_unit_and_each_crash() {
         let table = table_with(&[("a.service", false, 0)]);
         let document = events_document(&table, "a.service").unwrap();
-        assert_eq!(document["events"].as_array().unwrap().len(), 1);
-        assert_eq!(document["events"][0]["transition"], "failed");
-        assert_eq!(document["events"][0]["crash_reason"], "exit-code");
-        assert!(events_document(&table, "nope.service").is_none());
         let text = events_table(&document);
         assert!(text.starts_with("a.service (systemd)\nTIME"), "{text}");
         assert!(

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::detect::{Detector, LoopChange, Observation, Update};
+use crate::engine::units::{SharedUnits, UnitTable};
 use crate::event::{
     Event, LoopEvent, Micros, SourceEvent, SourceKind, Transition, TransitionKind, UnitState,
 };
@@ -25,7 +26,6 @@ use crate::internal_events::UnitOverflow;
 use crate::sink::actions::{ActionsSink, LastExit};
 use crate::sink::ThreadedSink;
 use crate::time::now_micros;
-use crate::engine::units::{SharedUnits, UnitTable};
 
 /// The sinks that run on threads of their own.
 #[derive(Default)]

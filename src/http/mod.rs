@@ -5,6 +5,8 @@
 //! scraper that connects and never reads costs a counted error, not a stuck task. Nothing it
 //! serves needs more than a request line.
 
+pub mod api;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,10 +16,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::engine::units::SharedUnits;
 use crate::internal_events::HttpRequestError;
 use crate::sink::prometheus::Exposition;
-use crate::commands::status;
-use crate::engine::units::SharedUnits;
 
 /// How long a client may take to send its request, and to take the answer.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -152,7 +153,7 @@ fn route(path: &str, routes: &Routes) -> Answer {
              </body></html>\n",
         ),
         "/api/units" | "/api/units/" => {
-            let document = status::units_document(&routes.units.lock());
+            let document = api::units_document(&routes.units.lock());
             Answer::json("200 OK", &document)
         }
         _ => {
@@ -168,7 +169,7 @@ fn route(path: &str, routes: &Routes) -> Answer {
                     &serde_json::json!({ "error": "the unit name is not valid percent-encoded UTF-8" }),
                 );
             };
-            match status::events_document(&routes.units.lock(), &unit) {
+            match api::events_document(&routes.units.lock(), &unit) {
                 Some(document) => Answer::json("200 OK", &document),
                 None => Answer::not_found("no such unit is watched"),
             }

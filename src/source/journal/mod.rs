@@ -50,8 +50,8 @@ use crate::config::Config;
 use crate::detect::{Detector, LoopChange, Update};
 use crate::engine::{self, Limits};
 use crate::event::{
-    printable, signal_number, ExitCause, ExitCode, LoopEvent, LoopOutcome, Micros, SourceKind, Transition,
-    TransitionKind, UnitState,
+    printable, signal_number, ExitCause, ExitCode, LoopEvent, LoopOutcome, Micros, SourceKind,
+    Transition, TransitionKind, UnitState,
 };
 use crate::source::systemd::verdict::{self, Ending, Sequel, Verdict};
 use crate::time::format_timestamp;
@@ -1265,8 +1265,6 @@ pub fn loop_table(loops: &[FoundLoop]) -> String {
     }
     out
 }
-
-
 
 #[cfg(test)]
 mod tests {

@@ -38,8 +38,8 @@ use crate::internal_events::{
     BusConnectError, BusDisconnected, SignalDecodeError, SignalFromStranger, SignalsDropped,
     SnapshotCallError,
 };
-use crate::time::now_micros;
 use crate::source::bus::{self, decode, CALL_TIMEOUT, DBUS_NAME, PROPERTIES_IFACE};
+use crate::time::now_micros;
 use tracker::{ServiceProps, Snapshot, Tracker};
 
 const SOURCE: &str = "systemd";

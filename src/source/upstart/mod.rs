@@ -49,8 +49,8 @@ use crate::internal_events::{
     BusConnectError, BusDisconnected, HookDecodeError, SignalFromStranger, SignalsDropped,
     SnapshotCallError,
 };
-use crate::time::now_micros;
 use crate::source::bus::{self, decode, CALL_TIMEOUT, DBUS_NAME, PROPERTIES_IFACE};
+use crate::time::now_micros;
 use hook::{HookMessage, HookSocket, MAX_MESSAGE};
 use tracker::{InstanceSnapshot, JobEvent, Tracker};
 

@@ -41,7 +41,8 @@ use std::collections::{HashMap, HashSet};
 
 use super::names::unit_name;
 use crate::event::{
-    signal_number, ExitCause, ExitCode, Micros, RestartCause, SourceKind, Transition, TransitionKind, UnitState,
+    signal_number, ExitCause, ExitCode, Micros, RestartCause, SourceKind, Transition,
+    TransitionKind, UnitState,
 };
 
 /// The job events Upstart emits for every instance.
