@@ -150,21 +150,21 @@ fn fresh(all_sinks: bool) -> Pipeline {
     if all_sinks {
         let out = sink::events::open(&sink::events::EventsTarget::File("/dev/null".into()))
             .expect("opening /dev/null");
-        sinks.events = Some(
+        sinks.events = Some(Box::new(
             ThreadedSink::spawn("events", move |events| sink::events::run(out, events))
                 .expect("a sink thread"),
-        );
+        ));
         // A socket nobody reads: datagrams are built and sent, then dropped by the kernel.
         let hole = std::net::UdpSocket::bind("127.0.0.1:0").expect("a UDP socket");
         let address = hole.local_addr().expect("its address");
         let client = statsd::Client::new(address, "crashwatch").expect("a StatsD client");
-        sinks.statsd = Some(
+        sinks.statsd = Some(Box::new(
             ThreadedSink::spawn("statsd", move |events| {
                 let _hole = hole;
                 sink::statsd::run(client, events)
             })
             .expect("a sink thread"),
-        );
+        ));
     }
     Pipeline {
         runtime,
@@ -196,7 +196,7 @@ fn drive(
                     let (tx, rx) = mpsc::channel(65_536);
                     let producer = tokio::task::spawn_local(produce(tx));
                     let detector = Detector::new(Policy::default(), Vec::new());
-                    let limits = engine::Limits {
+                    let limits = engine::Settings {
                         max_units: 100_000,
                         fold_instances: false,
                         unloaded_retention: Duration::from_secs(900),

@@ -31,6 +31,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::event::{LoopEvent, SourceKind, Transition, TransitionKind};
 pub use crate::event::{LoopOutcome, Micros};
 use crate::glob::Glob;
 
@@ -90,6 +91,28 @@ pub enum Observation {
     GaveUp,
 }
 
+impl Observation {
+    /// What a transition tells the detector, if anything.
+    pub fn of(t: &Transition) -> Option<Observation> {
+        if t.gave_up {
+            return Some(Observation::GaveUp);
+        }
+        if t.crash.is_some() {
+            return Some(Observation::Crashed);
+        }
+        match t.kind {
+            TransitionKind::Restart => Some(Observation::Restart),
+            TransitionKind::Started => Some(Observation::Up),
+            // A failure that is no crash is a stop someone asked for that ended badly (a stop job
+            // attached when the process failed): to the detector, as much a stop as a clean one.
+            TransitionKind::Stopped | TransitionKind::Failed if !t.inferred => {
+                Some(Observation::Stopped)
+            }
+            _ => None,
+        }
+    }
+}
+
 /// A transition of a unit's looping state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LoopChange {
@@ -117,6 +140,26 @@ pub struct Update {
     /// When the change took effect: the (possibly clamped) observation time,
     /// or the time passed to [`Detector::advance`].
     pub at: Micros,
+}
+
+impl Update {
+    /// The loop event this update makes, for a unit of `source`: `None` when the loop neither
+    /// started nor ended.
+    pub fn loop_event(&self, source: SourceKind) -> Option<LoopEvent> {
+        let ended = match self.loop_change? {
+            LoopChange::Started => None,
+            LoopChange::Ended(outcome) => Some(outcome),
+        };
+        Some(LoopEvent {
+            unit: self.unit.clone(),
+            source,
+            timestamp: self.at,
+            ended,
+            restarts_in_window: self.restarts_in_window,
+            threshold: self.policy.threshold,
+            window_seconds: self.policy.window.as_secs_f64(),
+        })
+    }
 }
 
 /// What the unit is doing since its last restart; it decides how a loop can
@@ -372,6 +415,24 @@ impl Detector {
         updates
     }
 
+    /// Moves the clock to `to` one deadline at a time, handing each [`Update`] to `each`, so a
+    /// change is stamped with the moment it was due rather than with the time of whatever comes
+    /// next: for reading a record of the past (the journal), where time jumps. Never moves back.
+    pub fn advance_stepwise(&mut self, to: Micros, mut each: impl FnMut(Update)) {
+        if to < self.clock {
+            return;
+        }
+        while let Some(due) = self.next_deadline() {
+            if due > to {
+                break;
+            }
+            // An observation older than the clock can leave a deadline behind it; it is due now.
+            let at = due.max(self.clock);
+            self.advance(at).into_iter().for_each(&mut each);
+        }
+        self.advance(to).into_iter().for_each(each);
+    }
+
     /// The earliest time at which [`Detector::advance`] would change
     /// something, or `None` when nothing is pending, in which case the
     /// caller can sleep until the next observation.
@@ -432,6 +493,27 @@ impl Detector {
 
 #[cfg(test)]
 mod tests {
+    use crate::event::{Transition, TransitionKind, UnitState};
+
+    #[test]
+    fn a_stop_that_ends_in_failure_is_a_stop_to_the_detector() {
+        let failed = Transition::new(
+            "u.service",
+            SourceKind::Systemd,
+            1,
+            TransitionKind::Failed,
+            UnitState::new("deactivating", "stop-sigterm"),
+            UnitState::new("failed", "failed"),
+        );
+        assert_eq!(Observation::of(&failed), Some(Observation::Stopped));
+        let mut crashed = failed.clone();
+        crashed.crash = Some("exit-code".to_owned());
+        assert_eq!(Observation::of(&crashed), Some(Observation::Crashed));
+        let mut gave_up = failed;
+        gave_up.gave_up = true;
+        assert_eq!(Observation::of(&gave_up), Some(Observation::GaveUp));
+    }
+
     use super::*;
 
     const SECOND: Micros = 1_000_000;

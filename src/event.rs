@@ -245,6 +245,15 @@ pub struct LoopEvent {
     pub window_seconds: f64,
 }
 
+/// How a unit's last crash ended its main process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LastExit {
+    /// The init system's verdict, e.g. `exit-code`, `signal`, `core-dump`.
+    pub reason: String,
+    /// The exit status, or the signal number for a signal.
+    pub status: Option<i32>,
+}
+
 /// What the detector task hands to every sink.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
@@ -284,6 +293,9 @@ pub enum SourceEvent {
         /// Its state in the snapshot.
         state: UnitState,
     },
+    /// What happened before crashwatch started, read back from a record of it (the journal):
+    /// sent once, before anything live. It rebuilds the windows and counts nothing.
+    History(History),
     /// The init system unloaded a unit (systemd garbage-collected it, an Upstart instance went
     /// away). Its series are kept for a while, so the last of it is scraped, then dropped.
     Unloaded {
@@ -292,6 +304,16 @@ pub enum SourceEvent {
         /// When it was heard, in microseconds since the Unix epoch.
         at: Micros,
     },
+}
+
+/// Transitions from before crashwatch started, in time order, up to the moment the live source
+/// took over.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct History {
+    /// The transitions, in time order.
+    pub transitions: Vec<Transition>,
+    /// When the live source took over (its snapshot): history ends here.
+    pub until: Micros,
 }
 
 impl From<Transition> for SourceEvent {

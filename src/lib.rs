@@ -122,10 +122,10 @@ pub async fn run(
             path: format!("{target:?}"),
             source,
         })?;
-        sinks.events = Some(
+        sinks.events = Some(Box::new(
             ThreadedSink::spawn("events", move |events| sink::events::run(out, events))
                 .map_err(RunError::Thread)?,
-        );
+        ));
     }
     if let Some(target) = &config.statsd {
         let client = statsd::Client::new(target.address.as_str(), &target.prefix).map_err(|e| {
@@ -134,16 +134,16 @@ pub async fn run(
                 message: e.to_string(),
             }
         })?;
-        sinks.statsd = Some(
+        sinks.statsd = Some(Box::new(
             ThreadedSink::spawn("statsd", move |events| sink::statsd::run(client, events))
                 .map_err(RunError::Thread)?,
-        );
+        ));
     }
 
     if !config.actions.is_empty() {
-        sinks.actions = Some(
+        sinks.actions = Some(Box::new(
             sink::actions::ActionsSink::spawn(config.actions.clone()).map_err(RunError::Thread)?,
-        );
+        ));
     }
 
     let kind = match config.source {
@@ -153,7 +153,6 @@ pub async fn run(
     };
     let (tx, rx) = mpsc::channel(TRANSITION_QUEUE);
     let mut tasks = tokio::task::JoinSet::new();
-    let mut history = source::journal::History::default();
     match kind {
         event::SourceKind::Systemd => {
             // Taken before the snapshot: journal entries from here on are the snapshot's.
@@ -163,7 +162,10 @@ pub async fn run(
                 max_backoff: std::time::Duration::from_secs(30),
             })
             .await?;
-            history = source::journal::history(&config, snapshot_at).await;
+            let history = source::journal::history(&history_settings(&config), snapshot_at).await;
+            // Sent before the live source starts, so the engine has the windows before the
+            // first live transition.
+            let _ = tx.send(event::SourceEvent::History(history)).await;
             ready(source.watched_units());
             tasks.spawn(source.run(tx, shutdown.child_token()));
         }
@@ -191,15 +193,31 @@ pub async fn run(
         };
         tasks.spawn(http::serve(listener, routes, shutdown.child_token()));
     }
-    let mut detector = Detector::new(config.policy, config.overrides.clone());
-    let limits = engine::Limits {
+    let detector = Detector::new(config.policy, config.overrides.clone());
+    let settings = engine::Settings {
         max_units: config.max_units,
         fold_instances: config.fold_instances,
         unloaded_retention: config.unloaded_retention,
     };
-    source::journal::seed(&mut detector, &mut units.lock(), &history, limits);
-    engine::run(rx, detector, units, sinks, limits, shutdown.clone()).await;
+    engine::run(rx, detector, units, sinks, settings, shutdown.clone()).await;
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
     Ok(())
+}
+
+/// What to read from the journal at start-up, from the configuration.
+fn history_settings(config: &Config) -> source::journal::HistorySettings {
+    let longest = config
+        .overrides
+        .iter()
+        .map(|(_, policy)| policy.window)
+        .chain([config.policy.window])
+        .max()
+        .unwrap_or_default();
+    source::journal::HistorySettings {
+        enabled: config.history.journal,
+        directory: config.history.journal_directory.clone(),
+        span: longest.saturating_mul(2),
+        filter: config.filter.clone(),
+    }
 }

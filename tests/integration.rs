@@ -14,6 +14,8 @@ mod support;
 // would build as separate test binaries).
 #[path = "integration/actions.rs"]
 mod actions;
+#[path = "integration/architecture.rs"]
+mod architecture;
 #[path = "integration/churn.rs"]
 mod churn;
 #[path = "integration/cli.rs"]

@@ -8,6 +8,7 @@ pub mod man;
 pub mod replay;
 pub mod run;
 pub mod status;
+pub mod table;
 pub mod upstart_hook;
 
 use std::path::Path;

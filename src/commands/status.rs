@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::table::{columns, Align};
 use super::{resolve_config, write_stdout, PACKAGED_CONFIG};
 use crate::cli::StatusArgs;
 use crate::config::Overrides;
@@ -196,7 +197,7 @@ pub fn units_table(document: &Value) -> String {
         "RESTARTS",
         "LAST CRASH",
     ];
-    let mut out = columns(header, &rows);
+    let mut out = columns(header, &rows, [Align::Left; 6]);
     let looping = document["crashlooping"].as_u64().unwrap_or(0);
     out.push_str(&format!(
         "\n{} units watched, {looping} crash-looping",
@@ -244,29 +245,11 @@ pub fn events_table(document: &Value) -> String {
         printable(document["unit"].as_str().unwrap_or("?")),
         document["source"].as_str().unwrap_or("?")
     );
-    out.push_str(&columns(["TIME", "TRANSITION", "STATE", "DETAIL"], &rows));
-    out
-}
-
-/// Left-aligned columns two spaces apart, as `systemctl list-units` prints them.
-fn columns<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
-    let header = header.map(str::to_owned);
-    let mut widths = header.clone().map(|h| h.chars().count());
-    for row in rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in std::iter::once(&header).chain(rows) {
-        let line: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
+    out.push_str(&columns(
+        ["TIME", "TRANSITION", "STATE", "DETAIL"],
+        &rows,
+        [Align::Left; 4],
+    ));
     out
 }
 

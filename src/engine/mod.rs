@@ -10,45 +10,61 @@
 
 pub mod units;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use metrics::gauge;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::detect::{Detector, LoopChange, Observation, Update};
+use crate::detect::{Detector, Observation, Update};
 use crate::engine::units::{SharedUnits, UnitTable};
 use crate::event::{
-    Event, LoopEvent, Micros, SourceEvent, SourceKind, Transition, TransitionKind, UnitState,
+    Event, History, LastExit, LoopEvent, Micros, SourceEvent, SourceKind, Transition,
+    TransitionKind, UnitState,
 };
 use crate::internal_events::UnitOverflow;
-use crate::sink::actions::{ActionsSink, LastExit};
-use crate::sink::ThreadedSink;
 use crate::time::now_micros;
 
-/// The sinks that run on threads of their own.
+/// A sink the engine hands every event to. Implemented by the sinks (sink/) and wired in by
+/// `lib.rs`, so the engine knows no sink: `send` must never block (a slow sink drops and counts),
+/// and `finish` waits until what the sink holds is written out.
+pub trait EventSink: Send {
+    /// Hands an event over without waiting.
+    fn send(&self, event: &Event);
+    /// Waits for the sink to write out what it holds.
+    fn finish(self: Box<Self>);
+}
+
+/// A sink that is handed only a loop's start or end, with the unit's last exit: the actions.
+pub trait LoopSink: Send {
+    /// Hands a loop event over without waiting.
+    fn send(&self, event: &LoopEvent, last_exit: Option<LastExit>);
+    /// Waits for what is in flight, briefly.
+    fn finish(self: Box<Self>);
+}
+
+/// Where the engine's events go. Prometheus is not among them: it reads the unit table the
+/// engine keeps ([`units`]) when it is scraped.
 #[derive(Default)]
 pub struct Sinks {
     /// StatsD, when configured.
-    pub statsd: Option<ThreadedSink>,
-    /// The event record, when configured.
-    pub events: Option<ThreadedSink>,
+    pub statsd: Option<Box<dyn EventSink>>,
+    /// The event record, when configured; it alone also gets the transitions of units beyond
+    /// the cap.
+    pub events: Option<Box<dyn EventSink>>,
     /// The actions, when any is configured; only loop events reach them.
-    pub actions: Option<ActionsSink>,
+    pub actions: Option<Box<dyn LoopSink>>,
 }
 
 impl Sinks {
     fn send(&self, event: &Event) {
-        if let Some(statsd) = &self.statsd {
-            statsd.send(event);
-        }
-        if let Some(events) = &self.events {
-            events.send(event);
+        for sink in [&self.statsd, &self.events].into_iter().flatten() {
+            sink.send(event);
         }
     }
 
-    /// Waits for every threaded sink to write out what it holds.
+    /// Waits for every sink to write out what it holds.
     pub fn finish(self) {
         for sink in [self.statsd, self.events].into_iter().flatten() {
             sink.finish();
@@ -59,9 +75,9 @@ impl Sinks {
     }
 }
 
-/// Bounds on what the task exports.
+/// How the engine names, caps and keeps units.
 #[derive(Clone, Copy, Debug)]
-pub struct Limits {
+pub struct Settings {
     /// Units with series of their own; the rest are counted, not exported.
     pub max_units: usize,
     /// Count template instances as their template.
@@ -70,7 +86,7 @@ pub struct Limits {
     pub unloaded_retention: Duration,
 }
 
-impl Limits {
+impl Settings {
     fn retention_micros(&self) -> Micros {
         u64::try_from(self.unloaded_retention.as_micros()).unwrap_or(u64::MAX)
     }
@@ -100,14 +116,14 @@ pub async fn run(
     mut detector: Detector,
     units: SharedUnits,
     sinks: Sinks,
-    limits: Limits,
+    settings: Settings,
     shutdown: CancellationToken,
 ) {
     let mut dispatcher = Dispatcher {
         detector: &mut detector,
         sinks: &sinks,
         units,
-        limits,
+        settings,
         unloaded: VecDeque::new(),
     };
     loop {
@@ -138,7 +154,7 @@ struct Dispatcher<'a> {
     detector: &'a mut Detector,
     sinks: &'a Sinks,
     units: SharedUnits,
-    limits: Limits,
+    settings: Settings,
     /// Units the init system unloaded, oldest first: when each was unloaded and when its series
     /// may go. An entry whose unit was loaded again since is stale and skipped.
     unloaded: Unloaded,
@@ -154,6 +170,7 @@ impl Dispatcher<'_> {
                 state,
             } => self.unit_present(unit, source, &state),
             SourceEvent::Unloaded { unit, at } => self.unit_unloaded(unit, at),
+            SourceEvent::History(history) => self.history(history),
         }
     }
 
@@ -165,12 +182,18 @@ impl Dispatcher<'_> {
         }
     }
 
-    fn transition(&mut self, mut t: Transition) {
-        if self.limits.fold_instances {
-            if let Some(folded) = fold_instance(&t.unit) {
-                t.unit = folded;
+    /// The name `unit` is counted under: its template's when instances are folded.
+    fn counted_name(&self, unit: String) -> String {
+        if self.settings.fold_instances {
+            if let Some(folded) = fold_instance(&unit) {
+                return folded;
             }
         }
+        unit
+    }
+
+    fn transition(&mut self, mut t: Transition) {
+        t.unit = self.counted_name(std::mem::take(&mut t.unit));
         // A handle of its own, so the lock does not hold `self`.
         let units = self.units.clone();
         let mut table = units.lock();
@@ -186,7 +209,7 @@ impl Dispatcher<'_> {
         }
         let restarts = table.get(&t.unit).map_or(0, |record| record.restarts)
             + u64::from(t.kind == TransitionKind::Restart);
-        let observation = observation(&t);
+        let observation = Observation::of(&t);
         let (unit, source, at) = (t.unit.clone(), t.source, t.timestamp);
         let event = Event::Transition {
             transition: t,
@@ -209,12 +232,12 @@ impl Dispatcher<'_> {
         if table.contains(unit) {
             return true;
         }
-        if table.len() >= self.limits.max_units
+        if table.len() >= self.settings.max_units
             && !make_room(&mut self.unloaded, self.detector, table)
         {
             UnitOverflow {
                 unit,
-                max_units: self.limits.max_units,
+                max_units: self.settings.max_units,
             }
             .emit();
             return false;
@@ -227,12 +250,8 @@ impl Dispatcher<'_> {
     }
 
     /// Gives a unit a snapshot found its series, if it has none yet and there is room.
-    fn unit_present(&mut self, mut unit: String, source: SourceKind, state: &UnitState) {
-        if self.limits.fold_instances {
-            if let Some(folded) = fold_instance(&unit) {
-                unit = folded;
-            }
-        }
+    fn unit_present(&mut self, unit: String, source: SourceKind, state: &UnitState) {
+        let unit = self.counted_name(unit);
         let units = self.units.clone();
         let mut table = units.lock();
         if self.admit(&mut table, &unit, source) {
@@ -243,7 +262,7 @@ impl Dispatcher<'_> {
     /// Notes that the init system unloaded `unit`; its series go once the retention has passed.
     /// Not for folded instances: the template they count under lives on.
     fn unit_unloaded(&mut self, unit: String, now: Micros) {
-        if self.limits.fold_instances && fold_instance(&unit).is_some() {
+        if self.settings.fold_instances && fold_instance(&unit).is_some() {
             return;
         }
         let mut table = self.units.lock();
@@ -252,8 +271,50 @@ impl Dispatcher<'_> {
         }
         table.unloaded(&unit, now);
         drop(table);
-        let expiry = now.saturating_add(self.limits.retention_micros());
+        let expiry = now.saturating_add(self.settings.retention_micros());
         self.unloaded.push_back((now, expiry, unit));
+    }
+
+    /// Rebuilds the windows from history, before anything live: the detector's clock moves
+    /// through it with every change dropped, so nothing is counted or sent (the `*_total`
+    /// counters count only what is heard live, and a loop's start was announced by whoever saw
+    /// it begin). Units that still hold restarts or a loop at its end are admitted as any unit
+    /// is, and show their window; history of more units than the cap is left out.
+    fn history(&mut self, history: History) {
+        let mut units: HashMap<String, SourceKind> = HashMap::new();
+        for t in history.transitions {
+            let unit = self.counted_name(t.unit.clone());
+            if !units.contains_key(&unit) {
+                if units.len() >= self.settings.max_units {
+                    continue;
+                }
+                units.insert(unit.clone(), t.source);
+            }
+            self.detector.advance_stepwise(t.timestamp, drop);
+            if let Some(observation) = Observation::of(&t) {
+                self.detector.observe(&unit, observation, t.timestamp);
+            }
+        }
+        self.detector.advance_stepwise(history.until, drop);
+        let mut seeded: Vec<(String, SourceKind)> = units
+            .into_iter()
+            .filter(|(unit, _)| !idle(self.detector, unit))
+            .collect();
+        seeded.sort_by(|a, b| a.0.cmp(&b.0));
+        let table = self.units.clone();
+        let mut table = table.lock();
+        for (unit, source) in seeded {
+            if !self.admit(&mut table, &unit, source) {
+                continue;
+            }
+            if self.detector.is_looping(&unit) {
+                tracing::info!(
+                    unit = unit.as_str(),
+                    restarts_in_window = self.detector.restarts_in_window(&unit),
+                    "Crash loop in progress, from the journal."
+                );
+            }
+        }
     }
 
     fn advance(&mut self, now: Micros) {
@@ -288,7 +349,7 @@ impl Dispatcher<'_> {
             if idle(self.detector, &unit) {
                 table.remove(&unit);
             } else {
-                let expiry = now.saturating_add(self.limits.retention_micros());
+                let expiry = now.saturating_add(self.settings.retention_micros());
                 self.unloaded.push_back((since, expiry, unit));
             }
         }
@@ -299,21 +360,7 @@ impl Dispatcher<'_> {
 
     fn update(&mut self, update: Update, source: SourceKind) {
         let mut events = Vec::with_capacity(2);
-        if let Some(change) = update.loop_change {
-            let ended = match change {
-                LoopChange::Started => None,
-                LoopChange::Ended(outcome) => Some(outcome),
-            };
-            events.push(Event::Loop(LoopEvent {
-                unit: update.unit.clone(),
-                source,
-                timestamp: update.at,
-                ended,
-                restarts_in_window: update.restarts_in_window,
-                threshold: update.policy.threshold,
-                window_seconds: update.policy.window.as_secs_f64(),
-            }));
-        }
+        events.extend(update.loop_event(source).map(Event::Loop));
         events.push(Event::Window {
             unit: update.unit.clone(),
             source,
@@ -378,7 +425,7 @@ fn make_room(unloaded: &mut Unloaded, detector: &Detector, table: &mut UnitTable
 /// Shows in `table` what the detector holds about `unit` (its restarts in the window, a loop in
 /// progress), for a unit whose window was rebuilt from journal history rather than heard.
 /// Nothing is counted: the loop's start was counted by whoever saw it begin, not by this run.
-pub(crate) fn show_window(detector: &Detector, table: &mut UnitTable, unit: &str) {
+fn show_window(detector: &Detector, table: &mut UnitTable, unit: &str) {
     let restarts_in_window = detector.restarts_in_window(unit);
     let looping = detector.is_looping(unit);
     if restarts_in_window > 0 || looping {
@@ -386,48 +433,107 @@ pub(crate) fn show_window(detector: &Detector, table: &mut UnitTable, unit: &str
     }
 }
 
-/// What a transition tells the detector.
-pub(crate) fn observation(t: &Transition) -> Option<Observation> {
-    if t.gave_up {
-        return Some(Observation::GaveUp);
-    }
-    if t.crash.is_some() {
-        return Some(Observation::Crashed);
-    }
-    match t.kind {
-        TransitionKind::Restart => Some(Observation::Restart),
-        TransitionKind::Started => Some(Observation::Up),
-        // A failure that is no crash is a stop someone asked for that ended badly (a stop job
-        // attached when the process failed): to the detector, as much a stop as a clean one.
-        TransitionKind::Stopped | TransitionKind::Failed if !t.inferred => {
-            Some(Observation::Stopped)
-        }
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detect::Policy;
+    use crate::event::UnitState;
+
+    const SECOND: Micros = 1_000_000;
+    const T0: Micros = 1_795_243_852_000_000;
+
+    /// One run of `unit` from `start`: a restart when `after_crash`, started, then a crash
+    /// 2 ms later.
+    fn failing_run(unit: &str, start: Micros, after_crash: bool) -> Vec<Transition> {
+        let step = |at, kind, from: (&str, &str), to: (&str, &str)| {
+            let from = UnitState::new(from.0, from.1);
+            Transition::new(
+                unit,
+                SourceKind::Systemd,
+                at,
+                kind,
+                from,
+                UnitState::new(to.0, to.1),
+            )
+        };
+        let mut run = Vec::new();
+        if after_crash {
+            let restart = (TransitionKind::Restart, ("activating", "auto-restart"));
+            run.push(step(start, restart.0, restart.1, ("activating", "start")));
+        }
+        run.push(step(
+            start,
+            TransitionKind::Started,
+            ("activating", "start"),
+            ("active", "running"),
+        ));
+        let mut crash = step(
+            start + 2_000,
+            TransitionKind::Failed,
+            ("active", "running"),
+            ("activating", "auto-restart"),
+        );
+        crash.crash = Some("exit-code".to_owned());
+        run.push(crash);
+        run
+    }
 
     #[test]
-    fn a_stop_that_ends_in_failure_ends_the_loop() {
-        use crate::event::UnitState;
-        let failed = Transition::new(
-            "u.service",
-            SourceKind::Systemd,
-            1,
-            TransitionKind::Failed,
-            UnitState::new("deactivating", "stop-sigterm"),
-            UnitState::new("failed", "failed"),
+    fn seeding_rebuilds_the_window_and_counts_nothing() {
+        // Five runs that crashed, the way the journal parser reports them: each run after the
+        // first restarted after a crash.
+        let mut transitions = Vec::new();
+        for run in 0..5u64 {
+            transitions.extend(failing_run("crashy.service", T0 + run * SECOND, run > 0));
+        }
+        // A unit that crashed once long ago.
+        transitions.splice(0..0, failing_run("old.service", T0 - 3_600 * SECOND, false));
+        let history = History {
+            transitions,
+            until: T0 + 6 * SECOND,
+        };
+        let mut detector = Detector::new(Policy::default(), Vec::new());
+        let sinks = Sinks::default();
+        let units = SharedUnits::new();
+        let mut engine = Dispatcher {
+            detector: &mut detector,
+            sinks: &sinks,
+            units: units.clone(),
+            settings: Settings {
+                max_units: 100,
+                fold_instances: false,
+                unloaded_retention: std::time::Duration::from_secs(60),
+            },
+            unloaded: VecDeque::new(),
+        };
+        engine.source_event(SourceEvent::History(history));
+        drop(engine);
+        let table = units.lock();
+        assert_eq!(table.len(), 1, "only crashy.service holds anything now");
+        assert!(detector.is_looping("crashy.service"));
+        assert_eq!(detector.restarts_in_window("crashy.service"), 4);
+        assert!(!detector.is_looping("old.service"));
+
+        let crashy = table.get("crashy.service").expect("registered");
+        assert!(crashy.crashlooping);
+        assert_eq!(crashy.restarts_in_window, 4);
+        // Nothing counted: the counters count only what is heard live.
+        assert_eq!(
+            (crashy.restarts, crashy.crashloops, crashy.starts),
+            (0, 0, 0)
         );
-        assert_eq!(observation(&failed), Some(Observation::Stopped));
-        let mut crashed = failed.clone();
-        crashed.crash = Some("exit-code".to_owned());
-        assert_eq!(observation(&crashed), Some(Observation::Crashed));
-        let mut gave_up = failed;
-        gave_up.gave_up = true;
-        assert_eq!(observation(&gave_up), Some(Observation::GaveUp));
+        assert!(!table.contains("old.service"));
+
+        // Live again: the next restart is the fifth in the window, not a new loop.
+        let update = detector
+            .observe(
+                "crashy.service",
+                crate::detect::Observation::Restart,
+                T0 + 7 * SECOND,
+            )
+            .expect("count changed");
+        assert_eq!(update.restarts_in_window, 5);
+        assert_eq!(update.loop_change, None);
     }
 
     #[test]

@@ -1,9 +1,12 @@
-//! Where events go: Prometheus (pulled), StatsD (pushed) and the JSON-lines event record.
+//! Where events go: Prometheus (pulled), StatsD (pushed), the JSON-lines event record and the
+//! actions.
 //!
-//! Every sink consumes the same [`Event`](crate::event::Event)s. Prometheus is updated in place
-//! through the `metrics` facade, which never blocks. StatsD and the event record do I/O, so each
-//! runs on a thread of its own behind a bounded queue: the detector hands an event over with a
-//! `try_send` and a sink that is slow or dead costs a counted drop, never a stalled event path.
+//! StatsD and the event record consume the engine's [`Event`](crate::event::Event)s through the
+//! engine's [`EventSink`]; they do I/O, so each runs on a thread of its own behind a bounded
+//! queue: the engine hands an event over with a `try_send` and a sink that is slow or dead costs
+//! a counted drop, never a stalled event path. Prometheus consumes no events: its per-unit series
+//! are rendered at scrape time from the unit table the engine keeps, and crashwatch's own
+//! counters (errors, drops) go through the `metrics` facade ([`prometheus`]).
 //! Queued events are boxed: a bounded std channel allocates (and touches) all of its slots up
 //! front, and 16,384 inline events of ~270 bytes were 4.4 MB of resident memory per sink before
 //! anything happened; boxed they are 16 bytes a slot. The actions ([`actions`]) run on a thread
@@ -17,6 +20,7 @@ pub mod statsd;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 
+use crate::engine::EventSink;
 use crate::event::Event;
 use crate::internal_events::SinkDropped;
 
@@ -71,5 +75,15 @@ impl ThreadedSink {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+impl EventSink for ThreadedSink {
+    fn send(&self, event: &Event) {
+        ThreadedSink::send(self, event);
+    }
+
+    fn finish(self: Box<Self>) {
+        ThreadedSink::finish(*self);
     }
 }

@@ -33,7 +33,8 @@ use tokio::sync::Semaphore;
 use tokio::task::{Id, JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use crate::event::LoopEvent;
+use crate::engine::LoopSink;
+use crate::event::{LastExit, LoopEvent};
 use crate::glob::Glob;
 use crate::internal_events::{ActionDropped, ActionFailed, SinkDropped};
 use alertmanager::{AlertmanagerAction, Pusher};
@@ -95,15 +96,6 @@ impl ActionKind {
             ActionKind::Alertmanager(_) => "alertmanager",
         }
     }
-}
-
-/// How a unit's last crash ended its main process.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LastExit {
-    /// The init system's verdict, e.g. `exit-code`, `signal`, `core-dump`.
-    pub reason: String,
-    /// The exit status, or the signal number for a signal.
-    pub status: Option<i32>,
 }
 
 /// A loop's start or end, with what the actions are told about it.
@@ -189,6 +181,16 @@ impl ActionsSink {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+impl LoopSink for ActionsSink {
+    fn send(&self, event: &LoopEvent, last_exit: Option<LastExit>) {
+        ActionsSink::send(self, event, last_exit);
+    }
+
+    fn finish(self: Box<Self>) {
+        ActionsSink::finish(*self);
     }
 }
 
