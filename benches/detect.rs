@@ -13,12 +13,12 @@ mod common;
 
 use std::time::Duration;
 
-use crashwatch::detect::{Detector, Observation, Policy};
-use crashwatch::engine::{self, Sinks};
-use crashwatch::event::{SourceEvent, Transition};
-use crashwatch::sink::prometheus::ChangeTracking;
-use crashwatch::sink::{self, ThreadedSink};
-use crashwatch::source::systemd::tracker::Tracker;
+use crashwatch::internals::ChangeTracking;
+use crashwatch::internals::Tracker;
+use crashwatch::internals::{events, statsd as statsd_sink, ThreadedSink};
+use crashwatch::internals::{run_engine, Settings, Sinks};
+use crashwatch::internals::{Detector, Observation, Policy};
+use crashwatch::internals::{SourceEvent, Transition};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -119,7 +119,7 @@ fn baselined_tracker() -> Tracker {
     let mut tracker = Tracker::new();
     let sim = Sim::new("bench-", UNITS, common::now_us());
     for u in &sim.units {
-        tracker.baseline(crashwatch::source::systemd::tracker::Snapshot {
+        tracker.baseline(crashwatch::internals::Snapshot {
             name: u.name.clone(),
             active_state: "active".into(),
             sub_state: "running".into(),
@@ -148,10 +148,10 @@ fn fresh(all_sinks: bool) -> Pipeline {
     let recorder = ChangeTracking::new(recorder);
     let mut sinks = Sinks::default();
     if all_sinks {
-        let out = sink::events::open(&sink::events::EventsTarget::File("/dev/null".into()))
+        let out = events::open(&events::EventsTarget::File("/dev/null".into()))
             .expect("opening /dev/null");
         sinks.events = Some(Box::new(
-            ThreadedSink::spawn("events", move |events| sink::events::run(out, events))
+            ThreadedSink::spawn("events", move |events| events::run(out, events))
                 .expect("a sink thread"),
         ));
         // A socket nobody reads: datagrams are built and sent, then dropped by the kernel.
@@ -161,7 +161,7 @@ fn fresh(all_sinks: bool) -> Pipeline {
         sinks.statsd = Some(Box::new(
             ThreadedSink::spawn("statsd", move |events| {
                 let _hole = hole;
-                sink::statsd::run(client, events)
+                statsd_sink::run(client, events)
             })
             .expect("a sink thread"),
         ));
@@ -196,13 +196,21 @@ fn drive(
                     let (tx, rx) = mpsc::channel(65_536);
                     let producer = tokio::task::spawn_local(produce(tx));
                     let detector = Detector::new(Policy::default(), Vec::new());
-                    let limits = engine::Settings {
+                    let settings = Settings {
                         max_units: 100_000,
                         fold_instances: false,
                         unloaded_retention: Duration::from_secs(900),
                     };
-                    let units = crashwatch::engine::units::SharedUnits::new();
-                    engine::run(rx, detector, units, sinks, limits, CancellationToken::new()).await;
+                    let units = crashwatch::internals::SharedUnits::new();
+                    run_engine(
+                        rx,
+                        detector,
+                        units,
+                        sinks,
+                        settings,
+                        CancellationToken::new(),
+                    )
+                    .await;
                     let _ = producer.await;
                 })
                 .await

@@ -11,9 +11,9 @@
 
 mod common;
 
-use crashwatch::detect::Policy;
-use crashwatch::engine::units::UnitTable;
-use crashwatch::event::{Event, LoopEvent, SourceKind, Transition, TransitionKind, UnitState};
+use crashwatch::internals::Policy;
+use crashwatch::internals::UnitTable;
+use crashwatch::internals::{Event, LoopEvent, SourceKind, Transition, TransitionKind, UnitState};
 
 use common::{bench, Args};
 

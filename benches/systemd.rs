@@ -18,8 +18,8 @@ mod common;
 
 use std::collections::HashMap;
 
-use crashwatch::source::systemd::props;
-use crashwatch::source::systemd::tracker::{ServiceProps, Snapshot, Tracker};
+use crashwatch::internals::props;
+use crashwatch::internals::{ServiceProps, Snapshot, Tracker};
 use zbus::{Message, Variant};
 
 use common::{bench, decode_changes, signals, Args};

@@ -1011,7 +1011,7 @@ fn latency(
 ) -> Result<()> {
     // Every unit whose name starts with `prefix` is one crash loop; datagrams and records pair up
     // in order within each unit, so units are kept apart by their StatsD name.
-    let clean_prefix = crashwatch::sink::statsd::sanitize(prefix);
+    let clean_prefix = crashwatch::internals::statsd::sanitize(prefix);
     #[derive(Default)]
     struct Unit {
         crash_arrivals: Vec<u64>,
@@ -1054,7 +1054,7 @@ fn latency(
             continue;
         };
         let unit = units
-            .entry(crashwatch::sink::statsd::sanitize(name))
+            .entry(crashwatch::internals::statsd::sanitize(name))
             .or_default();
         let ts = v["timestamp_us"].as_u64().unwrap_or(0);
         match v["event"].as_str() {

@@ -1,22 +1,43 @@
 //! crashwatch: event-driven crash-loop detection for services.
 //!
-//! Data flows one way: sources → one channel of [`event::Transition`]s → the detector task
-//! ([`dispatch`]) → sinks. [`run`] wires them together for a node agent to embed; it installs
-//! nothing global, so the embedder chooses the `metrics` recorder and passes its handle in.
+//! Data flows one way: sources → one channel of [`SourceEvent`](event::SourceEvent)s → the
+//! engine (detector and unit table) → sinks, with the HTTP server and the commands on top
+//! (ARCHITECTURE.md has the map). [`run`] wires them together for a node agent to embed; it
+//! installs nothing global, so the embedder chooses the `metrics` recorder and passes its handle
+//! in. The embedding API is [`run`], [`RunError`] and [`config`]; [`cli`] and [`commands`] are
+//! the binary's. Everything else is private to the crate, so the compiler reports what is unused.
 
 pub mod cli;
 pub mod commands;
 pub mod config;
-pub mod detect;
-pub mod engine;
-pub mod event;
-pub mod glob;
-pub mod http;
+pub(crate) mod detect;
+pub(crate) mod engine;
+pub(crate) mod event;
+pub(crate) mod glob;
+pub(crate) mod http;
 pub(crate) mod internal_events;
-pub mod notify;
-pub mod sink;
-pub mod source;
-pub mod time;
+pub(crate) mod notify;
+pub(crate) mod sink;
+pub(crate) mod source;
+pub(crate) mod time;
+
+/// The parts the benchmarks (benches/) and fuzz targets (fuzz/) drive directly. Not a stable
+/// API: it exists so those can measure and fuzz the real code without it being public.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::detect::{Detector, Observation, Policy};
+    pub use crate::engine::units::{SharedUnits, UnitTable};
+    pub use crate::engine::{run as run_engine, Settings, Sinks};
+    pub use crate::event::{
+        Event, LoopEvent, SourceEvent, SourceKind, Transition, TransitionKind, UnitState,
+    };
+    pub use crate::sink::prometheus::ChangeTracking;
+    pub use crate::sink::{events, statsd, ThreadedSink};
+    pub use crate::source::journal::Parser;
+    pub use crate::source::systemd::props;
+    pub use crate::source::systemd::tracker::{ServiceProps, Snapshot, Tracker, UnitProps};
+    pub use crate::source::upstart::hook::HookMessage;
+}
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::mpsc;

@@ -210,15 +210,15 @@ pub struct Change {
     /// The unit's name.
     pub unit: String,
     /// The Service half.
-    pub service: Option<crashwatch::source::systemd::tracker::ServiceProps>,
+    pub service: Option<crashwatch::internals::ServiceProps>,
     /// The Unit half.
-    pub unit_props: crashwatch::source::systemd::tracker::UnitProps,
+    pub unit_props: crashwatch::internals::UnitProps,
 }
 
 /// Decodes signals the way the systemd source does (body, then the property readers), pairing
 /// each Service half with the Unit half that follows it.
 pub fn decode_changes(signals: &[signals::Signal]) -> Vec<Change> {
-    use crashwatch::source::systemd::props;
+    use crashwatch::internals::props;
     use std::collections::HashMap;
     let mut pending = HashMap::new();
     let mut out = Vec::new();

@@ -396,5 +396,5 @@ fn monotonic(realtime: u64) -> u64 {
 
 /// The object path systemd gives a unit: `[A-Za-z0-9]` kept, every other byte `_xx`.
 pub fn unit_path(name: &str) -> String {
-    crashwatch::source::systemd::props::unit_path(name)
+    crashwatch::internals::props::unit_path(name)
 }

@@ -2,7 +2,7 @@
 //! decoding must accept it or refuse it, never panic.
 #![no_main]
 
-use crashwatch::source::upstart::hook::HookMessage;
+use crashwatch::internals::HookMessage;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

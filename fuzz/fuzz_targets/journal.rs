@@ -2,7 +2,7 @@
 //! units log: parsing must accept or skip each line, never panic.
 #![no_main]
 
-use crashwatch::source::journal::Parser;
+use crashwatch::internals::Parser;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

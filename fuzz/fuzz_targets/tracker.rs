@@ -2,8 +2,8 @@
 //! never panic, and never report more restarts than starts.
 #![no_main]
 
-use crashwatch::event::TransitionKind;
-use crashwatch::source::systemd::tracker::{ServiceProps, Tracker, UnitProps};
+use crashwatch::internals::TransitionKind;
+use crashwatch::internals::{ServiceProps, Tracker, UnitProps};
 use libfuzzer_sys::fuzz_target;
 
 const ACTIVE: [&str; 8] = ["active", "inactive", "failed", "activating", "deactivating", "reloading", "maintenance", "bogus"];

@@ -335,12 +335,8 @@ impl Tracker {
         self.units.len()
     }
 
-    /// Whether no unit is followed.
-    pub fn is_empty(&self) -> bool {
-        self.units.is_empty()
-    }
-
     /// Whether `unit` is followed.
+    #[cfg(test)]
     pub fn contains(&self, unit: &str) -> bool {
         self.units.contains_key(unit)
     }
@@ -349,11 +345,6 @@ impl Tracker {
     /// events only add failures; otherwise they drive the lifecycle.
     pub fn set_live(&mut self, live: bool) {
         self.live = live;
-    }
-
-    /// Whether instance signals are flowing.
-    pub fn is_live(&self) -> bool {
-        self.live
     }
 
     /// Takes an instance as it is now, without reporting anything: what happened before
