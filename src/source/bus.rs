@@ -1,5 +1,6 @@
-//! What every D-Bus source needs the same way: a reader that keeps the connection drained, and
-//! signal bodies decoded with failures counted.
+//! What every D-Bus source needs the same way: a reader that keeps the connection drained, calls
+//! bounded in time, the owner of the name it listens to, and signal bodies decoded with failures
+//! counted.
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -45,14 +46,98 @@ pub(crate) fn drain(conn: &Connection) -> Drained {
     }
 }
 
-/// Runs `call`, giving up with `timed_out()` after [`CALL_TIMEOUT`].
-pub(crate) async fn timed<T, E>(
+/// How a source says that one of its bus calls failed or timed out, so the helpers here return
+/// the source's own error.
+pub(crate) trait CallError: Sized {
+    /// `call` was answered with an error, or could not be sent.
+    fn failed(call: &'static str, source: zbus::Error) -> Self;
+    /// `call` took longer than [`CALL_TIMEOUT`].
+    fn timed_out(call: &'static str) -> Self;
+    /// The failure, when it was an error reply of the bus or the peer.
+    fn fdo(&self) -> Option<&zbus::fdo::Error>;
+}
+
+/// Runs `call`, giving up after [`CALL_TIMEOUT`].
+pub(crate) async fn timed<T, E: CallError>(
+    what: &'static str,
     call: impl std::future::Future<Output = Result<T, E>>,
-    timed_out: impl FnOnce() -> E,
 ) -> Result<T, E> {
     tokio::time::timeout(CALL_TIMEOUT, call)
         .await
-        .unwrap_or_else(|_| Err(timed_out()))
+        .unwrap_or_else(|_| Err(E::timed_out(what)))
+}
+
+/// Calls `method` of `interface` at `path` (of `destination`, or of the peer on a peer-to-peer
+/// connection), bounded by [`CALL_TIMEOUT`]; `what` names the call in errors.
+pub(crate) async fn call<B, E: CallError>(
+    conn: &Connection,
+    destination: Option<&str>,
+    path: &str,
+    interface: &str,
+    method: &str,
+    body: &B,
+    what: &'static str,
+) -> Result<Message, E>
+where
+    B: serde::Serialize + zbus::DynamicType,
+{
+    timed(what, async {
+        conn.call_method(destination, path, Some(interface), method, body)
+            .await
+            .map_err(|source| E::failed(what, source))
+    })
+    .await
+}
+
+/// Calls a method of the bus itself.
+pub(crate) async fn call_bus<B, E: CallError>(
+    conn: &Connection,
+    method: &'static str,
+    body: &B,
+) -> Result<Message, E>
+where
+    B: serde::Serialize + zbus::DynamicType,
+{
+    call(
+        conn,
+        Some(DBUS_NAME),
+        "/org/freedesktop/DBus",
+        DBUS_NAME,
+        method,
+        body,
+        method,
+    )
+    .await
+}
+
+/// Asks the bus for `rules`' signals, then for the current owner of `name`: `None` when nobody
+/// owns it. Signals from anyone else claiming to be `name` are not to be believed.
+pub(crate) async fn watch_name<E: CallError>(
+    conn: &Connection,
+    rules: &[&str],
+    name: &str,
+) -> Result<Option<String>, E> {
+    for rule in rules {
+        call_bus::<_, E>(conn, "AddMatch", &(rule,)).await?;
+    }
+    match call_bus::<_, E>(conn, "GetNameOwner", &(name,)).await {
+        Ok(reply) => reply
+            .body()
+            .deserialize::<String>()
+            .map(Some)
+            .map_err(|source| E::failed("GetNameOwner", source)),
+        Err(e) if matches!(e.fdo(), Some(zbus::fdo::Error::NameHasNoOwner(_))) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// What a `NameOwnerChanged` signal of the bus says about `name`: `Some(new owner)`, empty when
+/// `name` left the bus; `None` when it is about another name (or malformed, which is counted).
+pub(crate) fn owner_change(msg: &Message, source: &'static str, name: &str) -> Option<String> {
+    let body = msg.body();
+    let (changed, _old, new) =
+        decode::<(&str, &str, &str)>(&body, source, "NameOwnerChanged").ok()?;
+    (changed == name).then(|| new.to_owned())
 }
 
 /// Moves signals from the connection into `queue`, never waiting on the consumer: a stream that

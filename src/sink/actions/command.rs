@@ -188,14 +188,9 @@ fn keep(read: std::io::Result<usize>, chunk: &[u8], kept: &mut Vec<u8>, cut: &mu
 }
 
 fn kill_group(pgid: i32) {
-    extern "C" {
-        // libc's, linked into every Rust binary on Linux; declared here rather than adding libc.
-        fn kill(pid: i32, sig: i32) -> i32;
-    }
-    const SIGKILL: i32 = 9;
     // SAFETY: kill(2) takes no pointers; a negative pid names the process group the child leads.
     unsafe {
-        kill(-pgid, SIGKILL);
+        libc::kill(-pgid, libc::SIGKILL);
     }
 }
 

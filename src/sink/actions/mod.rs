@@ -231,14 +231,10 @@ pub(crate) fn failure_of(delivered: &Delivered) -> Option<(&'static str, String)
 /// The name actions report this host under, from gethostname(2): the packaged unit's
 /// `ProcSubset=pid` hides /proc/sys/kernel/hostname.
 fn hostname() -> String {
-    extern "C" {
-        // libc's, linked into every Rust binary on Linux; declared here rather than adding libc.
-        fn gethostname(name: *mut u8, len: usize) -> i32;
-    }
     let mut buf = [0u8; 256];
     // SAFETY: the pointer and length describe `buf`, which outlives the call; the kernel writes
     // at most `len` bytes.
-    let ok = unsafe { gethostname(buf.as_mut_ptr(), buf.len()) } == 0;
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     match std::str::from_utf8(&buf[..end]) {
         Ok(name) if ok && !name.is_empty() => name.to_owned(),

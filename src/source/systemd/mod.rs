@@ -38,7 +38,7 @@ use crate::internal_events::{
     BusConnectError, BusDisconnected, SignalDecodeError, SignalFromStranger, SignalsDropped,
     SnapshotCallError,
 };
-use crate::source::bus::{self, decode, CALL_TIMEOUT, DBUS_NAME, PROPERTIES_IFACE};
+use crate::source::bus::{self, call, decode, CALL_TIMEOUT, DBUS_NAME, PROPERTIES_IFACE};
 use crate::time::now_micros;
 use tracker::{ServiceProps, Snapshot, Tracker};
 
@@ -88,6 +88,26 @@ pub enum SystemdError {
         /// Which call.
         call: &'static str,
     },
+}
+
+impl bus::CallError for SystemdError {
+    fn failed(call: &'static str, source: zbus::Error) -> Self {
+        SystemdError::Call { call, source }
+    }
+
+    fn timed_out(call: &'static str) -> Self {
+        SystemdError::Timeout { call }
+    }
+
+    fn fdo(&self) -> Option<&zbus::fdo::Error> {
+        match self {
+            SystemdError::Call {
+                source: zbus::Error::FDO(e),
+                ..
+            } => Some(e),
+            _ => None,
+        }
+    }
 }
 
 fn address_hint() -> String {
@@ -439,31 +459,33 @@ impl SystemdSource {
     /// Follows systemd changing hands on the bus (re-exec, restart): subscriptions belong to the
     /// old owner, so subscribe again and resync.
     async fn owner_changed(&mut self, msg: &Message) -> bool {
-        let body = msg.body();
-        let Ok((name, _old, new)) = decode::<(&str, &str, &str)>(&body, SOURCE, "NameOwnerChanged")
-        else {
+        let Some(new) = bus::owner_change(msg, SOURCE, SYSTEMD_NAME) else {
             return false;
         };
-        if name != SYSTEMD_NAME || new.is_empty() || new == self.link.owner {
-            if new.is_empty() && name == SYSTEMD_NAME {
-                gauge!("crashwatch_source_up", "source" => SOURCE).set(0.0);
-                tracing::warn!("systemd left the bus; waiting for it to come back.");
-            }
+        if new.is_empty() {
+            gauge!("crashwatch_source_up", "source" => SOURCE).set(0.0);
+            tracing::warn!("systemd left the bus; waiting for it to come back.");
             return false;
         }
-        self.link.owner = new.to_owned();
+        if new == self.link.owner {
+            return false;
+        }
+        self.link.owner = new.clone();
         if let Err(error) = subscribe(&self.link.conn).await {
             tracing::warn!(%error, "Could not subscribe to the new systemd.");
         }
         gauge!("crashwatch_source_up", "source" => SOURCE).set(1.0);
-        tracing::info!(owner = new, "systemd changed hands on the bus; resyncing.");
+        tracing::info!(
+            owner = new.as_str(),
+            "systemd changed hands on the bus; resyncing."
+        );
         true
     }
 }
 
 impl Link {
     async fn open() -> Result<Link, SystemdError> {
-        let conn = timed("connect", async {
+        let conn = bus::timed("connect", async {
             zbus::connection::Builder::system()
                 .method_timeout(CALL_TIMEOUT)
                 .build()
@@ -476,45 +498,8 @@ impl Link {
             dropped,
             reader,
         } = bus::drain(&conn);
-        for rule in MATCH_RULES {
-            call(
-                &conn,
-                DBUS_NAME,
-                "/org/freedesktop/DBus",
-                DBUS_NAME,
-                "AddMatch",
-                &(rule,),
-                "AddMatch",
-            )
-            .await?;
-        }
-        let owner = match call(
-            &conn,
-            DBUS_NAME,
-            "/org/freedesktop/DBus",
-            DBUS_NAME,
-            "GetNameOwner",
-            &(SYSTEMD_NAME,),
-            "GetNameOwner",
-        )
-        .await
-        {
-            Ok(reply) => {
-                reply
-                    .body()
-                    .deserialize::<String>()
-                    .map_err(|source| SystemdError::Call {
-                        call: "GetNameOwner",
-                        source,
-                    })?
-            }
-            Err(SystemdError::Call {
-                source: zbus::Error::FDO(e),
-                ..
-            }) if matches!(*e, zbus::fdo::Error::NameHasNoOwner(_)) => {
-                return Err(SystemdError::NoSystemd)
-            }
-            Err(e) => return Err(e),
+        let Some(owner) = bus::watch_name(&conn, &MATCH_RULES, SYSTEMD_NAME).await? else {
+            return Err(SystemdError::NoSystemd);
         };
         subscribe(&conn).await?;
         Ok(Link {
@@ -548,7 +533,7 @@ impl Link {
         );
         let reply = call(
             &self.conn,
-            SYSTEMD_NAME,
+            Some(SYSTEMD_NAME),
             MANAGER_PATH,
             MANAGER_IFACE,
             "ListUnits",
@@ -610,7 +595,7 @@ async fn read_unit(conn: &Connection, unit: &str) -> Result<(Snapshot, Sequence)
     let n_restarts = if unit.ends_with(".service") {
         let reply = call(
             conn,
-            SYSTEMD_NAME,
+            Some(SYSTEMD_NAME),
             &path,
             PROPERTIES_IFACE,
             "Get",
@@ -628,7 +613,7 @@ async fn read_unit(conn: &Connection, unit: &str) -> Result<(Snapshot, Sequence)
     };
     let reply = call(
         conn,
-        SYSTEMD_NAME,
+        Some(SYSTEMD_NAME),
         &path,
         PROPERTIES_IFACE,
         "GetAll",
@@ -656,7 +641,7 @@ async fn read_unit(conn: &Connection, unit: &str) -> Result<(Snapshot, Sequence)
 async fn subscribe(conn: &Connection) -> Result<(), SystemdError> {
     match call(
         conn,
-        SYSTEMD_NAME,
+        Some(SYSTEMD_NAME),
         MANAGER_PATH,
         MANAGER_IFACE,
         "Subscribe",
@@ -673,33 +658,6 @@ async fn subscribe(conn: &Connection) -> Result<(), SystemdError> {
         }) if name.as_str() == "org.freedesktop.systemd1.AlreadySubscribed" => Ok(()),
         Err(e) => Err(e),
     }
-}
-
-async fn call<B>(
-    conn: &Connection,
-    destination: &str,
-    path: &str,
-    interface: &str,
-    method: &str,
-    body: &B,
-    what: &'static str,
-) -> Result<Message, SystemdError>
-where
-    B: serde::Serialize + zbus::DynamicType,
-{
-    timed(what, async {
-        conn.call_method(Some(destination), path, Some(interface), method, body)
-            .await
-            .map_err(|source| SystemdError::Call { call: what, source })
-    })
-    .await
-}
-
-async fn timed<T>(
-    what: &'static str,
-    fut: impl std::future::Future<Output = Result<T, SystemdError>>,
-) -> Result<T, SystemdError> {
-    bus::timed(fut, || SystemdError::Timeout { call: what }).await
 }
 
 /// Sleeps for `duration`, or forever when there is none.

@@ -49,7 +49,7 @@ use crate::internal_events::{
     BusConnectError, BusDisconnected, HookDecodeError, SignalFromStranger, SignalsDropped,
     SnapshotCallError,
 };
-use crate::source::bus::{self, decode, CALL_TIMEOUT, DBUS_NAME, PROPERTIES_IFACE};
+use crate::source::bus::{self, call, decode, CALL_TIMEOUT, DBUS_NAME, PROPERTIES_IFACE};
 use crate::time::now_micros;
 use hook::{HookMessage, HookSocket, MAX_MESSAGE};
 use tracker::{InstanceSnapshot, JobEvent, Tracker};
@@ -166,6 +166,26 @@ pub enum UpstartError {
         /// Why.
         source: std::io::Error,
     },
+}
+
+impl bus::CallError for UpstartError {
+    fn failed(call: &'static str, source: zbus::Error) -> Self {
+        UpstartError::Call { call, source }
+    }
+
+    fn timed_out(call: &'static str) -> Self {
+        UpstartError::Timeout { call }
+    }
+
+    fn fdo(&self) -> Option<&zbus::fdo::Error> {
+        match self {
+            UpstartError::Call {
+                source: zbus::Error::FDO(e),
+                ..
+            } => Some(e),
+            _ => None,
+        }
+    }
 }
 
 /// Settings of the Upstart source.
@@ -431,14 +451,9 @@ impl UpstartSource {
                 if member != "NameOwnerChanged" {
                     return false;
                 }
-                let body = msg.body();
-                let Ok((name, _old, new)) = decode::<(&str, &str, &str)>(&body, SOURCE, member)
-                else {
+                let Some(new) = bus::owner_change(msg, SOURCE, UPSTART_NAME) else {
                     return false;
                 };
-                if name != UPSTART_NAME {
-                    return false;
-                }
                 if new.is_empty() {
                     *owner = None;
                     self.tracker.set_live(false);
@@ -446,12 +461,15 @@ impl UpstartSource {
                     tracing::warn!("Upstart left the bus; waiting for it to come back.");
                     return false;
                 }
-                if owner.as_deref() == Some(new) {
+                if owner.as_deref() == Some(new.as_str()) {
                     return false;
                 }
-                *owner = Some(new.to_owned());
+                *owner = Some(new.clone());
                 gauge!("crashwatch_source_up", "source" => SOURCE).set(1.0);
-                tracing::info!(owner = new, "Upstart changed hands on the bus; resyncing.");
+                tracing::info!(
+                    owner = new.as_str(),
+                    "Upstart changed hands on the bus; resyncing."
+                );
                 return true;
             }
             if owner.as_deref() != Some(sender) {
@@ -570,7 +588,7 @@ async fn read_main_pid(
     destination: Option<&'static str>,
     path: &str,
 ) -> Option<u32> {
-    let reply = call(
+    let reply = call::<_, UpstartError>(
         conn,
         destination,
         path,
@@ -610,7 +628,7 @@ impl Link {
                 })
             }
         };
-        let conn = timed("connect", async {
+        let conn = bus::timed("connect", async {
             builder
                 .method_timeout(CALL_TIMEOUT)
                 .build()
@@ -636,46 +654,11 @@ impl Link {
         if !bus {
             return Ok(link);
         }
-        for rule in MATCH_RULES {
-            link.bus_call("AddMatch", &(rule,)).await?;
-        }
-        let owner = match link.bus_call("GetNameOwner", &(UPSTART_NAME,)).await {
-            Ok(reply) => {
-                reply
-                    .body()
-                    .deserialize::<String>()
-                    .map_err(|source| UpstartError::Call {
-                        call: "GetNameOwner",
-                        source,
-                    })?
-            }
-            Err(UpstartError::Call {
-                source: zbus::Error::FDO(e),
-                ..
-            }) if matches!(*e, zbus::fdo::Error::NameHasNoOwner(_)) => {
-                return Err(UpstartError::NoUpstart { address: where_ })
-            }
-            Err(e) => return Err(e),
+        let Some(owner) = bus::watch_name(&link.conn, &MATCH_RULES, UPSTART_NAME).await? else {
+            return Err(UpstartError::NoUpstart { address: where_ });
         };
         link.peer = Peer::Bus(Some(owner));
         Ok(link)
-    }
-
-    /// Calls the bus itself.
-    async fn bus_call<B>(&self, method: &'static str, body: &B) -> Result<Message, UpstartError>
-    where
-        B: serde::Serialize + zbus::DynamicType,
-    {
-        call(
-            &self.conn,
-            Some(DBUS_NAME),
-            "/org/freedesktop/DBus",
-            DBUS_NAME,
-            method,
-            body,
-            method,
-        )
-        .await
     }
 
     /// Upstart's name on this connection: its bus name, or none peer-to-peer.
@@ -887,33 +870,6 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-async fn call<B>(
-    conn: &Connection,
-    destination: Option<&str>,
-    path: &str,
-    interface: &str,
-    method: &str,
-    body: &B,
-    what: &'static str,
-) -> Result<Message, UpstartError>
-where
-    B: serde::Serialize + zbus::DynamicType,
-{
-    timed(what, async {
-        conn.call_method(destination, path, Some(interface), method, body)
-            .await
-            .map_err(|source| UpstartError::Call { call: what, source })
-    })
-    .await
-}
-
-async fn timed<T>(
-    what: &'static str,
-    fut: impl std::future::Future<Output = Result<T, UpstartError>>,
-) -> Result<T, UpstartError> {
-    bus::timed(fut, || UpstartError::Timeout { call: what }).await
 }
 
 #[cfg(test)]
