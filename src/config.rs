@@ -5,7 +5,6 @@
 //! fires. Every error is one line naming the file, the line and the problem, so it reads well
 //! after `crashwatch: `.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,11 +13,7 @@ use serde::Deserialize;
 
 use crate::detect::{Policy, MAX_RESTARTS_HELD};
 use crate::glob::{Glob, UnitFilter};
-use crate::sink::actions::alertmanager::{self, AlertmanagerAction};
-use crate::sink::actions::command::CommandAction;
-use crate::sink::actions::http::{self, HttpUrl, Retry};
-use crate::sink::actions::webhook::WebhookAction;
-use crate::sink::actions::{Action, ActionKind};
+use crate::sink::actions::{Action, ActionSection};
 use crate::sink::events::EventsTarget;
 use crate::source::upstart::hook::DEFAULT_SOCKET;
 use crate::source::upstart::UpstartAddress;
@@ -85,41 +80,6 @@ pub struct FileConfig {
     /// `[[action]]`, each one action.
     #[serde(default, rename = "action")]
     pub actions: Vec<ActionSection>,
-}
-
-/// One `[[action]]`: what to do when a crash loop of a matching unit starts and when it ends.
-/// Exactly one of `command`, `webhook` and `alertmanager`; the other keys tune that one.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ActionSection {
-    /// Globs of the units this applies to. Default `["*"]`: every watched unit.
-    pub units: Option<Vec<String>>,
-    /// A program and its arguments, run without a shell; the loop is described in its
-    /// environment (`CRASHWATCH_UNIT`, ...).
-    pub command: Option<Vec<String>>,
-    /// An `http://` URL to POST a JSON object to.
-    pub webhook: Option<String>,
-    /// The `http://` URL of an Alertmanager; alerts go to `{url}/api/v2/alerts`.
-    pub alertmanager: Option<String>,
-    /// How long a command may run, or one HTTP attempt may take. Default 30s for a command, 10s
-    /// for a request.
-    pub timeout: Option<String>,
-    /// Extra HTTP headers, e.g. `{ Authorization = "Bearer ..." }`. Webhook and Alertmanager.
-    pub headers: Option<BTreeMap<String, String>>,
-    /// Attempts after a failed one (5xx, 408, 429, no connection, timeout). Default 3.
-    pub retries: Option<u32>,
-    /// The wait before the first retry; it doubles for each next one. Default 1s.
-    pub backoff: Option<String>,
-    /// The longest wait between two attempts. Default 30s.
-    pub max_backoff: Option<String>,
-    /// Alertmanager: the `alertname` label. Default `CrashwatchUnitCrashLooping`.
-    pub alertname: Option<String>,
-    /// Alertmanager: the `severity` label. Default `critical`.
-    pub severity: Option<String>,
-    /// Alertmanager: more labels; `instance` replaces the host name.
-    pub labels: Option<BTreeMap<String, String>>,
-    /// Alertmanager: how often the alert of an open loop is sent again. Default 60s.
-    pub resend_interval: Option<String>,
 }
 
 /// `[history]`: what crashwatch reads about the time before it started.
@@ -487,7 +447,9 @@ impl Config {
             .iter()
             .enumerate()
             .map(|(i, section)| {
-                resolve_action(section).map_err(|e| invalid(format!("action[{}]: {e}", i + 1)))
+                section
+                    .resolve()
+                    .map_err(|e| invalid(format!("action[{}]: {e}", i + 1)))
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Config {
@@ -507,199 +469,6 @@ impl Config {
             actions,
         })
     }
-}
-
-/// Checks one `[[action]]`. Errors are fragments to follow `action[N]: `, naming the key.
-fn resolve_action(section: &ActionSection) -> Result<Action, String> {
-    let units = match &section.units {
-        Some(patterns) if patterns.is_empty() => {
-            return Err("units must not be empty (leave it out for every unit)".to_owned())
-        }
-        Some(patterns) => patterns
-            .iter()
-            .map(|p| Glob::new(p).map_err(|e| format!("units: {e}")))
-            .collect::<Result<Vec<_>, _>>()?,
-        None => vec![Glob::new("*").map_err(|e| e.to_string())?],
-    };
-    let kinds: Vec<&str> = [
-        ("command", section.command.is_some()),
-        ("webhook", section.webhook.is_some()),
-        ("alertmanager", section.alertmanager.is_some()),
-    ]
-    .iter()
-    .filter(|(_, given)| *given)
-    .map(|(name, _)| *name)
-    .collect();
-    let kind = match kinds.as_slice() {
-        [kind] => *kind,
-        [] => return Err("needs one of command, webhook or alertmanager".to_owned()),
-        several => {
-            return Err(format!(
-                "has {}; give one per [[action]]",
-                several.join(" and ")
-            ))
-        }
-    };
-    let only_for = |key: &str, given: bool, kinds: &[&str]| -> Result<(), String> {
-        if given && !kinds.contains(&kind) {
-            return Err(format!(
-                "{key} applies to {} actions, not {kind}",
-                kinds.join(" and ")
-            ));
-        }
-        Ok(())
-    };
-    let http_kinds = ["webhook", "alertmanager"];
-    only_for("headers", section.headers.is_some(), &http_kinds)?;
-    only_for("retries", section.retries.is_some(), &http_kinds)?;
-    only_for("backoff", section.backoff.is_some(), &http_kinds)?;
-    only_for("max_backoff", section.max_backoff.is_some(), &http_kinds)?;
-    for (key, given) in [
-        ("alertname", section.alertname.is_some()),
-        ("severity", section.severity.is_some()),
-        ("labels", section.labels.is_some()),
-        ("resend_interval", section.resend_interval.is_some()),
-    ] {
-        only_for(key, given, &["alertmanager"])?;
-    }
-    let kind = match kind {
-        "command" => {
-            let argv = section.command.clone().unwrap_or_default();
-            check_program(&argv).map_err(|e| format!("command: {e}"))?;
-            ActionKind::Command(CommandAction {
-                argv,
-                timeout: duration("timeout", section.timeout.as_ref(), Duration::from_secs(30))?,
-            })
-        }
-        _ => {
-            let mut headers = Vec::new();
-            for (name, value) in section.headers.iter().flatten() {
-                http::check_header(name, value).map_err(|e| format!("headers: {e}"))?;
-                headers.push((name.clone(), value.clone()));
-            }
-            let retries = section.retries.unwrap_or(3);
-            if retries > 100 {
-                return Err(format!("retries must be at most 100, not {retries}"));
-            }
-            let backoff = duration("backoff", section.backoff.as_ref(), Duration::from_secs(1))?;
-            let max_backoff = duration(
-                "max_backoff",
-                section.max_backoff.as_ref(),
-                Duration::from_secs(30).max(backoff),
-            )?;
-            if max_backoff < backoff {
-                return Err("max_backoff must not be shorter than backoff".to_owned());
-            }
-            let retry = Retry {
-                timeout: duration("timeout", section.timeout.as_ref(), Duration::from_secs(10))?,
-                retries,
-                backoff,
-                max_backoff,
-            };
-            if let Some(url) = &section.webhook {
-                ActionKind::Webhook(WebhookAction {
-                    url: HttpUrl::parse(url).map_err(|e| format!("webhook: {e}"))?,
-                    headers,
-                    retry,
-                })
-            } else {
-                let url = section.alertmanager.as_deref().unwrap_or_default();
-                let url = HttpUrl::parse(url).map_err(|e| format!("alertmanager: {e}"))?;
-                ActionKind::Alertmanager(resolve_alertmanager(section, url, headers, retry)?)
-            }
-        }
-    };
-    Ok(Action { units, kind })
-}
-
-fn resolve_alertmanager(
-    section: &ActionSection,
-    url: HttpUrl,
-    headers: Vec<(String, String)>,
-    retry: Retry,
-) -> Result<AlertmanagerAction, String> {
-    let non_empty = |key: &str, value: &Option<String>, default: &str| match value.as_deref() {
-        Some("") => Err(format!("{key} must not be empty")),
-        Some(v) => Ok(v.to_owned()),
-        None => Ok(default.to_owned()),
-    };
-    let labels = section.labels.clone().unwrap_or_default();
-    for (name, value) in &labels {
-        if alertmanager::OWN_LABELS.contains(&name.as_str()) {
-            return Err(format!(
-                "labels.{name} is set by crashwatch; use the alertname and severity keys for those"
-            ));
-        }
-        if !alertmanager::valid_label_name(name) {
-            return Err(format!(
-                "labels: {name:?} is not a label name ([a-zA-Z_][a-zA-Z0-9_]*)"
-            ));
-        }
-        if value.is_empty() {
-            return Err(format!("labels.{name} must not be empty"));
-        }
-    }
-    Ok(AlertmanagerAction {
-        url: url.join("/api/v2/alerts"),
-        headers,
-        alertname: non_empty(
-            "alertname",
-            &section.alertname,
-            alertmanager::DEFAULT_ALERTNAME,
-        )?,
-        severity: non_empty(
-            "severity",
-            &section.severity,
-            alertmanager::DEFAULT_SEVERITY,
-        )?,
-        labels,
-        resend_interval: duration(
-            "resend_interval",
-            section.resend_interval.as_ref(),
-            alertmanager::DEFAULT_RESEND_INTERVAL,
-        )?,
-        retry,
-    })
-}
-
-/// An action's duration `key`: `text` parsed, or `default`; never zero.
-fn duration(key: &str, text: Option<&String>, default: Duration) -> Result<Duration, String> {
-    let value = match text {
-        Some(text) => parse_duration(text).map_err(|e| format!("{key}: {e}"))?,
-        None => default,
-    };
-    if value.is_zero() {
-        return Err(format!("{key} must be longer than zero"));
-    }
-    Ok(value)
-}
-
-/// Checks that a command names a program that can be run: a path to an executable file, or a
-/// name found in `$PATH`. A paging command that only fails when the first loop comes is the
-/// worst time to learn of a typo.
-fn check_program(argv: &[String]) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    let Some(program) = argv.first().filter(|p| !p.is_empty()) else {
-        return Err(
-            "must name a program, e.g. [\"/usr/local/bin/page\", \"--team\", \"web\"]".to_owned(),
-        );
-    };
-    let executable = |path: &Path| {
-        std::fs::metadata(path)
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false)
-    };
-    if program.contains('/') {
-        if executable(Path::new(program)) {
-            return Ok(());
-        }
-        return Err(format!("{program:?} is not an executable file"));
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    if std::env::split_paths(&path).any(|dir| executable(&dir.join(program))) {
-        return Ok(());
-    }
-    Err(format!("{program:?} is not found in PATH"))
 }
 
 /// Checks `[source.upstart]` plus the command line. `--include` replaces the include list and
@@ -794,6 +563,8 @@ pub fn parse_file(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sink::actions::http::Retry;
+    use crate::sink::actions::ActionKind;
 
     fn resolve(text: &str) -> Result<Config, ConfigError> {
         let path = Path::new("crashwatch.toml");

@@ -285,6 +285,23 @@ impl HttpRequestError<'_> {
     }
 }
 
+/// Reading the journal at start-up failed; crashwatch goes on without history.
+pub struct JournalReadError<'a> {
+    /// Why.
+    pub error: &'a str,
+}
+
+impl JournalReadError<'_> {
+    /// Counts and logs it. Once per start, so not rate-limited.
+    pub fn emit(self) {
+        count("journal", "history_read_failed");
+        tracing::warn!(
+            error = self.error,
+            "Could not read history from the journal; crash-loop windows start empty."
+        );
+    }
+}
+
 /// A datagram on the Upstart job hook's socket was not a hook message (wrong format, wrong
 /// version, oversized, binary); it is dropped.
 pub struct HookDecodeError<'a> {

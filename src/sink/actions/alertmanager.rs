@@ -440,6 +440,49 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
+/// Checks the Alertmanager keys of an `[[action]]`.
+pub(super) fn resolve(
+    section: &super::ActionSection,
+    url: HttpUrl,
+    headers: Vec<(String, String)>,
+    retry: Retry,
+) -> Result<AlertmanagerAction, String> {
+    let non_empty = |key: &str, value: &Option<String>, default: &str| match value.as_deref() {
+        Some("") => Err(format!("{key} must not be empty")),
+        Some(v) => Ok(v.to_owned()),
+        None => Ok(default.to_owned()),
+    };
+    let labels = section.labels.clone().unwrap_or_default();
+    for (name, value) in &labels {
+        if OWN_LABELS.contains(&name.as_str()) {
+            return Err(format!(
+                "labels.{name} is set by crashwatch; use the alertname and severity keys for those"
+            ));
+        }
+        if !valid_label_name(name) {
+            return Err(format!(
+                "labels: {name:?} is not a label name ([a-zA-Z_][a-zA-Z0-9_]*)"
+            ));
+        }
+        if value.is_empty() {
+            return Err(format!("labels.{name} must not be empty"));
+        }
+    }
+    Ok(AlertmanagerAction {
+        url: url.join("/api/v2/alerts"),
+        headers,
+        alertname: non_empty("alertname", &section.alertname, DEFAULT_ALERTNAME)?,
+        severity: non_empty("severity", &section.severity, DEFAULT_SEVERITY)?,
+        labels,
+        resend_interval: super::section::duration(
+            "resend_interval",
+            section.resend_interval.as_ref(),
+            DEFAULT_RESEND_INTERVAL,
+        )?,
+        retry,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

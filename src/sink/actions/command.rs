@@ -194,6 +194,34 @@ fn kill_group(pgid: i32) {
     }
 }
 
+/// Checks that a command names a program that can be run: a path to an executable file, or a
+/// name found in `$PATH`. A paging command that only fails when the first loop comes is the
+/// worst time to learn of a typo.
+pub(super) fn check_program(argv: &[String]) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(program) = argv.first().filter(|p| !p.is_empty()) else {
+        return Err(
+            "must name a program, e.g. [\"/usr/local/bin/page\", \"--team\", \"web\"]".to_owned(),
+        );
+    };
+    let executable = |path: &std::path::Path| {
+        std::fs::metadata(path)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if program.contains('/') {
+        if executable(std::path::Path::new(program)) {
+            return Ok(());
+        }
+        return Err(format!("{program:?} is not an executable file"));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if std::env::split_paths(&path).any(|dir| executable(&dir.join(program))) {
+        return Ok(());
+    }
+    Err(format!("{program:?} is not found in PATH"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,7 +20,10 @@
 pub mod alertmanager;
 pub mod command;
 pub mod http;
+pub mod section;
 pub mod webhook;
+
+pub use section::ActionSection;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;

@@ -6,13 +6,13 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use metrics::counter;
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
 use super::parser::{Parser, LIFECYCLE_MESSAGE_IDS};
 use crate::event::History;
 use crate::glob::UnitFilter;
+use crate::internal_events::JournalReadError;
 use crate::time::Micros;
 
 /// The most journalctl output read at start-up. Entries are read newest first, so beyond it
@@ -47,19 +47,6 @@ pub enum JournalError {
         /// The first line it wrote to stderr.
         message: String,
     },
-}
-
-/// Reading the journal at start-up failed; crashwatch goes on without history.
-struct JournalReadError<'a> {
-    error: &'a JournalError,
-}
-
-impl JournalReadError<'_> {
-    fn emit(self) {
-        counter!("crashwatch_errors_total", "component" => "journal", "error_type" => "history_read_failed")
-            .increment(1);
-        tracing::warn!(error = %self.error, "Could not read history from the journal; crash-loop windows start empty.");
-    }
 }
 
 /// What to read at start-up.
@@ -255,7 +242,10 @@ pub async fn history(settings: &HistorySettings, snapshot_at: Micros) -> History
     let mut history = match read_history(&query).await {
         Ok(history) => history,
         Err(error) => {
-            JournalReadError { error: &error }.emit();
+            JournalReadError {
+                error: &error.to_string(),
+            }
+            .emit();
             return empty;
         }
     };
