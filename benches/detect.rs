@@ -202,8 +202,11 @@ fn drive(
                         unloaded_retention: Duration::from_secs(900),
                     };
                     let units = crashwatch::internals::SharedUnits::new();
+                    // No reloads here: the sender is dropped at once.
+                    let (_, reconfigure) = mpsc::channel(1);
                     run_engine(
                         rx,
+                        reconfigure,
                         detector,
                         units,
                         sinks,

@@ -293,6 +293,41 @@ impl Detector {
         }
     }
 
+    /// Judges units by new policies from now on (a reloaded configuration). A unit keeps its
+    /// window and loop: restarts now older than its new window leave it at `now`, and a loop
+    /// ends when the unit has stayed up or down for the new window. A new threshold is applied at
+    /// the unit's next restart. Returns the updates of units whose count or loop changed.
+    pub fn set_policies(
+        &mut self,
+        default: Policy,
+        overrides: Vec<(Glob, Policy)>,
+        now: Micros,
+    ) -> Vec<Update> {
+        self.default_policy = default;
+        self.overrides = overrides;
+        let changed: Vec<Arc<str>> = self
+            .units
+            .iter()
+            .filter(|(name, state)| state.policy != self.policy_for(name))
+            .map(|(name, _)| Arc::clone(name))
+            .collect();
+        let mut updates = Vec::new();
+        for name in changed {
+            let policy = self.policy_for(&name);
+            let Some(state) = self.units.get_mut(&*name) else {
+                continue;
+            };
+            state.policy = policy;
+            let before = (state.restart_count(), state.looping);
+            let loop_change = state.settle(now.max(self.clock));
+            if before != (state.restart_count(), state.looping) || loop_change.is_some() {
+                updates.push(state.update(loop_change, now.max(self.clock)));
+            }
+            self.reschedule(&name);
+        }
+        updates
+    }
+
     /// The policy `unit` is judged by.
     pub fn policy_for(&self, unit: &str) -> Policy {
         self.overrides
@@ -1062,5 +1097,34 @@ mod tests {
         assert_eq!(d.tracked_units(), 0);
         assert_eq!(d.next_deadline(), None);
         assert!((0..UNITS).all(|i| !d.is_looping(&name(i))));
+    }
+
+    #[test]
+    fn a_shorter_window_from_a_reload_lets_old_restarts_go() {
+        let five_minutes = Policy {
+            threshold: 3,
+            window: Duration::from_secs(300),
+        };
+        let mut detector = Detector::new(five_minutes, Vec::new());
+        for at in [1, 2, 3] {
+            detector.observe("u.service", Observation::Crashed, at * 1_000_000);
+            detector.observe("u.service", Observation::Restart, at * 1_000_000 + 1);
+        }
+        assert!(detector.is_looping("u.service"));
+        let one_minute = Policy {
+            threshold: 3,
+            window: Duration::from_secs(60),
+        };
+        // Two minutes on: the restarts are outside the new window, and the unit has been up
+        // since the last one for longer than it.
+        let updates = detector.set_policies(one_minute, Vec::new(), 120_000_000);
+        assert_eq!(updates.len(), 1);
+        assert_eq!(updates[0].restarts_in_window, 0);
+        assert_eq!(
+            updates[0].loop_change,
+            Some(LoopChange::Ended(LoopOutcome::Recovered))
+        );
+        assert_eq!(detector.policy_for("u.service"), one_minute);
+        assert_eq!(detector.next_deadline(), None);
     }
 }

@@ -302,6 +302,23 @@ impl JournalReadError<'_> {
     }
 }
 
+/// A reloaded configuration did not check out; the running one stays.
+pub struct ConfigReloadError<'a> {
+    /// Why, as one line naming the file.
+    pub error: &'a str,
+}
+
+impl ConfigReloadError<'_> {
+    /// Counts and logs it. Only on a reload someone asked for, so not rate-limited.
+    pub fn emit(self) {
+        count("config", "reload_failed");
+        tracing::error!(
+            error = self.error,
+            "Refused the new configuration; the running one stays."
+        );
+    }
+}
+
 /// A datagram on the Upstart job hook's socket was not a hook message (wrong format, wrong
 /// version, oversized, binary); it is dropped.
 pub struct HookDecodeError<'a> {

@@ -40,12 +40,13 @@ pub mod internals {
 }
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use config::Config;
+use config::StatsdTarget;
 use detect::Detector;
-use engine::Sinks;
+use engine::{EventSink, LoopSink, Sinks};
 use sink::ThreadedSink;
 use source::systemd::{SystemdError, SystemdSettings, SystemdSource};
 use source::upstart::{UpstartError, UpstartSettings, UpstartSource};
@@ -114,17 +115,18 @@ pub fn own_upstart_job() -> Option<String> {
 
 /// Runs crashwatch until `shutdown` is cancelled. `metrics` is the handle of the Prometheus
 /// recorder the caller installed; with `None`, no `/metrics` is served. Calls `ready` once the
-/// source is subscribed and its snapshot taken, with the number of units watched.
+/// source is subscribed and its snapshot taken, with the number of units watched. Each
+/// configuration received on `reloads` (already checked) replaces the running one where it can
+/// without a restart: filters, thresholds, overrides, StatsD and actions.
 pub async fn run(
     mut config: Config,
     metrics: Option<PrometheusHandle>,
     shutdown: CancellationToken,
     ready: impl FnOnce(usize),
+    reloads: mpsc::Receiver<Config>,
 ) -> Result<(), RunError> {
     sink::prometheus::describe();
-    if let Some(own) = own_unit() {
-        config.filter = config.filter.excluding(&own);
-    }
+    exclude_self(&mut config);
 
     let listener = match &metrics {
         Some(_) => Some(
@@ -148,24 +150,8 @@ pub async fn run(
                 .map_err(RunError::Thread)?,
         ));
     }
-    if let Some(target) = &config.statsd {
-        let client = statsd::Client::new(target.address.as_str(), &target.prefix).map_err(|e| {
-            RunError::Statsd {
-                address: target.address.clone(),
-                message: e.to_string(),
-            }
-        })?;
-        sinks.statsd = Some(Box::new(
-            ThreadedSink::spawn("statsd", move |events| sink::statsd::run(client, events))
-                .map_err(RunError::Thread)?,
-        ));
-    }
-
-    if !config.actions.is_empty() {
-        sinks.actions = Some(Box::new(
-            sink::actions::ActionsSink::spawn(config.actions.clone()).map_err(RunError::Thread)?,
-        ));
-    }
+    sinks.statsd = statsd_sink(config.statsd.as_ref())?;
+    sinks.actions = actions_sink(&config.actions)?;
 
     let kind = match config.source {
         source::SourceChoice::Systemd => event::SourceKind::Systemd,
@@ -173,6 +159,7 @@ pub async fn run(
         source::SourceChoice::Auto => source::detect().await,
     };
     let (tx, rx) = mpsc::channel(TRANSITION_QUEUE);
+    let (filters, filter_updates) = watch::channel(watched(&config, kind).clone());
     let mut tasks = tokio::task::JoinSet::new();
     match kind {
         event::SourceKind::Systemd => {
@@ -180,6 +167,7 @@ pub async fn run(
             let snapshot_at = time::now_micros();
             let source = SystemdSource::connect(SystemdSettings {
                 filter: config.filter.clone(),
+                filter_updates: Some(filter_updates),
                 max_backoff: std::time::Duration::from_secs(30),
             })
             .await?;
@@ -191,14 +179,10 @@ pub async fn run(
             tasks.spawn(source.run(tx, shutdown.child_token()));
         }
         event::SourceKind::Upstart => {
-            let mut filter = config.upstart.filter.clone();
-            if let Some(own) = own_upstart_job() {
-                filter = filter.excluding(&own);
-            }
             let source = UpstartSource::connect(UpstartSettings {
                 address: config.upstart.address.clone(),
                 hook_socket: config.upstart.hook_socket.clone(),
-                filter,
+                filter: config.upstart.filter.clone(),
                 max_backoff: std::time::Duration::from_secs(30),
             })
             .await?;
@@ -214,16 +198,156 @@ pub async fn run(
         };
         tasks.spawn(http::serve(listener, routes, shutdown.child_token()));
     }
+    let (reconfigure, reconfigured) = mpsc::channel(4);
+    tasks.spawn(reload(
+        config.clone(),
+        kind,
+        reloads,
+        reconfigure,
+        filters,
+        shutdown.child_token(),
+    ));
     let detector = Detector::new(config.policy, config.overrides.clone());
     let settings = engine::Settings {
         max_units: config.max_units,
         fold_instances: config.fold_instances,
         unloaded_retention: config.unloaded_retention,
     };
-    engine::run(rx, detector, units, sinks, settings, shutdown.clone()).await;
+    engine::run(
+        rx,
+        reconfigured,
+        detector,
+        units,
+        sinks,
+        settings,
+        shutdown.clone(),
+    )
+    .await;
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Leaves crashwatch's own unit (or Upstart job) out of what it watches.
+fn exclude_self(config: &mut Config) {
+    if let Some(own) = own_unit() {
+        config.filter = config.filter.clone().excluding(&own);
+    }
+    if let Some(own) = own_upstart_job() {
+        config.upstart.filter = config.upstart.filter.clone().excluding(&own);
+    }
+}
+
+/// The filter of the units watched from `kind`'s source.
+fn watched(config: &Config, kind: event::SourceKind) -> &glob::UnitFilter {
+    match kind {
+        event::SourceKind::Systemd => &config.filter,
+        event::SourceKind::Upstart => &config.upstart.filter,
+    }
+}
+
+/// The StatsD sink for `target`, if any.
+fn statsd_sink(target: Option<&StatsdTarget>) -> Result<Option<Box<dyn EventSink>>, RunError> {
+    let Some(target) = target else {
+        return Ok(None);
+    };
+    let client = statsd::Client::new(target.address.as_str(), &target.prefix).map_err(|e| {
+        RunError::Statsd {
+            address: target.address.clone(),
+            message: e.to_string(),
+        }
+    })?;
+    let sink = ThreadedSink::spawn("statsd", move |events| sink::statsd::run(client, events))
+        .map_err(RunError::Thread)?;
+    Ok(Some(Box::new(sink)))
+}
+
+/// The actions sink, when any action is configured.
+fn actions_sink(actions: &[sink::actions::Action]) -> Result<Option<Box<dyn LoopSink>>, RunError> {
+    if actions.is_empty() {
+        return Ok(None);
+    }
+    let sink = sink::actions::ActionsSink::spawn(actions.to_vec()).map_err(RunError::Thread)?;
+    Ok(Some(Box::new(sink)))
+}
+
+/// Applies each configuration from `reloads` to the running parts: the engine gets the new
+/// policies and filter and the sinks that changed, the source the new filter. What cannot change
+/// without a restart (listen address, event record, source, unit cap, folding, history) is said.
+async fn reload(
+    mut current: Config,
+    kind: event::SourceKind,
+    mut reloads: mpsc::Receiver<Config>,
+    engine: mpsc::Sender<engine::Reconfigure>,
+    filters: watch::Sender<glob::UnitFilter>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let mut config = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            config = reloads.recv() => match config {
+                Some(config) => config,
+                None => return,
+            },
+        };
+        exclude_self(&mut config);
+        let statsd = if config.statsd == current.statsd {
+            None
+        } else {
+            match statsd_sink(config.statsd.as_ref()) {
+                Ok(sink) => Some(sink),
+                Err(error) => {
+                    tracing::error!(%error, "Keeping the old StatsD target.");
+                    config.statsd = current.statsd.clone();
+                    None
+                }
+            }
+        };
+        let actions = if config.actions == current.actions {
+            None
+        } else {
+            match actions_sink(&config.actions) {
+                Ok(sink) => Some(sink),
+                Err(error) => {
+                    tracing::error!(%error, "Keeping the old actions.");
+                    config.actions = current.actions.clone();
+                    None
+                }
+            }
+        };
+        for (what, changed) in [
+            ("listen", config.listen != current.listen),
+            ("events", config.events != current.events),
+            ("source", config.source != current.source),
+            ("max_units", config.max_units != current.max_units),
+            (
+                "fold_instances",
+                config.fold_instances != current.fold_instances,
+            ),
+            (
+                "unloaded_retention",
+                config.unloaded_retention != current.unloaded_retention,
+            ),
+            ("history", config.history != current.history),
+        ] {
+            if changed {
+                tracing::warn!(setting = what, "This setting changes only at a restart.");
+            }
+        }
+        let filter = watched(&config, kind).clone();
+        let change = engine::Reconfigure {
+            policy: config.policy,
+            overrides: config.overrides.clone(),
+            filter: filter.clone(),
+            statsd,
+            actions,
+        };
+        if engine.send(change).await.is_err() {
+            return;
+        }
+        filters.send_replace(filter);
+        current = config;
+    }
 }
 
 /// What to read from the journal at start-up, from the configuration.

@@ -32,6 +32,8 @@ mod journal;
 mod packaging;
 #[path = "integration/reliability.rs"]
 mod reliability;
+#[path = "integration/reload.rs"]
+mod reload;
 #[path = "integration/statsd.rs"]
 mod statsd;
 #[path = "integration/status.rs"]

@@ -1,13 +1,18 @@
 //! `crashwatch run`: the daemon. Installs the Prometheus recorder, starts the runtime, maps
-//! SIGINT and SIGTERM to a clean shutdown and talks to systemd's notify socket and watchdog.
+//! SIGINT and SIGTERM to a clean shutdown and SIGHUP to a reload of the configuration, and talks
+//! to systemd's notify socket and watchdog.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use metrics::gauge;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::resolve_config;
 use crate::cli::RunArgs;
-use crate::config::Overrides;
+use crate::config::{Config, FileConfig, Overrides};
+use crate::internal_events::ConfigReloadError;
 use crate::notify::Notifier;
 
 pub fn run(args: RunArgs) -> ExitCode {
@@ -28,7 +33,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         upstart_hook_socket: args.upstart_hook_socket,
         no_journal_history: args.no_journal_history,
     };
-    let config = match resolve_config(args.config.as_deref(), overrides) {
+    let config = match resolve_config(args.config.as_deref(), overrides.clone()) {
         Ok(config) => config,
         Err(code) => return code,
     };
@@ -55,6 +60,8 @@ pub fn run(args: RunArgs) -> ExitCode {
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(cancel_on_signal(shutdown.clone()));
+        let (reloads, reloaded) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(reload_on_hangup(args.config.clone(), overrides, reloads));
         let result = crate::run(config, Some(handle), shutdown.clone(), |units| {
             tracing::info!(units, %listen, "Watching {units} units; metrics on http://{listen}/metrics.");
             if let Some(notifier) = &notifier {
@@ -63,7 +70,7 @@ pub fn run(args: RunArgs) -> ExitCode {
                     tokio::spawn(ping_watchdog(Notifier::from_env(), interval, shutdown.clone()));
                 }
             }
-        })
+        }, reloaded)
         .await;
         if let Some(notifier) = &notifier {
             notifier.send("STOPPING=1");
@@ -114,4 +121,54 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
     }
     tracing::info!("Shutting down.");
     shutdown.cancel();
+}
+
+/// SIGHUP reads the configuration again, as at start-up (the same file and command line), and
+/// hands it to the daemon; a file that does not check out is refused with one log line and a
+/// counted error, and the running configuration stays. `systemctl reload crashwatch` sends it.
+async fn reload_on_hangup(
+    path: Option<PathBuf>,
+    overrides: Overrides,
+    reloads: mpsc::Sender<Config>,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("Cannot listen for SIGHUP; configuration changes need a restart.");
+        return;
+    };
+    reload_succeeded(true);
+    while hangups.recv().await.is_some() {
+        let origin = path
+            .as_ref()
+            .map_or_else(|| "command line".to_owned(), |p| p.display().to_string());
+        let file = match &path {
+            Some(path) => Config::load(path),
+            None => Ok(FileConfig::default()),
+        };
+        match file.and_then(|file| Config::resolve(file, overrides.clone(), &origin)) {
+            Ok(config) => {
+                if reloads.send(config).await.is_err() {
+                    return;
+                }
+                reload_succeeded(true);
+                tracing::info!(config = origin.as_str(), "Reloaded the configuration.");
+            }
+            Err(error) => {
+                reload_succeeded(false);
+                ConfigReloadError {
+                    error: &error.to_string(),
+                }
+                .emit();
+            }
+        }
+    }
+}
+
+/// `crashwatch_config_last_reload_successful` and its timestamp, as Prometheus names them.
+fn reload_succeeded(ok: bool) {
+    gauge!("crashwatch_config_last_reload_successful").set(f64::from(u8::from(ok)));
+    if ok {
+        let seconds = crate::time::now_micros() as f64 / 1e6;
+        gauge!("crashwatch_config_last_reload_success_timestamp_seconds").set(seconds);
+    }
 }

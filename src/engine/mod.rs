@@ -17,12 +17,13 @@ use metrics::gauge;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::detect::{Detector, Observation, Update};
+use crate::detect::{Detector, Observation, Policy, Update};
 use crate::engine::units::{SharedUnits, UnitTable};
 use crate::event::{
     Event, History, LastExit, LoopEvent, Micros, SourceEvent, SourceKind, Transition,
     TransitionKind, UnitState,
 };
+use crate::glob::{Glob, UnitFilter};
 use crate::internal_events::UnitOverflow;
 use crate::time::now_micros;
 
@@ -108,24 +109,43 @@ pub fn fold_instance(unit: &str) -> Option<String> {
     None
 }
 
+/// A new configuration for the running engine, from a reload. Windows, loops and counters of
+/// units still watched are kept.
+pub struct Reconfigure {
+    /// The default policy.
+    pub policy: Policy,
+    /// Per-unit policies, first match wins.
+    pub overrides: Vec<(Glob, Policy)>,
+    /// The units watched: those no longer watched leave the table and the detector.
+    pub filter: UnitFilter,
+    /// The StatsD sink, when its target changed (`Some(None)`: turned off).
+    pub statsd: Option<Option<Box<dyn EventSink>>>,
+    /// The actions, when they changed (`Some(None)`: none left).
+    pub actions: Option<Option<Box<dyn LoopSink>>>,
+}
+
 /// Turns what the sources send into events until the channel closes or `shutdown` is
 /// cancelled; then drains what is queued and flushes the sinks. Every event is recorded in
-/// `units` before the threaded sinks get it.
+/// `units` before the threaded sinks get it. A [`Reconfigure`] from `reconfigure` is applied
+/// between two events.
 pub async fn run(
     mut received: mpsc::Receiver<SourceEvent>,
-    mut detector: Detector,
+    mut reconfigure: mpsc::Receiver<Reconfigure>,
+    detector: Detector,
     units: SharedUnits,
     sinks: Sinks,
     settings: Settings,
     shutdown: CancellationToken,
 ) {
     let mut dispatcher = Dispatcher {
-        detector: &mut detector,
-        sinks: &sinks,
+        detector,
+        sinks,
         units,
         settings,
         unloaded: VecDeque::new(),
+        watched: None,
     };
+    let mut reloadable = true;
     loop {
         let sleep = dispatcher.next_deadline().map(|deadline| {
             let now = now_micros();
@@ -137,6 +157,10 @@ pub async fn run(
                 Some(event) => dispatcher.source_event(event),
                 None => break,
             },
+            change = reconfigure.recv(), if reloadable => match change {
+                Some(change) => dispatcher.reconfigure(change, now_micros()),
+                None => reloadable = false,
+            },
             _ = tokio::time::sleep(sleep.unwrap_or(Duration::ZERO)), if sleep.is_some() => {
                 dispatcher.advance(now_micros());
             }
@@ -146,22 +170,34 @@ pub async fn run(
     while let Ok(event) = received.try_recv() {
         dispatcher.source_event(event);
     }
-    drop(dispatcher);
-    sinks.finish();
+    dispatcher.sinks.finish();
 }
 
-struct Dispatcher<'a> {
-    detector: &'a mut Detector,
-    sinks: &'a Sinks,
+struct Dispatcher {
+    detector: Detector,
+    sinks: Sinks,
     units: SharedUnits,
     settings: Settings,
     /// Units the init system unloaded, oldest first: when each was unloaded and when its series
     /// may go. An entry whose unit was loaded again since is stale and skipped.
     unloaded: Unloaded,
+    /// The units watched after a reload. Until then the sources' own filter is all there is;
+    /// after one, events a source sent under the old filter are dropped here.
+    watched: Option<UnitFilter>,
 }
 
-impl Dispatcher<'_> {
+impl Dispatcher {
     fn source_event(&mut self, event: SourceEvent) {
+        let unit = match &event {
+            SourceEvent::Transition(t) => Some(&t.unit),
+            SourceEvent::Present { unit, .. } | SourceEvent::Unloaded { unit, .. } => Some(unit),
+            SourceEvent::History(_) => None,
+        };
+        if let (Some(unit), Some(watched)) = (unit, &self.watched) {
+            if !watched.allows(unit) {
+                return;
+            }
+        }
         match event {
             SourceEvent::Transition(t) => self.transition(t),
             SourceEvent::Present {
@@ -233,7 +269,7 @@ impl Dispatcher<'_> {
             return true;
         }
         if table.len() >= self.settings.max_units
-            && !make_room(&mut self.unloaded, self.detector, table)
+            && !make_room(&mut self.unloaded, &self.detector, table)
         {
             UnitOverflow {
                 unit,
@@ -244,7 +280,7 @@ impl Dispatcher<'_> {
         }
         table.register(unit, source, self.detector.policy_for(unit));
         // Journal history may have given the unit a window before its series existed.
-        show_window(self.detector, table, unit);
+        show_window(&self.detector, table, unit);
         gauge!("crashwatch_units").set(table.len() as f64);
         true
     }
@@ -298,7 +334,7 @@ impl Dispatcher<'_> {
         self.detector.advance_stepwise(history.until, drop);
         let mut seeded: Vec<(String, SourceKind)> = units
             .into_iter()
-            .filter(|(unit, _)| !idle(self.detector, unit))
+            .filter(|(unit, _)| !idle(&self.detector, unit))
             .collect();
         seeded.sort_by(|a, b| a.0.cmp(&b.0));
         let table = self.units.clone();
@@ -317,14 +353,67 @@ impl Dispatcher<'_> {
         }
     }
 
+    /// Applies a reloaded configuration: new policies from now on, units no longer watched
+    /// dropped with their series, and the sinks that changed replaced (the old ones finish what
+    /// they hold off the event path).
+    fn reconfigure(&mut self, change: Reconfigure, now: Micros) {
+        let unwatched: Vec<String> = {
+            let table = self.units.lock();
+            table
+                .iter()
+                .map(|(unit, _)| unit)
+                // A folded template stands for instances the filter judged one by one.
+                .filter(|unit| !(self.settings.fold_instances && unit.contains("@.")))
+                .filter(|unit| !change.filter.allows(unit))
+                .map(str::to_owned)
+                .collect()
+        };
+        let mut table = self.units.lock();
+        for unit in &unwatched {
+            self.detector.forget(unit);
+            table.remove(unit);
+        }
+        gauge!("crashwatch_units").set(table.len() as f64);
+        drop(table);
+        for update in self
+            .detector
+            .set_policies(change.policy, change.overrides, now)
+        {
+            let source = self.source_of(&update.unit);
+            self.update(update, source);
+        }
+        let mut table = self.units.lock();
+        let names: Vec<String> = table.iter().map(|(unit, _)| unit.to_owned()).collect();
+        for unit in names {
+            table.set_policy(&unit, self.detector.policy_for(&unit));
+        }
+        drop(table);
+        if let Some(statsd) = change.statsd {
+            if let Some(old) = std::mem::replace(&mut self.sinks.statsd, statsd) {
+                tokio::task::spawn_blocking(move || old.finish());
+            }
+        }
+        if let Some(actions) = change.actions {
+            if let Some(old) = std::mem::replace(&mut self.sinks.actions, actions) {
+                tokio::task::spawn_blocking(move || old.finish());
+            }
+        }
+        self.watched = Some(change.filter);
+        tracing::info!(unwatched = unwatched.len(), "Reloaded the configuration.");
+    }
+
+    /// The source of a unit in the table; systemd for one that has none.
+    fn source_of(&self, unit: &str) -> SourceKind {
+        self.units
+            .lock()
+            .get(unit)
+            .map(|record| record.source)
+            .unwrap_or(SourceKind::Systemd)
+    }
+
     fn advance(&mut self, now: Micros) {
         for update in self.detector.advance(now) {
-            let source = self
-                .units
-                .lock()
-                .get(&update.unit)
-                .map(|record| record.source)
-                .unwrap_or(SourceKind::Systemd);
+            let source = self.source_of(&update.unit);
             self.update(update, source);
         }
         self.drop_expired(now);
@@ -346,7 +435,7 @@ impl Dispatcher<'_> {
             if !still_unloaded(&table, &unit, since) {
                 continue;
             }
-            if idle(self.detector, &unit) {
+            if idle(&self.detector, &unit) {
                 table.remove(&unit);
             } else {
                 let expiry = now.saturating_add(self.settings.retention_micros());
@@ -478,6 +567,22 @@ mod tests {
         run
     }
 
+    /// An engine with no sinks, the default policy and room for 100 units.
+    fn dispatcher(units: SharedUnits) -> Dispatcher {
+        Dispatcher {
+            detector: Detector::new(Policy::default(), Vec::new()),
+            sinks: Sinks::default(),
+            units,
+            settings: Settings {
+                max_units: 100,
+                fold_instances: false,
+                unloaded_retention: std::time::Duration::from_secs(60),
+            },
+            unloaded: VecDeque::new(),
+            watched: None,
+        }
+    }
+
     #[test]
     fn seeding_rebuilds_the_window_and_counts_nothing() {
         // Five runs that crashed, the way the journal parser reports them: each run after the
@@ -492,22 +597,10 @@ mod tests {
             transitions,
             until: T0 + 6 * SECOND,
         };
-        let mut detector = Detector::new(Policy::default(), Vec::new());
-        let sinks = Sinks::default();
         let units = SharedUnits::new();
-        let mut engine = Dispatcher {
-            detector: &mut detector,
-            sinks: &sinks,
-            units: units.clone(),
-            settings: Settings {
-                max_units: 100,
-                fold_instances: false,
-                unloaded_retention: std::time::Duration::from_secs(60),
-            },
-            unloaded: VecDeque::new(),
-        };
+        let mut engine = dispatcher(units.clone());
         engine.source_event(SourceEvent::History(history));
-        drop(engine);
+        let mut detector = engine.detector;
         let table = units.lock();
         assert_eq!(table.len(), 1, "only crashy.service holds anything now");
         assert!(detector.is_looping("crashy.service"));
@@ -549,5 +642,68 @@ mod tests {
         assert_eq!(fold_instance("tty (tty1)").as_deref(), Some("tty"));
         assert_eq!(fold_instance("getty@.service"), None);
         assert_eq!(fold_instance("nginx.service"), None);
+    }
+
+    #[tokio::test]
+    async fn a_reload_keeps_counts_drops_unwatched_units_and_applies_new_policies() {
+        let units = SharedUnits::new();
+        let mut engine = dispatcher(units.clone());
+        for run in 0..3u64 {
+            for t in failing_run("kept.service", T0 + run * SECOND, run > 0) {
+                engine.source_event(SourceEvent::Transition(t));
+            }
+            for t in failing_run("dropped.service", T0 + run * SECOND, run > 0) {
+                engine.source_event(SourceEvent::Transition(t));
+            }
+        }
+        let counts = |units: &SharedUnits| {
+            let table = units.lock();
+            let kept = table.get("kept.service").expect("watched");
+            (kept.restarts, kept.crashes().map(|(_, n)| n).sum::<u64>())
+        };
+        let before = counts(&units);
+        assert_eq!(before, (2, 3));
+        let window = Duration::from_secs(60);
+        let policy = Policy {
+            threshold: 2,
+            window,
+        };
+        let filter = UnitFilter::new(
+            vec![Glob::new("*").expect("a glob")],
+            vec![Glob::new("dropped.*").expect("a glob")],
+        );
+        engine.reconfigure(
+            Reconfigure {
+                policy,
+                overrides: Vec::new(),
+                filter,
+                statsd: None,
+                actions: None,
+            },
+            T0 + 3 * SECOND,
+        );
+        {
+            let table = units.lock();
+            assert!(!table.contains("dropped.service"), "unwatched units leave");
+            let kept = table.get("kept.service").expect("still watched");
+            assert_eq!(kept.policy, policy);
+        }
+        assert_eq!(counts(&units), before, "counters are kept");
+        assert_eq!(engine.detector.restarts_in_window("kept.service"), 2);
+        assert_eq!(engine.detector.restarts_in_window("dropped.service"), 0);
+        // What a source sent under the old filter is dropped.
+        for t in failing_run("dropped.service", T0 + 4 * SECOND, true) {
+            engine.source_event(SourceEvent::Transition(t));
+        }
+        assert!(!units.lock().contains("dropped.service"));
+        // The new threshold of 2 flags the next restart.
+        for t in failing_run("kept.service", T0 + 5 * SECOND, true) {
+            engine.source_event(SourceEvent::Transition(t));
+        }
+        assert!(engine.detector.is_looping("kept.service"));
+        assert!(units
+            .lock()
+            .get("kept.service")
+            .is_some_and(|r| r.crashlooping));
     }
 }

@@ -342,6 +342,13 @@ impl UnitTable {
         self.generation += 1;
     }
 
+    /// Judges `unit` by `policy` from now on (a reloaded configuration).
+    pub fn set_policy(&mut self, unit: &str, policy: Policy) {
+        if let Some(record) = self.units.get_mut(unit) {
+            record.policy = policy;
+        }
+    }
+
     /// Notes that the init system unloaded `unit` at `at`.
     pub fn unloaded(&mut self, unit: &str, at: Micros) {
         if let Some(record) = self.units.get_mut(unit) {

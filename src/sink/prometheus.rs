@@ -41,6 +41,14 @@ pub fn describe() {
         "crashwatch_errors_total",
         "Runtime failures, by component and type."
     );
+    describe_gauge!(
+        "crashwatch_config_last_reload_successful",
+        "Whether the last configuration reload succeeded (1) or not (0)."
+    );
+    describe_gauge!(
+        "crashwatch_config_last_reload_success_timestamp_seconds",
+        "When the configuration was last loaded successfully, in seconds since the Unix epoch."
+    );
     describe_counter!(
         "crashwatch_signals_dropped_total",
         "Signals dropped because the source fell behind; each drop triggers a resync."

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::{counter, gauge};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use zbus::message::Sequence;
 use zbus::{Connection, Message, Variant};
@@ -122,6 +122,9 @@ fn address_hint() -> String {
 pub struct SystemdSettings {
     /// Which units to watch.
     pub filter: UnitFilter,
+    /// Later filters, from configuration reloads: units no longer watched are forgotten and a
+    /// resync picks up those newly watched.
+    pub filter_updates: Option<watch::Receiver<UnitFilter>>,
     /// The longest wait between reconnect attempts.
     pub max_backoff: Duration,
 }
@@ -279,8 +282,20 @@ impl SystemdSource {
                 .map(|deadline| Duration::from_micros(deadline.saturating_sub(now_micros())));
             let received = tokio::select! {
                 biased;
-                msg = self.link.queue.recv() => Some(msg),
-                () = sleep_or_never(settle_in) => None,
+                msg = self.link.queue.recv() => Ok(Some(msg)),
+                filter = next_filter(&mut self.settings.filter_updates) => Err(filter),
+                () = sleep_or_never(settle_in) => Ok(None),
+            };
+            let received = match received {
+                Ok(received) => received,
+                Err(filter) => {
+                    self.tracker.retain(|unit| filter.allows(unit));
+                    self.settings.filter = filter;
+                    if let Err(error) = self.resync(out).await {
+                        return error.to_string();
+                    }
+                    continue;
+                }
             };
             let Some(msg) = received else {
                 for t in self.tracker.settle_due(now_micros()) {
@@ -658,6 +673,18 @@ async fn subscribe(conn: &Connection) -> Result<(), SystemdError> {
         }) if name.as_str() == "org.freedesktop.systemd1.AlreadySubscribed" => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// The next filter from a reload; never, without reloads.
+async fn next_filter(updates: &mut Option<watch::Receiver<UnitFilter>>) -> UnitFilter {
+    if let Some(receiver) = updates {
+        if receiver.changed().await.is_ok() {
+            return receiver.borrow_and_update().clone();
+        }
+        // The sender is gone: no more reloads.
+        *updates = None;
+    }
+    std::future::pending().await
 }
 
 /// Sleeps for `duration`, or forever when there is none.

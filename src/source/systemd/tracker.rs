@@ -270,6 +270,11 @@ impl Tracker {
         self.apply(&snapshot.name, Some(service), Some(unit), now)
     }
 
+    /// Forgets every unit `keep` refuses (no longer watched), without reporting anything.
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        self.units.retain(|unit, _| keep(unit));
+    }
+
     /// Records that a job was queued (`JobNew`) for a unit.
     pub fn job_new(&mut self, unit: &str) {
         if let Some(tracked) = self.units.get_mut(unit) {
