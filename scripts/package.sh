@@ -7,6 +7,7 @@
 #   --binary PATH   package this crashwatch binary (the tests package their debug build);
 #                   default: `cargo build --release --locked` and target/release/crashwatch
 #   --out-dir DIR   where the .deb goes (default: target/debian)
+#   --revision N    the Debian revision (default 1): a rebuild of the same source as an upgrade
 #
 # Prints the .deb's path as the last line on stdout. The package:
 #   /usr/bin/crashwatch                         stripped, as dh_strip would
@@ -18,7 +19,7 @@
 #   /usr/share/doc/crashwatch/                  copyright, changelog.Debian.gz
 #   /usr/share/lintian/overrides/crashwatch     the tags that do not apply, and why
 # and the maintainer scripts in packaging/debian/. The version is Cargo.toml's, with Debian
-# revision 1; Depends comes from dpkg-shlibdeps. Maintainer: $DEBFULLNAME <$DEBEMAIL>, as dch
+# revision --revision (1); Depends comes from dpkg-shlibdeps. Maintainer: $DEBFULLNAME <$DEBEMAIL>, as dch
 # takes it. Two builds of the same source and binary give the same bytes: every date is
 # $SOURCE_DATE_EPOCH, by default the time of the last commit.
 set -euo pipefail
@@ -33,7 +34,7 @@ die() {
 }
 have() { command -v "$1" >/dev/null 2>&1; }
 
-binary="" out_dir="$REPO/target/debian"
+binary="" out_dir="$REPO/target/debian" revision=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --binary)
@@ -42,6 +43,11 @@ while [ $# -gt 0 ]; do
       ;;
     --out-dir)
       out_dir=${2:?--out-dir needs a directory}
+      shift 2
+      ;;
+    --revision)
+      revision=${2:?--revision needs a number}
+      [[ $revision =~ ^[1-9][0-9]*$ ]] || die "--revision $revision is not a positive number"
       shift 2
       ;;
     -h | --help)
@@ -70,7 +76,7 @@ binary_version=$("$binary" --version)
 [ "$binary_version" = "crashwatch $version" ] ||
   die "$binary says \"$binary_version\", Cargo.toml says $version: rebuild it"
 # A SemVer pre-release (1.0.0-rc.1) sorts before its release, which in Debian takes a tilde.
-debian_version=${version/-/\~}-1
+debian_version=${version/-/\~}-$revision
 arch=$(dpkg --print-architecture)
 
 if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then

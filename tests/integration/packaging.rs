@@ -166,12 +166,37 @@ fn packaging_prerequisites(extra: &[(&str, &str)]) -> Result<(), String> {
     }
 }
 
+/// Makes the sandbox a machine that never had crashwatch, whatever the host has left over, and
+/// one that runs its services: Docker images carry a policy-rc.d that forbids maintainer scripts
+/// to start or stop any. Each removal is a whiteout in the upper layer.
+fn as_a_fresh_machine(sb: &Sandbox) {
+    sb.run_inside_ok(
+        30,
+        &[
+            "rm",
+            "-rf",
+            "/usr/sbin/policy-rc.d",
+            "/etc/crashwatch",
+            "/var/lib/crashwatch",
+            "/var/lib/private/crashwatch",
+            "/var/log/crashwatch",
+            "/var/log/private/crashwatch",
+        ],
+    );
+}
+
 /// scripts/package.sh over the binary under test: the .deb's path.
 fn build_package(out_dir: &Path) -> PathBuf {
+    build_package_revision(out_dir, 1)
+}
+
+/// The same, as Debian revision `revision`: a later revision is an upgrade of an earlier one.
+fn build_package_revision(out_dir: &Path, revision: u32) -> PathBuf {
     let out = Command::new("bash")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/package.sh"))
         .args(["--binary", env!("CARGO_BIN_EXE_crashwatch"), "--out-dir"])
         .arg(out_dir)
+        .args(["--revision", &revision.to_string()])
         .stdin(Stdio::null())
         .output()
         .expect("running scripts/package.sh");
@@ -406,22 +431,7 @@ fn package_installs_starts_and_purges_in_a_sandbox_without_touching_the_host() {
     let deb_inside = sb.dir().join(deb.file_name().expect("a file name"));
     std::fs::copy(&deb, &deb_inside).expect("copying the package into the sandbox");
     let deb_inside = deb_inside.to_str().expect("a UTF-8 path");
-    // A machine that never had crashwatch, whatever the host has left over, and one that runs
-    // its services: Docker images carry a policy-rc.d that forbids maintainer scripts to start
-    // or stop any. Each removal is a whiteout in the upper layer.
-    sb.run_inside_ok(
-        30,
-        &[
-            "rm",
-            "-rf",
-            "/usr/sbin/policy-rc.d",
-            "/etc/crashwatch",
-            "/var/lib/crashwatch",
-            "/var/lib/private/crashwatch",
-            "/var/log/crashwatch",
-            "/var/log/private/crashwatch",
-        ],
-    );
+    as_a_fresh_machine(&sb);
 
     sb.run_inside_ok(300, &["dpkg", "--install", deb_inside]);
     // The postinst enabled and started it; the documented `enable --now` then changes nothing.
@@ -536,4 +546,144 @@ fn package_installs_starts_and_purges_in_a_sandbox_without_touching_the_host() {
 
     drop(sb);
     assert_eq!(host_state(&watched), host_before, "the host changed");
+}
+
+/// The installed daemon's main PID, as systemd has it.
+fn packaged_main_pid(sb: &Sandbox) -> String {
+    sb.run_inside_ok(
+        30,
+        &[
+            "systemctl",
+            "show",
+            "-p",
+            "MainPID",
+            "--value",
+            "crashwatch.service",
+        ],
+    )
+    .trim()
+    .to_owned()
+}
+
+#[test]
+fn package_upgrade_keeps_an_open_loop_flagged_and_every_record() {
+    require_sandbox!();
+    if let Err(reason) = packaging_prerequisites(&[]) {
+        skip(&reason);
+        return;
+    }
+    const CRASHY: &str = "crashy.service";
+    let build = TempDir::new("cw-deb-upgrade");
+    let old = build_package_revision(build.path(), 1);
+    let new = build_package_revision(build.path(), 2);
+    assert_ne!(old, new);
+
+    let sb = Sandbox::start_with_env(&[("SDTEST_OVERLAY_ROOT", "1"), ("SDTEST_JOURNAL", "1")])
+        .unwrap_or_else(|e| panic!("{e}"));
+    as_a_fresh_machine(&sb);
+    // The journal's files group-readable by systemd-journal, as systemd-tmpfiles makes them at
+    // boot (tmpfiles.d/systemd.conf); the daemon reads it through that group.
+    sb.run_inside_ok(
+        30,
+        &[
+            "systemd-tmpfiles",
+            "--create",
+            "--prefix",
+            "/run/log/journal",
+        ],
+    );
+    let mut debs = Vec::new();
+    for deb in [&old, &new] {
+        let inside = sb.dir().join(deb.file_name().expect("a file name"));
+        std::fs::copy(deb, &inside).expect("copying the package into the sandbox");
+        debs.push(inside.to_str().expect("a UTF-8 path").to_owned());
+    }
+    let metrics = || {
+        sb.http_get_inside(PACKAGED_METRICS_PORT, "/metrics")
+            .unwrap_or_default()
+    };
+    let looping = |text: &str| {
+        metric_value(text, "crashwatch_unit_crashlooping", &[("unit", CRASHY)]) == Some(1.0)
+    };
+    let record_path = format!("/proc/{}/root/var/log/crashwatch/events.jsonl", sb.pid1());
+    let read_record = || std::fs::read_to_string(&record_path).unwrap_or_default();
+
+    sb.run_inside_ok(300, &["dpkg", "--install", &debs[0]]);
+    sb.write_unit(CRASHY, CRASHY_UNIT);
+    sb.pin_loaded(&[CRASHY]);
+    sb.systemctl_ok(&["start", CRASHY]);
+    let mut last = String::new();
+    let flagged = wait_until(Duration::from_secs(30), || {
+        last = metrics();
+        looping(&last)
+    });
+    assert!(
+        flagged,
+        "the loop was not flagged before the upgrade:\n{last}"
+    );
+    let before = read_record();
+    let before = &before[..before.rfind('\n').map_or(0, |i| i + 1)];
+    assert!(before.contains("crashloop_started"), "{before}");
+    let old_pid = packaged_main_pid(&sb);
+
+    // The upgrade restarts the daemon while the unit goes on looping; the new one reads the
+    // loop's start back from the journal (the sandbox runs journald).
+    sb.run_inside_ok(300, &["dpkg", "--install", &debs[1]]);
+    let version = sb.run_inside_ok(30, &["dpkg-query", "-W", "-f", "${Version}", "crashwatch"]);
+    assert!(version.ends_with("-2"), "{version}");
+    assert_ne!(
+        packaged_main_pid(&sb),
+        old_pid,
+        "the upgrade did not restart the daemon"
+    );
+    let flagged = wait_until(Duration::from_secs(30), || {
+        last = metrics();
+        looping(&last)
+            && metric_value(&last, "crashwatch_unit_restarts_total", &[("unit", CRASHY)])
+                .is_some_and(|n| n > 0.0)
+    });
+    assert!(
+        flagged,
+        "the loop was not flagged after the upgrade:\n{last}"
+    );
+    // Flagged from the journal's history, not as a new loop: nothing counted twice.
+    let log = sb.run_inside(
+        30,
+        &["journalctl", "-u", "crashwatch.service", "--no-pager"],
+    );
+    let log = String::from_utf8_lossy(&log.stdout).into_owned();
+    assert_eq!(
+        metric_value(
+            &last,
+            "crashwatch_unit_crashloops_total",
+            &[("unit", CRASHY)]
+        ),
+        Some(0.0),
+        "{log}"
+    );
+
+    // Every record written before the upgrade is still there, whole, and the new daemon
+    // appends after it.
+    let after = read_record();
+    assert!(
+        after.starts_with(before),
+        "the event record lost or changed records across the upgrade"
+    );
+    let added = &after[before.len()..];
+    let new_lines: Vec<Value> = added
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        new_lines.iter().any(|e| e["unit"] == CRASHY),
+        "nothing recorded after the upgrade"
+    );
+    assert!(
+        !new_lines
+            .iter()
+            .any(|e| e["unit"] == CRASHY && e["event"] == "crashloop_started"),
+        "the open loop was announced again after the upgrade"
+    );
+    sb.systemctl_ok(&["stop", CRASHY]);
 }
