@@ -16,6 +16,20 @@ pub struct Cli {
     #[arg(long, global = true, default_value = "info", env = "CRASHWATCH_LOG")]
     pub log_level: String,
 
+    /// Format of the log lines on stderr: text (for people), logfmt or json (for log shippers).
+    ///
+    /// Colour only when stderr is a terminal and NO_COLOR is unset. Under journald
+    /// ($JOURNAL_STREAM names stderr) every line starts with its syslog priority (<3> error, <4>
+    /// warning, <6> info, <7> debug) and carries no timestamp, in every format.
+    #[arg(
+        long,
+        global = true,
+        default_value = "text",
+        value_name = "FORMAT",
+        env = "CRASHWATCH_LOG_FORMAT"
+    )]
+    pub log_format: String,
+
     #[command(subcommand)]
     pub command: Command,
 }

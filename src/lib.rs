@@ -4,8 +4,9 @@
 //! engine (detector and unit table) → sinks, with the HTTP server and the commands on top
 //! (ARCHITECTURE.md has the map). [`run`] wires them together for a node agent to embed; it
 //! installs nothing global, so the embedder chooses the `metrics` recorder and passes its handle
-//! in. The embedding API is [`run`], [`RunError`] and [`config`]; [`cli`] and [`commands`] are
-//! the binary's. Everything else is private to the crate, so the compiler reports what is unused.
+//! in. The embedding API is [`run`], [`RunError`] and [`config`]; [`cli`], [`commands`] and
+//! [`logging`] are the binary's. Everything else is private to the crate, so the compiler
+//! reports what is unused.
 
 pub mod cli;
 pub mod commands;
@@ -16,6 +17,7 @@ pub(crate) mod event;
 pub(crate) mod glob;
 pub(crate) mod http;
 pub(crate) mod internal_events;
+pub mod logging;
 pub(crate) mod notify;
 pub(crate) mod sink;
 pub(crate) mod source;

@@ -1017,20 +1017,26 @@ impl Crashwatch {
     /// SIGTERM, then wait up to `timeout` for the exit status (SIGKILL after that).
     pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let mut child = self.child.take()?;
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe { kill(child.id() as i32, SIGTERM) };
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-            thread::sleep(Duration::from_millis(20));
+        terminate(&mut child, timeout)
+    }
+}
+
+/// SIGTERM to `child`, then wait up to `timeout` for its exit status; SIGKILL and `None` if it
+/// overstays.
+pub fn terminate(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe { kill(child.id() as i32, SIGTERM) };
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
         }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        thread::sleep(Duration::from_millis(20));
     }
 }
 
