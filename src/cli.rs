@@ -172,6 +172,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "PREFIX")]
     pub statsd_prefix: Option<String>,
 
+    /// Send DogStatsD tags: the unit's full name and source as `|#unit:NAME,source:KIND`, left out
+    /// of the metric name ([sink.statsd] tags = true).
+    #[arg(long)]
+    pub statsd_tags: bool,
+
     /// Append every transition and crash loop as a JSON line to FILE, or to stdout with "-".
     #[arg(long, value_name = "FILE")]
     pub events: Option<String>,

@@ -151,12 +151,16 @@ pub async fn run(
         ));
     }
     if let Some(target) = &config.statsd {
-        let client = statsd::Client::new(target.address.as_str(), &target.prefix).map_err(|e| {
-            RunError::Statsd {
+        let naming = if target.tags {
+            sink::statsd::Naming::Tags
+        } else {
+            sink::statsd::Naming::Plain
+        };
+        let client = sink::statsd::Client::connect(&target.address, &target.prefix, naming)
+            .map_err(|e| RunError::Statsd {
                 address: target.address.clone(),
                 message: e.to_string(),
-            }
-        })?;
+            })?;
         sinks.statsd = Some(Box::new(
             ThreadedSink::spawn("statsd", move |events| sink::statsd::run(client, events))
                 .map_err(RunError::Thread)?,

@@ -15,6 +15,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         listen: args.listen,
         statsd: args.statsd,
         statsd_prefix: args.statsd_prefix,
+        statsd_tags: args.statsd_tags,
         events: args.events,
         threshold: args.detection.threshold,
         window: args.detection.window,
