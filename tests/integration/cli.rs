@@ -552,3 +552,76 @@ fn colour_only_on_a_terminal_and_never_with_no_color() {
         "colour despite NO_COLOR: {plain:?}"
     );
 }
+
+#[test]
+fn journalctl_sees_each_line_at_its_priority() {
+    require_sandbox!();
+    let sb = Sandbox::start_with_journal().unwrap_or_else(|e| panic!("{e}"));
+    // One daemon that starts and runs, one that cannot start: journald gives their stderr to
+    // the journal, with $JOURNAL_STREAM naming the stream as systemd sets it.
+    let port = free_port();
+    sb.write_unit(
+        "cw-good.service",
+        &format!("[Service]\nExecStart={BIN} run --listen 127.0.0.1:{port} --no-journal-history\n"),
+    );
+    sb.write_unit(
+        "cw-bad.service",
+        &format!("[Service]\nExecStart={BIN} run --listen nowhere\n"),
+    );
+    sb.reload();
+    sb.systemctl_ok(&["start", "cw-good.service", "cw-bad.service"]);
+
+    let messages = |unit: &str, priority: &str| -> Vec<serde_json::Value> {
+        let out = sb.journalctl(&["-o", "json", "-u", unit, "-p", priority]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let text = |m: &serde_json::Value| m["MESSAGE"].as_str().unwrap_or_default().to_owned();
+    let failed = wait_until(Duration::from_secs(20), || {
+        !messages("cw-bad.service", "err").is_empty()
+    });
+    assert!(
+        failed,
+        "no err-priority message for cw-bad.service; its journal:\n{}",
+        String::from_utf8_lossy(&sb.journalctl(&["-u", "cw-bad.service"]).stdout)
+    );
+    let errors = messages("cw-bad.service", "err");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0]["PRIORITY"], "3");
+    assert!(
+        text(&errors[0]).starts_with("crashwatch: command line: listen address"),
+        "journald strips the prefix: {errors:?}"
+    );
+
+    let watching = wait_until(Duration::from_secs(20), || {
+        messages("cw-good.service", "info")
+            .iter()
+            .any(|m| text(m).contains("Watching"))
+    });
+    assert!(
+        watching,
+        "no Watching line for cw-good.service; its journal:\n{}",
+        String::from_utf8_lossy(&sb.journalctl(&["-u", "cw-good.service"]).stdout)
+    );
+    for m in messages("cw-good.service", "debug") {
+        let line = text(&m);
+        assert!(
+            !line.starts_with('<'),
+            "prefix left in the message: {line:?}"
+        );
+        assert!(
+            !has_timestamp(&line),
+            "a timestamp under journald: {line:?}"
+        );
+        assert!(!line.contains('\u{1b}'), "colour under journald: {line:?}");
+        if line.contains("Watching") {
+            assert_eq!(m["PRIORITY"], "6", "{m}");
+        }
+    }
+    assert!(
+        messages("cw-good.service", "err").is_empty(),
+        "a healthy daemon logs no errors"
+    );
+}
