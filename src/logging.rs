@@ -388,7 +388,7 @@ impl Pairs<'_> {
         }
         self.empty = false;
         if self.json {
-            json_string(self.out, key);
+            quoted(self.out, key);
             self.out.push(':');
         } else {
             self.out.push_str(key);
@@ -399,7 +399,7 @@ impl Pairs<'_> {
     fn text(&mut self, key: &str, text: &str) {
         self.key(key);
         if self.json {
-            json_string(self.out, text);
+            quoted(self.out, text);
         } else {
             logfmt_value(self.out, text);
         }
@@ -418,27 +418,8 @@ impl Pairs<'_> {
     }
 }
 
-/// Appends `text` as a JSON string (RFC 8259: quote, backslash and control characters escaped).
-fn json_string(out: &mut String, text: &str) {
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
-/// Appends `text` as a logfmt value: bare when it is one plain word, else quoted, with quotes,
-/// backslashes and control characters escaped, as go-logfmt writes them.
+/// Appends `text` as a logfmt value: bare when it is one plain word, else quoted, as go-logfmt
+/// writes them.
 fn logfmt_value(out: &mut String, text: &str) {
     let plain = !text.is_empty()
         && !text
@@ -446,8 +427,14 @@ fn logfmt_value(out: &mut String, text: &str) {
             .any(|c| c == '=' || c == '"' || c.is_whitespace() || c.is_control());
     if plain {
         out.push_str(text);
-        return;
+    } else {
+        quoted(out, text);
     }
+}
+
+/// Appends `text` in double quotes with quotes, backslashes and every control character escaped
+/// (`\n`, `\u001b`): a string in JSON and a quoted value in logfmt alike.
+fn quoted(out: &mut String, text: &str) {
     out.push('"');
     for c in text.chars() {
         match c {
@@ -666,7 +653,7 @@ mod tests {
     fn json_strings_escape_every_control_character() {
         let text: String = (0u8..0x80).map(char::from).chain(['\u{85}', 'é']).collect();
         let mut out = String::new();
-        json_string(&mut out, &text);
+        quoted(&mut out, &text);
         let back: String = serde_json::from_str(&out).expect("valid JSON");
         assert_eq!(back, text);
         assert!(!out.contains('\n'));

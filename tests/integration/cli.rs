@@ -75,6 +75,26 @@ fn wait_with_deadline(mut child: Child, timeout: Duration) -> Output {
     child.wait_with_output().expect("collecting output")
 }
 
+/// Runs crashwatch with `args` and `env` (stdin and stdout closed, `$JOURNAL_STREAM` unset unless
+/// given), its stderr to `stderr`, and waits up to `timeout` for it to exit.
+fn run_to_exit(
+    args: &[&str],
+    env: &[(&str, &str)],
+    stderr: impl Into<Stdio>,
+    timeout: Duration,
+) -> Output {
+    let child = Command::new(BIN)
+        .args(args)
+        .env_remove("JOURNAL_STREAM")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning crashwatch {args:?}: {e}"));
+    wait_with_deadline(child, timeout)
+}
+
 #[test]
 fn check_config_rejects_bad_files_with_one_line() {
     let dir = TempDir::new("cw-config");
@@ -136,15 +156,12 @@ fn check_config_rejects_bad_files_with_one_line() {
 #[test]
 fn unreachable_bus_is_one_line_and_nonzero() {
     let started = Instant::now();
-    let child = Command::new(BIN)
-        .args(["run", "--listen", &format!("127.0.0.1:{}", free_port())])
-        .env("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/nonexistent")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning crashwatch run");
-    let out = wait_with_deadline(child, Duration::from_secs(10));
+    let out = run_to_exit(
+        &["run", "--listen", &format!("127.0.0.1:{}", free_port())],
+        &[("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/nonexistent")],
+        Stdio::piped(),
+        Duration::from_secs(10),
+    );
     let stderr = nonempty_lines(&out.stderr);
     assert!(!out.status.success(), "exited successfully without a bus");
     assert_eq!(
@@ -164,15 +181,12 @@ fn unreachable_bus_is_one_line_and_nonzero() {
 fn bus_without_systemd_is_one_line_and_exit_1() {
     require_dbus_daemon!();
     let bus = PrivateBus::start();
-    let child = Command::new(BIN)
-        .args(["run", "--listen", &format!("127.0.0.1:{}", free_port())])
-        .env("DBUS_SYSTEM_BUS_ADDRESS", bus.address())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning crashwatch run");
-    let out = wait_with_deadline(child, Duration::from_secs(15));
+    let out = run_to_exit(
+        &["run", "--listen", &format!("127.0.0.1:{}", free_port())],
+        &[("DBUS_SYSTEM_BUS_ADDRESS", bus.address())],
+        Stdio::piped(),
+        Duration::from_secs(15),
+    );
     let stderr = nonempty_lines(&out.stderr);
     assert_eq!(
         out.status.code(),
@@ -356,16 +370,15 @@ fn under_journald_every_line_carries_its_priority_and_no_timestamp() {
     let log = dir.path().join("stderr");
     let file = File::create(&log).unwrap();
     let stream = journal_stream(&file);
-    let child = Command::new(BIN)
-        .args(["run", "--listen", "127.0.0.1:0"])
-        .env("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/nonexistent")
-        .env("JOURNAL_STREAM", stream)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(file)
-        .spawn()
-        .expect("spawning crashwatch run");
-    let out = wait_with_deadline(child, Duration::from_secs(10));
+    let out = run_to_exit(
+        &["run", "--listen", "127.0.0.1:0"],
+        &[
+            ("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/nonexistent"),
+            ("JOURNAL_STREAM", &stream),
+        ],
+        file,
+        Duration::from_secs(10),
+    );
     assert_eq!(out.status.code(), Some(1));
     let text = std::fs::read_to_string(&log).unwrap();
     let lines = nonempty_lines(text.as_bytes());
@@ -379,15 +392,12 @@ fn journal_stream_naming_another_file_is_not_journald() {
     // $JOURNAL_STREAM, but it no longer names stderr: plain lines, with their time.
     let dir = TempDir::new("cw-log");
     let other = File::create(dir.path().join("other")).unwrap();
-    let child = Command::new(BIN)
-        .args(["check-config", "/nonexistent/crashwatch.toml"])
-        .env("JOURNAL_STREAM", journal_stream(&other))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning crashwatch check-config");
-    let out = wait_with_deadline(child, Duration::from_secs(10));
+    let out = run_to_exit(
+        &["check-config", "/nonexistent/crashwatch.toml"],
+        &[("JOURNAL_STREAM", &journal_stream(&other))],
+        Stdio::piped(),
+        Duration::from_secs(10),
+    );
     assert_eq!(out.status.code(), Some(2));
     let lines = nonempty_lines(&out.stderr);
     assert_eq!(lines.len(), 1, "{lines:?}");
@@ -461,16 +471,12 @@ fn log_formats_keep_every_line_parseable() {
     );
 
     // A start-up failure is a record too.
-    let child = Command::new(BIN)
-        .args(["--log-format", "json", "run", "--listen", "127.0.0.1:0"])
-        .env("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/nonexistent")
-        .env_remove("JOURNAL_STREAM")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning crashwatch run");
-    let out = wait_with_deadline(child, Duration::from_secs(10));
+    let out = run_to_exit(
+        &["--log-format", "json", "run", "--listen", "127.0.0.1:0"],
+        &[("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/nonexistent")],
+        Stdio::piped(),
+        Duration::from_secs(10),
+    );
     assert_eq!(out.status.code(), Some(1));
     let lines = nonempty_lines(&out.stderr);
     assert_eq!(lines.len(), 1, "{lines:?}");

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::thread;
 use std::time::Duration;
 
-use crate::support::upstart::FakeUpstart;
+use crate::support::upstart::{watch_peer, FakeUpstart};
 use crate::support::*;
 
 const CRASHY: &str = "crashy.service";
@@ -69,20 +69,6 @@ fn statsd_lines_are_well_formed_and_counts_match() {
     );
 }
 
-/// crashwatch watching an emulated Upstart peer-to-peer (no bus, no root needed), the hook off.
-fn watch_upstart(fake: &FakeUpstart, extra: &[&str]) -> Crashwatch {
-    let mut args = vec![
-        "--source",
-        "upstart",
-        "--upstart-address",
-        fake.address(),
-        "--upstart-hook-socket",
-        "",
-    ];
-    args.extend_from_slice(extra);
-    Crashwatch::spawn_on_bus("unix:path=/nonexistent", &args)
-}
-
 /// Job names no metric name could carry: every byte StatsD or DogStatsD gives a meaning to, a
 /// newline, Unicode, two names that plain StatsD merges, and two long names sharing a prefix.
 fn hostile_jobs() -> Vec<String> {
@@ -103,7 +89,7 @@ fn hostile_jobs() -> Vec<String> {
 fn dogstatsd_tags_carry_every_unit_name_whole() {
     let fake = FakeUpstart::peer_to_peer();
     let statsd = StatsdListener::start();
-    let cw = watch_upstart(&fake, &["--statsd", statsd.addr(), "--statsd-tags"]);
+    let cw = watch_peer(&fake, &["--statsd", statsd.addr(), "--statsd-tags"]);
     let jobs = hostile_jobs();
     let mut pid = 100;
     for job in &jobs {
@@ -199,7 +185,7 @@ fn a_refusing_statsd_server_is_counted_and_logged() {
     let refused = format!("127.0.0.1:{port}");
     let fake = FakeUpstart::peer_to_peer();
     fake.add_running("www", "", 100);
-    let cw = watch_upstart(&fake, &["--statsd", &refused]);
+    let cw = watch_peer(&fake, &["--statsd", &refused]);
     let labels = [("component", "statsd"), ("error_type", "send_failed")];
     assert_eq!(
         cw.metric("crashwatch_errors_total", &labels),
