@@ -18,7 +18,7 @@ pub struct Cli {
 
     /// Format of the log lines on stderr: text (for people), logfmt or json (for log shippers).
     ///
-    /// Colour only when stderr is a terminal and NO_COLOR is unset. Under journald
+    /// Colour only when stderr is a terminal and NO_COLOR is unset or empty. Under journald
     /// ($JOURNAL_STREAM names stderr) every line starts with its syslog priority (<3> error, <4>
     /// warning, <6> info, <7> debug) and carries no timestamp, in every format.
     #[arg(

@@ -36,6 +36,7 @@ listen = "127.0.0.1:9863"
 [sink.statsd]
 address = "127.0.0.1:8125"
 prefix = "crashwatch"
+tags = false
 
 [sink.events]
 path = "-"
