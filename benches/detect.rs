@@ -157,7 +157,12 @@ fn fresh(all_sinks: bool) -> Pipeline {
         // A socket nobody reads: datagrams are built and sent, then dropped by the kernel.
         let hole = std::net::UdpSocket::bind("127.0.0.1:0").expect("a UDP socket");
         let address = hole.local_addr().expect("its address");
-        let client = statsd::Client::new(address, "crashwatch").expect("a StatsD client");
+        let client = statsd_sink::Client::connect(
+            &address.to_string(),
+            "crashwatch",
+            statsd_sink::Naming::Plain,
+        )
+        .expect("a StatsD client");
         sinks.statsd = Some(Box::new(
             ThreadedSink::spawn("statsd", move |events| {
                 let _hole = hole;

@@ -16,6 +16,20 @@ pub struct Cli {
     #[arg(long, global = true, default_value = "info", env = "CRASHWATCH_LOG")]
     pub log_level: String,
 
+    /// Format of the log lines on stderr: text (for people), logfmt or json (for log shippers).
+    ///
+    /// Colour only when stderr is a terminal and NO_COLOR is unset or empty. Under journald
+    /// ($JOURNAL_STREAM names stderr) every line starts with its syslog priority (<3> error, <4>
+    /// warning, <6> info, <7> debug) and carries no timestamp, in every format.
+    #[arg(
+        long,
+        global = true,
+        default_value = "text",
+        value_name = "FORMAT",
+        env = "CRASHWATCH_LOG_FORMAT"
+    )]
+    pub log_format: String,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -157,6 +171,11 @@ pub struct RunArgs {
     /// Prefix of every StatsD metric name [default: crashwatch].
     #[arg(long, value_name = "PREFIX")]
     pub statsd_prefix: Option<String>,
+
+    /// Send DogStatsD tags: the unit's full name and source as `|#unit:NAME,source:KIND`, left out
+    /// of the metric name ([sink.statsd] tags = true).
+    #[arg(long)]
+    pub statsd_tags: bool,
 
     /// Append every transition and crash loop as a JSON line to FILE, or to stdout with "-".
     #[arg(long, value_name = "FILE")]

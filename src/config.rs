@@ -193,6 +193,9 @@ pub struct StatsdSection {
     pub address: Option<String>,
     /// Prepended to every metric name. Default `crashwatch`.
     pub prefix: Option<String>,
+    /// Send the unit and its source as DogStatsD tags (`|#unit:NAME,source:KIND`) and leave the
+    /// unit out of the metric name, so every unit name reaches the server whole. Default false.
+    pub tags: Option<bool>,
 }
 
 /// `[sink.events]`.
@@ -230,6 +233,8 @@ pub struct Overrides {
     pub statsd: Option<String>,
     /// `--statsd-prefix`.
     pub statsd_prefix: Option<String>,
+    /// `--statsd-tags` (only turns tags on).
+    pub statsd_tags: bool,
     /// `--events`.
     pub events: Option<String>,
     /// `--threshold`.
@@ -283,6 +288,8 @@ pub struct StatsdTarget {
     pub address: String,
     /// The metric prefix, already sanitized.
     pub prefix: String,
+    /// Whether units travel as DogStatsD tags rather than in the metric name.
+    pub tags: bool,
 }
 
 /// A checked configuration, ready to run.
@@ -407,6 +414,7 @@ impl Config {
                 Some(StatsdTarget {
                     address,
                     prefix: crate::sink::statsd::sanitize_prefix(&prefix),
+                    tags: cli.statsd_tags || file.sink.statsd.tags.unwrap_or(false),
                 })
             }
             None => None,
@@ -626,6 +634,24 @@ mod tests {
         assert_eq!(config.events, Some(EventsTarget::Stdout));
         assert_eq!(config.max_units, 50);
         assert!(config.fold_instances);
+    }
+
+    #[test]
+    fn statsd_tags_come_from_the_file_or_the_flag() {
+        let section = "[sink.statsd]\naddress = \"127.0.0.1:8125\"\n";
+        let tags = |text: &str, flag: bool| {
+            let file = parse_file(text, Path::new("crashwatch.toml")).expect("valid");
+            let cli = Overrides {
+                statsd_tags: flag,
+                ..Overrides::default()
+            };
+            let config = Config::resolve(file, cli, "crashwatch.toml").expect("valid");
+            config.statsd.expect("statsd").tags
+        };
+        assert!(!tags(section, false), "plain StatsD by default");
+        assert!(tags(&format!("{section}tags = true\n"), false));
+        assert!(tags(section, true));
+        assert!(tags(&format!("{section}tags = false\n"), true));
     }
 
     #[test]

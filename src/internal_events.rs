@@ -246,6 +246,35 @@ impl SinkWriteError<'_> {
     }
 }
 
+/// A datagram could not be sent to StatsD: nothing listens on the server's port (the kernel
+/// reports the refusal on a later send, as `ECONNREFUSED`), the network is unreachable, or the
+/// socket's buffer is full. The datagram is lost; sending goes on.
+pub struct StatsdSendError<'a> {
+    /// The server.
+    pub address: std::net::SocketAddr,
+    /// Why.
+    pub error: &'a std::io::Error,
+}
+
+impl StatsdSendError<'_> {
+    /// Creates the counter at zero, so that the first failure is an increase.
+    pub fn register() {
+        counter!("crashwatch_errors_total", "component" => "statsd", "error_type" => "send_failed")
+            .absolute(0);
+    }
+
+    /// Counts and logs it.
+    pub fn emit(self) {
+        count("statsd", "send_failed");
+        warn_limited!(
+            "statsd_send_failed",
+            address = %self.address,
+            error = %self.error,
+            "Could not send to StatsD; the datagram is lost."
+        );
+    }
+}
+
 /// A unit beyond the configured cap was seen; it is counted but gets no series of its own.
 pub struct UnitOverflow<'a> {
     /// The unit's name.

@@ -4,8 +4,9 @@
 //! engine (detector and unit table) → sinks, with the HTTP server and the commands on top
 //! (ARCHITECTURE.md has the map). [`run`] wires them together for a node agent to embed; it
 //! installs nothing global, so the embedder chooses the `metrics` recorder and passes its handle
-//! in. The embedding API is [`run`], [`RunError`] and [`config`]; [`cli`] and [`commands`] are
-//! the binary's. Everything else is private to the crate, so the compiler reports what is unused.
+//! in. The embedding API is [`run`], [`RunError`] and [`config`]; [`cli`], [`commands`] and
+//! [`logging`] are the binary's. Everything else is private to the crate, so the compiler
+//! reports what is unused.
 
 pub mod cli;
 pub mod commands;
@@ -16,6 +17,7 @@ pub(crate) mod event;
 pub(crate) mod glob;
 pub(crate) mod http;
 pub(crate) mod internal_events;
+pub mod logging;
 pub(crate) mod notify;
 pub(crate) mod sink;
 pub(crate) mod source;
@@ -251,12 +253,18 @@ fn statsd_sink(target: Option<&StatsdTarget>) -> Result<Option<Box<dyn EventSink
     let Some(target) = target else {
         return Ok(None);
     };
-    let client = statsd::Client::new(target.address.as_str(), &target.prefix).map_err(|e| {
-        RunError::Statsd {
-            address: target.address.clone(),
-            message: e.to_string(),
-        }
-    })?;
+    let naming = if target.tags {
+        sink::statsd::Naming::Tags
+    } else {
+        sink::statsd::Naming::Plain
+    };
+    let client =
+        sink::statsd::Client::connect(&target.address, &target.prefix, naming).map_err(|e| {
+            RunError::Statsd {
+                address: target.address.clone(),
+                message: e.to_string(),
+            }
+        })?;
     let sink = ThreadedSink::spawn("statsd", move |events| sink::statsd::run(client, events))
         .map_err(RunError::Thread)?;
     Ok(Some(Box::new(sink)))

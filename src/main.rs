@@ -9,24 +9,29 @@ use clap::Parser;
 
 use crashwatch::cli::{Cli, Command};
 use crashwatch::commands;
+use crashwatch::logging::{self, LogFormat, Output};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let level = match tracing::Level::from_str(&cli.log_level) {
-        Ok(level) => level,
-        Err(_) => {
-            eprintln!(
-                "crashwatch: --log-level {:?} is not one of error, warn, info, debug, trace",
-                cli.log_level
-            );
+    let format = match LogFormat::from_str(&cli.log_format) {
+        Ok(format) => format,
+        Err(e) => {
+            eprintln!("crashwatch: {e}");
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    let output = Output::detect(format);
+    let level = match tracing::Level::from_str(&cli.log_level) {
+        Ok(level) => level,
+        Err(_) => {
+            output.fatal(&format_args!(
+                "--log-level {:?} is not one of error, warn, info, debug, trace",
+                cli.log_level
+            ));
+            return ExitCode::from(2);
+        }
+    };
+    logging::init(output, level);
 
     match cli.command {
         Command::CheckConfig { file } => commands::check_config::run(&file),

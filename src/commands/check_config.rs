@@ -13,7 +13,7 @@ pub fn run(file: &Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("crashwatch: {e}");
+            crate::logging::fatal(&e);
             ExitCode::from(2)
         }
     }

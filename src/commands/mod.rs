@@ -28,14 +28,14 @@ fn resolve_config(path: Option<&Path>, overrides: Overrides) -> Result<Config, E
         Some(path) => match Config::load(path) {
             Ok(file) => (file, path.display().to_string()),
             Err(e) => {
-                eprintln!("crashwatch: {e}");
+                crate::logging::fatal(&e);
                 return Err(ExitCode::from(2));
             }
         },
         None => (FileConfig::default(), "command line".to_owned()),
     };
     Config::resolve(file, overrides, &origin).map_err(|e| {
-        eprintln!("crashwatch: {e}");
+        crate::logging::fatal(&e);
         ExitCode::from(2)
     })
 }
@@ -56,7 +56,7 @@ fn written(result: std::io::Result<()>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("crashwatch: writing the output: {e}");
+            crate::logging::fatal(&format_args!("writing the output: {e}"));
             ExitCode::FAILURE
         }
     }

@@ -40,7 +40,7 @@ pub fn run(args: ReplayArgs) -> ExitCode {
         match std::fs::File::open(&args.file) {
             Ok(f) => (Box::new(BufReader::new(f)), args.file.clone()),
             Err(e) => {
-                eprintln!("crashwatch: cannot read {}: {e}", args.file);
+                crate::logging::fatal(&format_args!("cannot read {}: {e}", args.file));
                 return ExitCode::from(2);
             }
         }
@@ -56,7 +56,7 @@ pub fn run(args: ReplayArgs) -> ExitCode {
     let report = match report {
         Ok(report) => report,
         Err(e) => {
-            eprintln!("crashwatch: cannot read {name}: {e}");
+            crate::logging::fatal(&format_args!("cannot read {name}: {e}"));
             return ExitCode::from(2);
         }
     };
@@ -65,10 +65,10 @@ pub fn run(args: ReplayArgs) -> ExitCode {
             1 => ("line", "was"),
             _ => ("lines", "were"),
         };
-        eprintln!(
-            "crashwatch: skipped {} {lines} of {name} that {were} not journal entries",
+        crate::logging::warning(&format_args!(
+            "skipped {} {lines} of {name} that {were} not journal entries",
             report.malformed
-        );
+        ));
     }
     if output.is_ok() && !args.json {
         output = if report.loops.is_empty() {

@@ -20,6 +20,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         listen: args.listen,
         statsd: args.statsd,
         statsd_prefix: args.statsd_prefix,
+        statsd_tags: args.statsd_tags,
         events: args.events,
         threshold: args.detection.threshold,
         window: args.detection.window,
@@ -42,7 +43,7 @@ pub fn run(args: RunArgs) -> ExitCode {
     let handle = recorder.handle();
     let tracked = crate::sink::prometheus::ChangeTracking::new(recorder);
     if let Err(e) = metrics::set_global_recorder(tracked) {
-        eprintln!("crashwatch: cannot install the metrics recorder: {e}");
+        crate::logging::fatal(&format_args!("cannot install the metrics recorder: {e}"));
         return ExitCode::FAILURE;
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -51,7 +52,7 @@ pub fn run(args: RunArgs) -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("crashwatch: cannot start the runtime: {e}");
+            crate::logging::fatal(&format_args!("cannot start the runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -83,7 +84,7 @@ pub fn run(args: RunArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("crashwatch: {e}");
+            crate::logging::fatal(&e);
             ExitCode::FAILURE
         }
     }

@@ -24,7 +24,7 @@ pub fn run(args: StatusArgs) -> ExitCode {
         Some(text) => match text.parse::<SocketAddr>() {
             Ok(address) => address,
             Err(_) => {
-                eprintln!("crashwatch: --address {text:?} is not IP:PORT");
+                crate::logging::fatal(&format_args!("--address {text:?} is not IP:PORT"));
                 return ExitCode::from(2);
             }
         },
@@ -56,7 +56,7 @@ pub fn run(args: StatusArgs) -> ExitCode {
     let document = match crate::commands::status::fetch(address, &path) {
         Ok(document) => document,
         Err(e) => {
-            eprintln!("crashwatch: {e}");
+            crate::logging::fatal(&e);
             return ExitCode::FAILURE;
         }
     };

@@ -15,11 +15,11 @@ pub fn run(args: UpstartHookArgs) -> ExitCode {
     match hook::send_from_env(&socket) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ HookError::Environment(_)) => {
-            eprintln!("crashwatch: {e}");
+            crate::logging::fatal(&e);
             ExitCode::from(2)
         }
         Err(e) => {
-            eprintln!("crashwatch: {e}");
+            crate::logging::fatal(&e);
             ExitCode::FAILURE
         }
     }

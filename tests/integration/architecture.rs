@@ -41,9 +41,11 @@ const LAYERS: &[(&str, &[&str])] = &[
               "event", "time", "glob", "internal_events"]),
     // The command-line grammar: it names configuration settings and event types, nothing more.
     ("cli", &["config", "event", "time"]),
+    // The binary's own log lines on stderr (formats, journald); stamped with the clock only.
+    ("logging", &["time"]),
     // One module per subcommand, the top of the stack: it may use everything.
     ("commands", &["lib", "cli", "source", "detect", "engine", "sink", "http", "config", "notify",
-                   "event", "time", "glob", "internal_events"]),
+                   "event", "time", "glob", "internal_events", "logging"]),
 ];
 
 /// Children of a layer that never import each other: each is a backend of its own and shares code

@@ -67,6 +67,78 @@ fn statsd_parser_rejects_malformed_lines() {
 }
 
 #[test]
+fn dogstatsd_parser_accepts_the_documented_examples() {
+    // The examples of Datadog's "DogStatsD datagram format", and what crashwatch sends.
+    for ok in [
+        "page.views:1|c",
+        "fuel.level:0.5|g",
+        "song.length:240|h|@0.5",
+        "users.uniques:1234|s",
+        "users.online:1|c|#country:china",
+        "users.online:1|c|@0.5|#country:china",
+        "a.b:1|d|#env:prod,beta",
+        "crashwatch.unit.restarts:1|c|#unit:a.service,source:systemd",
+        "crashwatch.unit.crashlooping:0|g|#unit:ünï/ジョブ@x:(1),source:upstart",
+    ] {
+        parse_dogstatsd_line(ok).unwrap_or_else(|e| panic!("{ok:?} rejected: {e}"));
+    }
+    let l = parse_dogstatsd_line("a.b:2|c|@0.5|#unit:x:y,source:upstart").unwrap();
+    assert_eq!(
+        (l.name.as_str(), l.value, l.kind.as_str()),
+        ("a.b", 2.0, "c")
+    );
+    assert_eq!(l.rate, Some(0.5));
+    assert_eq!(l.tag("unit"), Some("x:y"));
+    assert_eq!(l.tag("source"), Some("upstart"));
+    assert_eq!(l.tag("env"), None);
+    let longest = format!("unit:{}", "x".repeat(DOGSTATSD_MAX_TAG - 5));
+    parse_dogstatsd_line(&format!("a:1|c|#{longest}")).expect("a tag of exactly 200");
+}
+
+#[test]
+fn dogstatsd_parser_rejects_malformed_lines() {
+    let too_long = format!("a:1|c|#unit:{}", "x".repeat(DOGSTATSD_MAX_TAG - 4));
+    for bad in [
+        "",
+        "a.b:1",
+        "a.b:1|x",
+        "a.b:1:2|c",
+        "a.b:inf|g",
+        "1a.b:1|c",
+        "a-b.c:1|c",
+        "a..b:1|c",
+        "a.b:1|c|#",
+        "a.b:1|c|#a:b,",
+        "a.b:1|c|#,a:b",
+        "a.b:1|c|#a b",
+        "a.b:1|c|#a:b\tc",
+        "a.b:1|c|#1a",
+        "a.b:1|c|#_a",
+        "a.b:1|c|#unit:",
+        "a.b:1|c|#a#b",
+        "a.b:1|c|#a|#b",
+        "a.b:1|c|#a|@0.5",
+        "a.b:1|c|@0",
+        "a.b:1|c|c:container-id",
+        "a.b:1|c|T1656581400",
+        too_long.as_str(),
+    ] {
+        assert!(
+            parse_dogstatsd_line(bad).is_err(),
+            "{bad:?} should be rejected"
+        );
+    }
+}
+
+#[test]
+fn dogstatsd_tag_values_follow_the_contract() {
+    assert_eq!(dogstatsd_tag_value("a.service"), "a.service");
+    assert_eq!(dogstatsd_tag_value("a,b|c#d e\nf"), "a_b_c_d_e_f");
+    assert_eq!(dogstatsd_tag_value("x:"), "x:_");
+    assert_eq!(dogstatsd_tag_value(""), "_");
+}
+
+#[test]
 fn datagrams_split_into_lines() {
     assert_eq!(datagram_lines("a:1|c\nb:2|g\n"), vec!["a:1|c", "b:2|g"]);
     assert_eq!(datagram_lines("a:1|c"), vec!["a:1|c"]);

@@ -28,21 +28,6 @@ fn watch_bus(bus: &PrivateBus, extra: &[&str]) -> Crashwatch {
     Crashwatch::spawn_on_bus(bus.address(), &args)
 }
 
-/// crashwatch watching `fake` peer-to-peer, with the hook off.
-fn watch_peer(fake: &FakeUpstart, extra: &[&str]) -> Crashwatch {
-    let mut args = vec![
-        "--source",
-        "upstart",
-        "--upstart-address",
-        fake.address(),
-        "--upstart-hook-socket",
-        "",
-    ];
-    args.extend_from_slice(extra);
-    // No bus at all: the peer-to-peer socket must be enough.
-    Crashwatch::spawn_on_bus("unix:path=/nonexistent", &args)
-}
-
 /// Waits until `unit`'s `metric` reads `value`; fails with the unit's series otherwise.
 fn expect_metric(cw: &Crashwatch, metric: &str, unit: &str, value: f64) {
     let reached = wait_until(SETTLE, || cw.unit_metric(metric, unit) == value);

@@ -1017,20 +1017,26 @@ impl Crashwatch {
     /// SIGTERM, then wait up to `timeout` for the exit status (SIGKILL after that).
     pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let mut child = self.child.take()?;
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe { kill(child.id() as i32, SIGTERM) };
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-            thread::sleep(Duration::from_millis(20));
+        terminate(&mut child, timeout)
+    }
+}
+
+/// SIGTERM to `child`, then wait up to `timeout` for its exit status; SIGKILL and `None` if it
+/// overstays.
+pub fn terminate(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe { kill(child.id() as i32, SIGTERM) };
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
         }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -1357,6 +1363,143 @@ pub fn parse_statsd_line(line: &str) -> Result<StatsdLine, String> {
         kind: kind.to_string(),
         rate,
     })
+}
+
+/// A DogStatsD metric line, validated by [`parse_dogstatsd_line`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct DogStatsdLine {
+    pub name: String,
+    pub value: f64,
+    pub kind: String,
+    pub rate: Option<f64>,
+    pub tags: Vec<String>,
+}
+
+impl DogStatsdLine {
+    /// The value of the first tag `key:value` with this key (the key ends at the first ':').
+    pub fn tag(&self, key: &str) -> Option<&str> {
+        self.tags
+            .iter()
+            .find_map(|t| t.split_once(':').filter(|(k, _)| *k == key).map(|(_, v)| v))
+    }
+}
+
+/// The longest tag Datadog keeps, `key:value` together, in characters.
+pub const DOGSTATSD_MAX_TAG: usize = 200;
+
+/// Strictly validate one DogStatsD metric line against the datagram format Datadog documents
+/// ("DogStatsD datagram format": `<METRIC_NAME>:<VALUE>|<TYPE>|@<SAMPLE_RATE>|#<TAG>,<TAG>`):
+/// - name: ASCII alphanumerics, underscores and periods, starting with a letter, at most 200
+///   characters, no empty segment (Datadog's metric naming rules);
+/// - value: one finite number (no packed `v1:v2` values); type: c, g, ms, h, s or d;
+/// - then, in this order and each at most once, `@rate` in (0, 1] and `#tags`; any other field
+///   (`|c:` container ids, `|T` timestamps, a second `|#`) is refused;
+/// - tags: comma-separated, none empty, each starting with a letter, at most
+///   [`DOGSTATSD_MAX_TAG`] characters, not ending in ':', and free of '|', ',', '#', whitespace
+///   and control characters, so no value can end the line, the field or the tag early. Any
+///   other character, Unicode included, is allowed: Datadog keeps Unicode letters and turns
+///   other punctuation into '_' itself.
+pub fn parse_dogstatsd_line(line: &str) -> Result<DogStatsdLine, String> {
+    let err = |why: &str| Err(format!("bad DogStatsD line {line:?}: {why}"));
+    let mut fields = line.split('|');
+    let head = fields.next().unwrap_or_default();
+    let Some((name, value)) = head.split_once(':') else {
+        return err("no ':' after the name");
+    };
+    if !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        return err("name does not start with a letter");
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '.'))
+    {
+        return err(&format!("name contains {c:?}"));
+    }
+    if name.len() > 200 || name.split('.').any(str::is_empty) {
+        return err("name too long or with an empty segment");
+    }
+    let value: f64 = match value.parse() {
+        Ok(v) if f64::is_finite(v) => v,
+        _ => return err("value is not one finite number"),
+    };
+    let Some(kind) = fields.next() else {
+        return err("no '|type'");
+    };
+    if !matches!(kind, "c" | "g" | "ms" | "h" | "s" | "d") {
+        return err(&format!("unknown type {kind:?}"));
+    }
+    let (mut rate, mut tags) = (None, None);
+    for field in fields {
+        if let Some(r) = field.strip_prefix('@') {
+            if rate.is_some() || tags.is_some() {
+                return err("sample rate repeated or after the tags");
+            }
+            match r.parse::<f64>() {
+                Ok(x) if x > 0.0 && x <= 1.0 => rate = Some(x),
+                _ => return err("bad sample rate"),
+            }
+        } else if let Some(list) = field.strip_prefix('#') {
+            if tags.is_some() {
+                return err("a second tag field");
+            }
+            let mut parsed = Vec::new();
+            for tag in list.split(',') {
+                if let Err(why) = check_dogstatsd_tag(tag) {
+                    return err(&format!("tag {tag:?}: {why}"));
+                }
+                parsed.push(tag.to_owned());
+            }
+            tags = Some(parsed);
+        } else {
+            return err(&format!("unexpected field {field:?}"));
+        }
+    }
+    Ok(DogStatsdLine {
+        name: name.to_owned(),
+        value,
+        kind: kind.to_owned(),
+        rate,
+        tags: tags.unwrap_or_default(),
+    })
+}
+
+fn check_dogstatsd_tag(tag: &str) -> Result<(), &'static str> {
+    if !tag.starts_with(char::is_alphabetic) {
+        return Err("does not start with a letter");
+    }
+    if tag.chars().count() > DOGSTATSD_MAX_TAG {
+        return Err("longer than 200 characters");
+    }
+    if tag.ends_with(':') {
+        return Err("ends with ':'");
+    }
+    if tag
+        .chars()
+        .any(|c| matches!(c, '|' | ',' | '#') || c.is_whitespace() || c.is_control())
+    {
+        return Err("holds a separator, whitespace or a control character");
+    }
+    Ok(())
+}
+
+/// The tag value the contract gives a unit name: ',', '|', '#', whitespace and control
+/// characters become '_', everything else is kept; an empty name or one ending in ':' gets a
+/// '_' appended. Values too long for one tag are cut and hashed, which tests check by shape.
+pub fn dogstatsd_tag_value(unit: &str) -> String {
+    let mut value: String = unit
+        .chars()
+        .map(|c| {
+            if matches!(c, ',' | '|' | '#') || c.is_whitespace() || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    if value.is_empty() || value.ends_with(':') {
+        value.push('_');
+    }
+    value
 }
 
 /// Split a datagram into lines: several metrics may share one, separated by '\n'. A single

@@ -37,7 +37,7 @@ use tokio::sync::mpsc;
 use zbus::message::Type as MessageType;
 use zbus::{Connection, Message, MessageStream, Variant};
 
-use super::PrivateBus;
+use super::{Crashwatch, PrivateBus};
 
 pub const UPSTART_NAME: &str = "com.ubuntu.Upstart";
 pub const MANAGER_PATH: &str = "/com/ubuntu/Upstart";
@@ -883,4 +883,19 @@ impl Prop {
             Prop::Processes(p) => Variant::from(p.clone()),
         }
     }
+}
+
+/// crashwatch watching `fake` peer-to-peer, with the hook off. Needs no bus and no root.
+pub fn watch_peer(fake: &FakeUpstart, extra: &[&str]) -> Crashwatch {
+    let mut args = vec![
+        "--source",
+        "upstart",
+        "--upstart-address",
+        fake.address(),
+        "--upstart-hook-socket",
+        "",
+    ];
+    args.extend_from_slice(extra);
+    // No bus at all: the peer-to-peer socket must be enough.
+    Crashwatch::spawn_on_bus("unix:path=/nonexistent", &args)
 }
