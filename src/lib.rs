@@ -4,8 +4,9 @@
 //! engine (detector and unit table) → sinks, with the HTTP server and the commands on top
 //! (ARCHITECTURE.md has the map). [`run`] wires them together for a node agent to embed; it
 //! installs nothing global, so the embedder chooses the `metrics` recorder and passes its handle
-//! in. The embedding API is [`run`], [`RunError`] and [`config`]; [`cli`] and [`commands`] are
-//! the binary's. Everything else is private to the crate, so the compiler reports what is unused.
+//! in. The embedding API is [`run`], [`RunError`], [`ReopenFlag`] and [`config`]; [`cli`] and
+//! [`commands`] are the binary's. Everything else is private to the crate, so the compiler
+//! reports what is unused.
 
 pub mod cli;
 pub mod commands;
@@ -47,6 +48,8 @@ use config::Config;
 use detect::Detector;
 use engine::Sinks;
 use sink::ThreadedSink;
+
+pub use sink::events::ReopenFlag;
 use source::systemd::{SystemdError, SystemdSettings, SystemdSource};
 use source::upstart::{UpstartError, UpstartSettings, UpstartSource};
 
@@ -113,12 +116,15 @@ pub fn own_upstart_job() -> Option<String> {
 }
 
 /// Runs crashwatch until `shutdown` is cancelled. `metrics` is the handle of the Prometheus
-/// recorder the caller installed; with `None`, no `/metrics` is served. Calls `ready` once the
-/// source is subscribed and its snapshot taken, with the number of units watched.
+/// recorder the caller installed; with `None`, no `/metrics` is served. Raising `reopen` makes
+/// the event record reopen its file at its path before the next record (the binary raises it on
+/// SIGHUP, for logrotate). Calls `ready` once the source is subscribed and its snapshot taken,
+/// with the number of units watched.
 pub async fn run(
     mut config: Config,
     metrics: Option<PrometheusHandle>,
     shutdown: CancellationToken,
+    reopen: ReopenFlag,
     ready: impl FnOnce(usize),
 ) -> Result<(), RunError> {
     sink::prometheus::describe();
@@ -139,9 +145,11 @@ pub async fn run(
     };
     let mut sinks = Sinks::default();
     if let Some(target) = &config.events {
-        let out = sink::events::open(target).map_err(|source| RunError::Events {
-            path: format!("{target:?}"),
-            source,
+        let out = sink::events::open(target, config.events_rotation, reopen).map_err(|source| {
+            RunError::Events {
+                path: format!("{target:?}"),
+                source,
+            }
         })?;
         sinks.events = Some(Box::new(
             ThreadedSink::spawn("events", move |events| sink::events::run(out, events))

@@ -1,5 +1,6 @@
 //! `crashwatch run`: the daemon. Installs the Prometheus recorder, starts the runtime, maps
-//! SIGINT and SIGTERM to a clean shutdown and talks to systemd's notify socket and watchdog.
+//! SIGINT and SIGTERM to a clean shutdown and SIGHUP to reopening the event record, and talks to
+//! systemd's notify socket and watchdog.
 
 use std::process::ExitCode;
 
@@ -9,6 +10,7 @@ use super::resolve_config;
 use crate::cli::RunArgs;
 use crate::config::Overrides;
 use crate::notify::Notifier;
+use crate::ReopenFlag;
 
 pub fn run(args: RunArgs) -> ExitCode {
     let overrides = Overrides {
@@ -16,6 +18,8 @@ pub fn run(args: RunArgs) -> ExitCode {
         statsd: args.statsd,
         statsd_prefix: args.statsd_prefix,
         events: args.events,
+        events_max_size: args.events_max_size,
+        events_max_files: args.events_max_files,
         threshold: args.detection.threshold,
         window: args.detection.window,
         include: args.detection.include,
@@ -55,7 +59,9 @@ pub fn run(args: RunArgs) -> ExitCode {
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(cancel_on_signal(shutdown.clone()));
-        let result = crate::run(config, Some(handle), shutdown.clone(), |units| {
+        let reopen = ReopenFlag::default();
+        tokio::spawn(reopen_on_hangup(reopen.clone()));
+        let result = crate::run(config, Some(handle), shutdown.clone(), reopen, |units| {
             tracing::info!(units, %listen, "Watching {units} units; metrics on http://{listen}/metrics.");
             if let Some(notifier) = &notifier {
                 notifier.send(&format!("READY=1\nSTATUS=Watching {units} units"));
@@ -114,4 +120,20 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
     }
     tracing::info!("Shutting down.");
     shutdown.cancel();
+}
+
+/// SIGHUP reopens the event record at its path before the next record, so that logrotate can
+/// move the file away and signal (packaging/crashwatch.logrotate). Only that: SIGHUP neither
+/// stops crashwatch nor reads the configuration again.
+async fn reopen_on_hangup(reopen: ReopenFlag) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        tracing::warn!(
+            "Cannot listen for SIGHUP; the event record is reopened only when its file is moved."
+        );
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        reopen.raise();
+    }
 }
