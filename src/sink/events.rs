@@ -247,11 +247,22 @@ impl RecordFile {
         }
         if let Some(rotation) = self.rotation {
             let len = line.len() as u64;
-            if self.regular && self.size > 0 && self.size.saturating_add(len) > rotation.max_size {
-                self.rotate(rotation);
+            if self.regular && self.would_pass(len, rotation) {
+                // The count goes stale when someone else empties the file (copytruncate).
+                if let Ok(meta) = self.file.metadata() {
+                    self.size = meta.len();
+                }
+                if self.would_pass(len, rotation) {
+                    self.rotate(rotation);
+                }
             }
         }
         self.append(line)
+    }
+
+    /// Whether `len` more bytes would take a file that is not empty past the cap.
+    fn would_pass(&self, len: u64, rotation: Rotation) -> bool {
+        self.size > 0 && self.size.saturating_add(len) > rotation.max_size
     }
 
     /// Moves the full file aside and opens a fresh one at the path. A file someone else already
@@ -662,6 +673,47 @@ mod rotation_tests {
         file.write_record(&record(2)).expect("writing");
         assert_eq!(numbers(&moved), [0, 1]);
         assert_eq!(numbers(&path), [2]);
+    }
+
+    #[test]
+    fn a_rotation_that_fails_keeps_writing_to_the_live_file() {
+        let dir = Scratch::new("refused");
+        let path = dir.0.join("events.jsonl");
+        // A directory in the way of the rename.
+        std::fs::create_dir_all(rotated_path(&path, 1).join("in-the-way")).expect("a directory");
+        let rotation = Rotation {
+            max_size: 30,
+            max_files: 1,
+        };
+        let mut file =
+            RecordFile::open(&path, Some(rotation), ReopenFlag::default()).expect("opening");
+        for n in 0..4 {
+            file.write_record(&record(n)).expect("writing");
+        }
+        assert_eq!(numbers(&path), [0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn a_file_emptied_under_the_writer_is_not_rotated() {
+        let dir = Scratch::new("truncated");
+        let path = dir.0.join("events.jsonl");
+        let rotation = Rotation {
+            max_size: 60,
+            max_files: 2,
+        };
+        let mut file =
+            RecordFile::open(&path, Some(rotation), ReopenFlag::default()).expect("opening");
+        file.write_record(&record(0)).expect("writing");
+        file.write_record(&record(1)).expect("writing");
+        // logrotate's copytruncate: the content copied away, the file emptied in place.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_len(0))
+            .expect("truncating");
+        file.write_record(&record(2)).expect("writing");
+        assert_eq!(numbers(&path), [2]);
+        assert!(!rotated_path(&path, 1).exists());
     }
 
     #[test]
