@@ -512,6 +512,20 @@ mod rotation_tests {
             std::fs::create_dir_all(&dir).expect("temp dir");
             Scratch(dir)
         }
+
+        /// The record's path in it.
+        fn path(&self) -> PathBuf {
+            self.0.join("events.jsonl")
+        }
+
+        /// The record opened there, rotated at `max_size` bytes with `max_files` kept.
+        fn rotating(&self, max_size: u64, max_files: u32) -> RecordFile {
+            let rotation = Rotation {
+                max_size,
+                max_files,
+            };
+            RecordFile::open(&self.path(), Some(rotation), ReopenFlag::default()).expect("opening")
+        }
     }
 
     impl Drop for Scratch {
@@ -577,13 +591,8 @@ mod rotation_tests {
     #[test]
     fn rotation_keeps_max_files_of_whole_contiguous_records_under_the_cap() {
         let dir = Scratch::new("cap");
-        let path = dir.0.join("events.jsonl");
-        let rotation = Rotation {
-            max_size: 300,
-            max_files: 3,
-        };
-        let mut file =
-            RecordFile::open(&path, Some(rotation), ReopenFlag::default()).expect("opening");
+        let path = dir.path();
+        let mut file = dir.rotating(300, 3);
         for n in 0..200 {
             file.write_record(&record(n)).expect("writing");
         }
@@ -621,13 +630,8 @@ mod rotation_tests {
     #[test]
     fn a_record_larger_than_the_cap_gets_a_file_of_its_own() {
         let dir = Scratch::new("large");
-        let path = dir.0.join("events.jsonl");
-        let rotation = Rotation {
-            max_size: 10,
-            max_files: 2,
-        };
-        let mut file =
-            RecordFile::open(&path, Some(rotation), ReopenFlag::default()).expect("opening");
+        let path = dir.path();
+        let mut file = dir.rotating(10, 2);
         for n in 0..3 {
             file.write_record(&record(n)).expect("writing");
         }
@@ -639,16 +643,11 @@ mod rotation_tests {
     #[test]
     fn lowering_max_files_deletes_the_files_beyond_it() {
         let dir = Scratch::new("lower");
-        let path = dir.0.join("events.jsonl");
+        let path = dir.path();
         for n in 1..=6 {
             std::fs::write(rotated_path(&path, n), record(100 + n as usize)).expect("writing");
         }
-        let rotation = Rotation {
-            max_size: 30,
-            max_files: 2,
-        };
-        let mut file =
-            RecordFile::open(&path, Some(rotation), ReopenFlag::default()).expect("opening");
+        let mut file = dir.rotating(30, 2);
         file.write_record(&record(0)).expect("writing");
         file.write_record(&record(1)).expect("writing");
         assert_eq!(numbers(&rotated_path(&path, 1)), [0]);
@@ -661,7 +660,7 @@ mod rotation_tests {
     #[test]
     fn a_raised_flag_reopens_the_path_before_the_next_record() {
         let dir = Scratch::new("reopen");
-        let path = dir.0.join("events.jsonl");
+        let path = dir.path();
         let moved = dir.0.join("events.jsonl-20240501");
         let reopen = ReopenFlag::default();
         let mut file = RecordFile::open(&path, None, reopen.clone()).expect("opening");
@@ -678,15 +677,10 @@ mod rotation_tests {
     #[test]
     fn a_rotation_that_fails_keeps_writing_to_the_live_file() {
         let dir = Scratch::new("refused");
-        let path = dir.0.join("events.jsonl");
+        let path = dir.path();
         // A directory in the way of the rename.
         std::fs::create_dir_all(rotated_path(&path, 1).join("in-the-way")).expect("a directory");
-        let rotation = Rotation {
-            max_size: 30,
-            max_files: 1,
-        };
-        let mut file =
-            RecordFile::open(&path, Some(rotation), ReopenFlag::default()).expect("opening");
+        let mut file = dir.rotating(30, 1);
         for n in 0..4 {
             file.write_record(&record(n)).expect("writing");
         }
@@ -696,13 +690,8 @@ mod rotation_tests {
     #[test]
     fn a_file_emptied_under_the_writer_is_not_rotated() {
         let dir = Scratch::new("truncated");
-        let path = dir.0.join("events.jsonl");
-        let rotation = Rotation {
-            max_size: 60,
-            max_files: 2,
-        };
-        let mut file =
-            RecordFile::open(&path, Some(rotation), ReopenFlag::default()).expect("opening");
+        let path = dir.path();
+        let mut file = dir.rotating(60, 2);
         file.write_record(&record(0)).expect("writing");
         file.write_record(&record(1)).expect("writing");
         // logrotate's copytruncate: the content copied away, the file emptied in place.
@@ -719,14 +708,9 @@ mod rotation_tests {
     #[test]
     fn a_target_that_is_not_a_regular_file_is_never_rotated() {
         let dir = Scratch::new("device");
-        let path = dir.0.join("events.jsonl");
+        let path = dir.path();
         std::os::unix::fs::symlink("/dev/null", &path).expect("linking /dev/null");
-        let rotation = Rotation {
-            max_size: 1,
-            max_files: 1,
-        };
-        let mut file =
-            RecordFile::open(&path, Some(rotation), ReopenFlag::default()).expect("opening");
+        let mut file = dir.rotating(1, 1);
         for n in 0..3 {
             file.write_record(&record(n)).expect("writing");
         }

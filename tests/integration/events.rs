@@ -105,17 +105,7 @@ fn rotated(path: &Path, n: u32) -> PathBuf {
 fn stop_and_settle(sb: &Sandbox, cw: &Crashwatch) -> u64 {
     sb.systemctl_ok(&["stop", CRASHY]);
     thread::sleep(Duration::from_secs(1));
-    let n = sb.n_restarts(CRASHY);
-    let settled = wait_until(Duration::from_secs(10), || {
-        cw.unit_metric("crashwatch_unit_restarts_total", CRASHY) == n as f64
-    });
-    assert!(
-        settled,
-        "crashwatch counted {} restarts, systemd {n}\n{}",
-        cw.unit_metric("crashwatch_unit_restarts_total", CRASHY),
-        cw.diag(CRASHY)
-    );
-    n
+    assert_counts_match(sb, cw, CRASHY)
 }
 
 fn events_errors(cw: &Crashwatch, error_type: &str) -> f64 {

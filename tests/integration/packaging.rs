@@ -441,18 +441,21 @@ fn package_installs_starts_and_purges_in_a_sandbox_without_touching_the_host() {
     let fields: Vec<&str> = passwd.trim().split(':').collect();
     assert_eq!(fields.len(), 7, "{passwd}");
     assert_eq!(fields[6], "/usr/sbin/nologin", "{passwd}");
-    let main_pid = sb.run_inside_ok(
-        30,
-        &[
-            "systemctl",
-            "show",
-            "-p",
-            "MainPID",
-            "--value",
-            "crashwatch.service",
-        ],
-    );
-    let proc_dir = format!("/proc/{}", main_pid.trim());
+    let main_pid = || {
+        sb.run_inside_ok(
+            30,
+            &[
+                "systemctl",
+                "show",
+                "-p",
+                "MainPID",
+                "--value",
+                "crashwatch.service",
+            ],
+        )
+    };
+    let first_pid = main_pid();
+    let proc_dir = format!("/proc/{}", first_pid.trim());
     let owner = sb.run_inside_ok(30, &["stat", "-c", "%u", &proc_dir]);
     assert_eq!(
         owner.trim(),
@@ -541,18 +544,7 @@ fn package_installs_starts_and_purges_in_a_sandbox_without_touching_the_host() {
         fields[2],
         "the fresh record is not crashwatch's"
     );
-    let main_pid_after = sb.run_inside_ok(
-        30,
-        &[
-            "systemctl",
-            "show",
-            "-p",
-            "MainPID",
-            "--value",
-            "crashwatch.service",
-        ],
-    );
-    assert_eq!(main_pid_after, main_pid, "SIGHUP restarted crashwatch");
+    assert_eq!(main_pid(), first_pid, "SIGHUP restarted crashwatch");
 
     // The manual, as `man` shows it, with groff's warnings on.
     let pages: Vec<&String> = installed

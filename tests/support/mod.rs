@@ -1079,6 +1079,22 @@ impl Drop for Crashwatch {
     }
 }
 
+/// Waits until crashwatch's restart count equals systemd's, and says both when it does not;
+/// returns the count.
+pub fn assert_counts_match(sb: &Sandbox, cw: &Crashwatch, unit: &str) -> u64 {
+    let n = sb.n_restarts(unit);
+    let matched = wait_until(Duration::from_secs(10), || {
+        cw.unit_metric("crashwatch_unit_restarts_total", unit) == n as f64
+    });
+    assert!(
+        matched,
+        "crashwatch_unit_restarts_total{{unit=\"{unit}\"}} = {} but systemd NRestarts = {n}\n{}",
+        cw.unit_metric("crashwatch_unit_restarts_total", unit),
+        cw.diag(unit)
+    );
+    n
+}
+
 /// GET a path from 127.0.0.1:<port> and return the body of a 200 response. HTTP/1.1 with
 /// `Connection: close`; chunked bodies are decoded.
 pub fn http_get(port: u16, path: &str) -> Result<String, String> {
