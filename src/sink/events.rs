@@ -216,7 +216,7 @@ impl RecordFile {
                 self.inode = inode;
                 self.size = size;
                 self.regular = regular;
-                tracing::info!(path = %self.path.display(), "{why}; reopened the event record.");
+                tracing::info!(path = %self.path.display(), "Reopened the event record: {why}.");
             }
             Err(e) => SinkWriteError {
                 sink: "events",
@@ -236,14 +236,14 @@ impl RecordFile {
     /// batch, so a line is never written to a file that was deleted while the sink was idle.
     fn follow_path(&mut self) {
         if !self.names_open_file() {
-            self.reopen("The event record's file was moved or deleted");
+            self.reopen("its file was moved or deleted");
         }
     }
 
     /// Writes one record, whole, after reopening or rotating the file if that is due.
     fn write_record(&mut self, line: &[u8]) -> std::io::Result<()> {
         if self.reopen.take() {
-            self.reopen("Asked to reopen the event record (SIGHUP)");
+            self.reopen("asked to on SIGHUP");
         }
         if let Some(rotation) = self.rotation {
             let len = line.len() as u64;
@@ -278,7 +278,7 @@ impl RecordFile {
                 return;
             }
         }
-        self.reopen("The event record reached its size limit and was rotated");
+        self.reopen("it reached its size limit and was rotated");
     }
 
     /// One `write(2)` of the whole line. A short write (the disk filled up under it) is cut back

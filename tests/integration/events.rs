@@ -220,7 +220,7 @@ fn sighup_after_a_rename_writes_on_in_a_fresh_file_at_the_path() {
     assert_eq!(counts[0], 1, "{counts:?}");
     assert_contiguous(&counts, n, "the moved and the fresh file");
     assert!(
-        cw.stderr().contains("reopened the event record"),
+        cw.stderr().contains("Reopened the event record"),
         "{}",
         cw.stderr()
     );
