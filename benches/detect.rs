@@ -148,8 +148,8 @@ fn fresh(all_sinks: bool) -> Pipeline {
     let recorder = ChangeTracking::new(recorder);
     let mut sinks = Sinks::default();
     if all_sinks {
-        let out = events::open(&events::EventsTarget::File("/dev/null".into()))
-            .expect("opening /dev/null");
+        let target = events::EventsTarget::File("/dev/null".into());
+        let out = events::open(&target, None, Default::default()).expect("opening /dev/null");
         sinks.events = Some(Box::new(
             ThreadedSink::spawn("events", move |events| events::run(out, events))
                 .expect("a sink thread"),

@@ -8,9 +8,9 @@
 # sandboxed systemd the tests run, and promtool (Debian package `prometheus`) to lint /metrics;
 # for the end-to-end tests Prometheus and Alertmanager (`prometheus`, `prometheus-alertmanager`),
 # node and npm, and the reference StatsD server (npm package `statsd`, into target/npm); for the
-# package tests dpkg-dev, binutils, groff-base, man-db and lintian. Also as root it fetches the
-# systemd versions the sandbox runs besides the host's (254 and 257, into target/systemd; see
-# scripts/lib/systemd-versions.sh), once: later runs find them cached.
+# package tests dpkg-dev, binutils, groff-base, man-db, lintian and logrotate. Also as root it
+# fetches the systemd versions the sandbox runs besides the host's (254 and 257, into
+# target/systemd; see scripts/lib/systemd-versions.sh), once: later runs find them cached.
 # The Rust toolchain itself (cargo, rustfmt, clippy) is expected to be installed already.
 #
 # Without root the sandbox tests cannot run; they print why and count as skipped. With CI=true
@@ -47,12 +47,13 @@ missing_packages() {
   # node and npm run the reference StatsD server (npm package statsd, installed below).
   { have node && have npm; } || pkgs+=(nodejs npm)
   # scripts/package.sh and its tests: dpkg-shlibdeps, strip, groff and man to render the
-  # manual pages, lintian to judge the package.
+  # manual pages, lintian to judge the package, logrotate to run the one it installs.
   have dpkg-shlibdeps || pkgs+=(dpkg-dev)
   have strip || pkgs+=(binutils)
   have groff || pkgs+=(groff-base)
   have man || pkgs+=(man-db)
   have lintian || pkgs+=(lintian)
+  have logrotate || pkgs+=(logrotate)
   echo "${pkgs[@]}"
 }
 
@@ -60,7 +61,7 @@ install_packages() {
   local pkgs
   read -r -a pkgs <<<"$(missing_packages)"
   if [ "${#pkgs[@]}" -eq 0 ]; then
-    note "all present (prometheus, promtool, alertmanager, node, npm, dbus-daemon, systemd, unshare, nsenter, setpriv, script, dpkg-dev, groff, man, lintian)"
+    note "all present (prometheus, promtool, alertmanager, node, npm, dbus-daemon, systemd, unshare, nsenter, setpriv, script, dpkg-dev, groff, man, lintian, logrotate)"
     return
   fi
   note "missing: ${pkgs[*]}"

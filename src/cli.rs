@@ -181,6 +181,20 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub events: Option<String>,
 
+    /// Rotate the event record before a record would take it past SIZE: FILE becomes FILE.1,
+    /// FILE.1 becomes FILE.2, and so on. SIZE is a number of bytes or has a unit: 512KiB, 16MiB,
+    /// 10MB, 1GiB. 0 turns rotation off, to leave it to logrotate. Never for stdout or a target
+    /// that is not a regular file. The default keeps the record under 100 MiB in all (see
+    /// --events-max-files) [default: 16MiB].
+    #[arg(long, value_name = "SIZE")]
+    pub events_max_size: Option<String>,
+
+    /// Rotated files of the event record to keep, FILE.1 (the newest) to FILE.N; older ones are
+    /// deleted. With the default size the record takes at most 5 files of 16 MiB, 80 MiB, under
+    /// 100 MiB however busy the node, with room for logrotate's compressed archives [default: 4].
+    #[arg(long, value_name = "N")]
+    pub events_max_files: Option<u32>,
+
     #[command(flatten)]
     pub detection: DetectionArgs,
 

@@ -14,7 +14,9 @@ use serde::Deserialize;
 use crate::detect::{Policy, MAX_RESTARTS_HELD};
 use crate::glob::{Glob, UnitFilter};
 use crate::sink::actions::{Action, ActionSection};
-use crate::sink::events::EventsTarget;
+use crate::sink::events::{
+    parse_size, EventsTarget, Rotation, DEFAULT_MAX_FILES, DEFAULT_MAX_SIZE, MAX_FILES_LIMIT,
+};
 use crate::source::upstart::hook::DEFAULT_SOCKET;
 use crate::source::upstart::UpstartAddress;
 use crate::source::SourceChoice;
@@ -204,6 +206,29 @@ pub struct StatsdSection {
 pub struct EventsSection {
     /// File to append JSON lines to, or `-` for standard output; unset means no record.
     pub path: Option<String>,
+    /// Rotate the file before a record would take it past this size: `"16MiB"`, `"10MB"`,
+    /// `"512KiB"` or a number of bytes; 0 turns rotation off (to leave it to logrotate). Never
+    /// for standard output or a target that is not a regular file. Default `"16MiB"`: with
+    /// `max_files` at 4 the record takes at most 5 files of 16 MiB, 80 MiB, under 100 MiB on a
+    /// node where units crash-loop all day.
+    pub max_size: Option<SizeSetting>,
+    /// Rotated files to keep, `events.jsonl.1` (the newest) to `events.jsonl.N`; older ones are
+    /// deleted. Between 1 and 1000. Default 4.
+    pub max_files: Option<u32>,
+}
+
+/// A size as written in the file: a string with a unit, or a number of bytes.
+#[derive(Debug, Deserialize)]
+// `expecting` is the whole message when neither variant fits, as in `max_size = -1`.
+#[serde(
+    untagged,
+    expecting = "sink.events.max_size must be a size such as \"16MiB\" or a number of bytes"
+)]
+pub enum SizeSetting {
+    /// A number of bytes.
+    Bytes(u64),
+    /// A size with its unit, e.g. `"16MiB"`.
+    Text(String),
 }
 
 /// `[limits]`.
@@ -237,6 +262,10 @@ pub struct Overrides {
     pub statsd_tags: bool,
     /// `--events`.
     pub events: Option<String>,
+    /// `--events-max-size`.
+    pub events_max_size: Option<String>,
+    /// `--events-max-files`.
+    pub events_max_files: Option<u32>,
     /// `--threshold`.
     pub threshold: Option<u32>,
     /// `--window`.
@@ -309,6 +338,8 @@ pub struct Config {
     pub statsd: Option<StatsdTarget>,
     /// The event record, if any.
     pub events: Option<EventsTarget>,
+    /// How the event record's file is rotated; `None` when rotation is off.
+    pub events_rotation: Option<Rotation>,
     /// The cap on units with series of their own.
     pub max_units: usize,
     /// Whether template instances are counted as their template.
@@ -423,6 +454,11 @@ impl Config {
             .events
             .or(file.sink.events.path)
             .map(|p| EventsTarget::parse(&p));
+        let events_rotation = resolve_events_rotation(
+            (cli.events_max_size.as_deref(), cli.events_max_files),
+            (file.sink.events.max_size, file.sink.events.max_files),
+            &invalid,
+        )?;
         let max_units = cli
             .max_units
             .or(file.limits.max_units)
@@ -468,6 +504,7 @@ impl Config {
             listen,
             statsd,
             events,
+            events_rotation,
             max_units,
             fold_instances: cli.fold_instances || file.limits.fold_instances.unwrap_or(false),
             unloaded_retention,
@@ -477,6 +514,39 @@ impl Config {
             actions,
         })
     }
+}
+
+/// Checks the event record's rotation: the command line's maximum size and files over
+/// `[sink.events]`'s. Errors name the flag or key the bad value came from.
+fn resolve_events_rotation(
+    (cli_max_size, cli_max_files): (Option<&str>, Option<u32>),
+    (max_size, max_files): (Option<SizeSetting>, Option<u32>),
+    invalid: &dyn Fn(String) -> ConfigError,
+) -> Result<Option<Rotation>, ConfigError> {
+    let max_size = match (cli_max_size, max_size) {
+        (Some(text), _) => {
+            parse_size(text).map_err(|e| invalid(format!("--events-max-size: {e}")))?
+        }
+        (None, Some(SizeSetting::Text(text))) => {
+            parse_size(&text).map_err(|e| invalid(format!("sink.events.max_size: {e}")))?
+        }
+        (None, Some(SizeSetting::Bytes(bytes))) => bytes,
+        (None, None) => DEFAULT_MAX_SIZE,
+    };
+    let (max_files, key) = match (cli_max_files, max_files) {
+        (Some(n), _) => (n, "--events-max-files"),
+        (None, Some(n)) => (n, "sink.events.max_files"),
+        (None, None) => (DEFAULT_MAX_FILES, "sink.events.max_files"),
+    };
+    if !(1..=MAX_FILES_LIMIT).contains(&max_files) {
+        return Err(invalid(format!(
+            "{key} must be between 1 and {MAX_FILES_LIMIT}, not {max_files}"
+        )));
+    }
+    Ok((max_size > 0).then_some(Rotation {
+        max_size,
+        max_files,
+    }))
 }
 
 /// Checks `[source.upstart]` plus the command line. `--include` replaces the include list and
@@ -942,6 +1012,100 @@ mod tests {
             assert!(message.starts_with("crashwatch.toml"), "{message}");
             assert!(message.contains(expected), "{text:?}: {message}");
             assert!(!message.contains('\n'), "{message}");
+        }
+    }
+
+    #[test]
+    fn the_event_record_rotates_by_default_and_as_told() {
+        let config = resolve("").expect("defaults");
+        assert_eq!(
+            config.events_rotation,
+            Some(Rotation {
+                max_size: 16 << 20,
+                max_files: 4
+            })
+        );
+        let config =
+            resolve("[sink.events]\nmax_size = \"512KiB\"\nmax_files = 2\n").expect("valid");
+        assert_eq!(
+            config.events_rotation,
+            Some(Rotation {
+                max_size: 512 << 10,
+                max_files: 2
+            })
+        );
+        let config = resolve("[sink.events]\nmax_size = 4096\n").expect("valid");
+        assert_eq!(config.events_rotation.map(|r| r.max_size), Some(4096));
+        let config = resolve("[sink.events]\nmax_size = \"0\"\n").expect("valid");
+        assert_eq!(config.events_rotation, None, "0 turns rotation off");
+        let flags = Config::resolve(
+            parse_file(
+                "[sink.events]\nmax_size = \"1GiB\"\nmax_files = 9\n",
+                Path::new("crashwatch.toml"),
+            )
+            .expect("valid"),
+            Overrides {
+                events_max_size: Some("10MB".to_owned()),
+                events_max_files: Some(3),
+                ..Overrides::default()
+            },
+            "crashwatch.toml",
+        )
+        .expect("valid");
+        assert_eq!(
+            flags.events_rotation,
+            Some(Rotation {
+                max_size: 10_000_000,
+                max_files: 3
+            }),
+            "flags replace the file's values"
+        );
+    }
+
+    #[test]
+    fn every_bad_rotation_setting_is_one_line_naming_its_key() {
+        for (text, expected) in [
+            (
+                "[sink.events]\nmax_size = \"12XB\"\n",
+                "sink.events.max_size: \"12XB\" is not a size",
+            ),
+            (
+                "[sink.events]\nmax_size = -1\n",
+                "sink.events.max_size must be a size such as",
+            ),
+            ("[sink.events]\nmax_size = true\n", "line 2"),
+            (
+                "[sink.events]\nmax_files = 0\n",
+                "sink.events.max_files must be between 1 and 1000, not 0",
+            ),
+            ("[sink.events]\nmax_files = \"3\"\n", "line 2"),
+            ("[sink.events]\nmax_file = 3\n", "unknown field"),
+        ] {
+            let message = resolve(text).expect_err(text).to_string();
+            assert!(message.starts_with("crashwatch.toml"), "{message}");
+            assert!(message.contains(expected), "{text:?}: {message}");
+            assert!(!message.contains('\n'), "{message}");
+        }
+        for (overrides, expected) in [
+            (
+                Overrides {
+                    events_max_size: Some("lots".to_owned()),
+                    ..Overrides::default()
+                },
+                "command line: --events-max-size: \"lots\" is not a size",
+            ),
+            (
+                Overrides {
+                    events_max_files: Some(5000),
+                    ..Overrides::default()
+                },
+                "command line: --events-max-files must be between 1 and 1000, not 5000",
+            ),
+        ] {
+            let message = Config::resolve(FileConfig::default(), overrides, "command line")
+                .expect_err(expected)
+                .to_string();
+            assert!(message.starts_with(expected), "{message}");
         }
     }
 }

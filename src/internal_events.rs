@@ -275,6 +275,28 @@ impl StatsdSendError<'_> {
     }
 }
 
+/// The event record's file could not be rotated (a rename failed): records go on into the live
+/// file, past its size cap, and the rotation is tried again before the next record.
+pub struct EventsRotateError<'a> {
+    /// The record's path.
+    pub path: &'a str,
+    /// The error, as text.
+    pub error: &'a str,
+}
+
+impl EventsRotateError<'_> {
+    /// Counts and logs it.
+    pub fn emit(self) {
+        count("events", "rotate_failed");
+        warn_limited!(
+            "events_rotate_failed",
+            path = self.path,
+            error = self.error,
+            "Could not rotate the event record; writing on past its size cap."
+        );
+    }
+}
+
 /// A unit beyond the configured cap was seen; it is counted but gets no series of its own.
 pub struct UnitOverflow<'a> {
     /// The unit's name.

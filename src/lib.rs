@@ -4,8 +4,9 @@
 //! engine (detector and unit table) → sinks, with the HTTP server and the commands on top
 //! (ARCHITECTURE.md has the map). [`run`] wires them together for a node agent to embed; it
 //! installs nothing global, so the embedder chooses the `metrics` recorder and passes its handle
-//! in. The embedding API is [`run`], [`RunError`] and [`config`]; [`cli`], [`commands`] and
-//! [`logging`] are the binary's. Everything else is private to the crate, so the compiler
+//! in. The embedding API is [`run`], [`RunError`], [`ReopenFlag`] and [`config`]; [`cli`],
+//! [`commands`] and [`logging`] are the binary's. Everything else is private to the crate, so the
+//! compiler
 //! reports what is unused.
 
 pub mod cli;
@@ -50,6 +51,8 @@ use config::StatsdTarget;
 use detect::Detector;
 use engine::{EventSink, LoopSink, Sinks};
 use sink::ThreadedSink;
+
+pub use sink::events::ReopenFlag;
 use source::systemd::{SystemdError, SystemdSettings, SystemdSource};
 use source::upstart::{UpstartError, UpstartSettings, UpstartSource};
 
@@ -116,16 +119,19 @@ pub fn own_upstart_job() -> Option<String> {
 }
 
 /// Runs crashwatch until `shutdown` is cancelled. `metrics` is the handle of the Prometheus
-/// recorder the caller installed; with `None`, no `/metrics` is served. Calls `ready` once the
-/// source is subscribed and its snapshot taken, with the number of units watched. Each
-/// configuration received on `reloads` (already checked) replaces the running one where it can
-/// without a restart: filters, thresholds, overrides, StatsD and actions.
+/// recorder the caller installed; with `None`, no `/metrics` is served. Raising `reopen` makes
+/// the event record reopen its file at its path before the next record (the binary raises it on
+/// SIGHUP, for logrotate). Each configuration received on `reloads` (already checked) replaces
+/// the running one where it can without a restart: filters, thresholds, overrides, StatsD and
+/// actions. Calls `ready` once the source is subscribed and its snapshot taken, with the number
+/// of units watched.
 pub async fn run(
     mut config: Config,
     metrics: Option<PrometheusHandle>,
     shutdown: CancellationToken,
-    ready: impl FnOnce(usize),
+    reopen: ReopenFlag,
     reloads: mpsc::Receiver<Config>,
+    ready: impl FnOnce(usize),
 ) -> Result<(), RunError> {
     sink::prometheus::describe();
     exclude_self(&mut config);
@@ -143,9 +149,11 @@ pub async fn run(
     };
     let mut sinks = Sinks::default();
     if let Some(target) = &config.events {
-        let out = sink::events::open(target).map_err(|source| RunError::Events {
-            path: format!("{target:?}"),
-            source,
+        let out = sink::events::open(target, config.events_rotation, reopen).map_err(|source| {
+            RunError::Events {
+                path: format!("{target:?}"),
+                source,
+            }
         })?;
         sinks.events = Some(Box::new(
             ThreadedSink::spawn("events", move |events| sink::events::run(out, events))

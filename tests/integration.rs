@@ -22,6 +22,8 @@ mod churn;
 mod cli;
 #[path = "integration/end_to_end.rs"]
 mod end_to_end;
+#[path = "integration/events.rs"]
+mod events;
 #[path = "integration/exposition.rs"]
 mod exposition;
 #[path = "integration/harness_selftest.rs"]

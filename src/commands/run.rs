@@ -1,6 +1,6 @@
 //! `crashwatch run`: the daemon. Installs the Prometheus recorder, starts the runtime, maps
-//! SIGINT and SIGTERM to a clean shutdown and SIGHUP to a reload of the configuration, and talks
-//! to systemd's notify socket and watchdog.
+//! SIGINT and SIGTERM to a clean shutdown and SIGHUP to a reload of the configuration and a
+//! reopening of the event record, and talks to systemd's notify socket and watchdog.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,6 +14,7 @@ use crate::cli::RunArgs;
 use crate::config::{Config, FileConfig, Overrides};
 use crate::internal_events::ConfigReloadError;
 use crate::notify::Notifier;
+use crate::ReopenFlag;
 
 pub fn run(args: RunArgs) -> ExitCode {
     let overrides = Overrides {
@@ -22,6 +23,8 @@ pub fn run(args: RunArgs) -> ExitCode {
         statsd_prefix: args.statsd_prefix,
         statsd_tags: args.statsd_tags,
         events: args.events,
+        events_max_size: args.events_max_size,
+        events_max_files: args.events_max_files,
         threshold: args.detection.threshold,
         window: args.detection.window,
         include: args.detection.include,
@@ -61,9 +64,15 @@ pub fn run(args: RunArgs) -> ExitCode {
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(cancel_on_signal(shutdown.clone()));
+        let reopen = ReopenFlag::default();
         let (reloads, reloaded) = tokio::sync::mpsc::channel(1);
-        tokio::spawn(reload_on_hangup(args.config.clone(), overrides, reloads));
-        let result = crate::run(config, Some(handle), shutdown.clone(), |units| {
+        tokio::spawn(on_hangup(
+            args.config.clone(),
+            overrides,
+            reloads,
+            reopen.clone(),
+        ));
+        let result = crate::run(config, Some(handle), shutdown.clone(), reopen, reloaded, |units| {
             tracing::info!(units, %listen, "Watching {units} units; metrics on http://{listen}/metrics.");
             if let Some(notifier) = &notifier {
                 notifier.send(&format!("READY=1\nSTATUS=Watching {units} units"));
@@ -71,7 +80,7 @@ pub fn run(args: RunArgs) -> ExitCode {
                     tokio::spawn(ping_watchdog(Notifier::from_env(), interval, shutdown.clone()));
                 }
             }
-        }, reloaded)
+        })
         .await;
         if let Some(notifier) = &notifier {
             notifier.send("STOPPING=1");
@@ -124,21 +133,29 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-/// SIGHUP reads the configuration again, as at start-up (the same file and command line), and
-/// hands it to the daemon; a file that does not check out is refused with one log line and a
-/// counted error, and the running configuration stays. `systemctl reload crashwatch` sends it.
-async fn reload_on_hangup(
+/// SIGHUP (`systemctl reload crashwatch`, and logrotate's postrotate) does two things. It makes
+/// the event record reopen its file at its path before the next record, so logrotate can move
+/// the file away (packaging/crashwatch.logrotate). And it reads the configuration again, as at
+/// start-up (the same file and command line), and hands it to the daemon; a file that does not
+/// check out is refused with one log line and a counted error, and the running configuration
+/// stays.
+async fn on_hangup(
     path: Option<PathBuf>,
     overrides: Overrides,
     reloads: mpsc::Sender<Config>,
+    reopen: ReopenFlag,
 ) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        tracing::warn!("Cannot listen for SIGHUP; configuration changes need a restart.");
+        tracing::warn!(
+            "Cannot listen for SIGHUP; configuration changes need a restart, and the event record \
+             is reopened only when its file is moved."
+        );
         return;
     };
     reload_succeeded(true);
     while hangups.recv().await.is_some() {
+        reopen.raise();
         let origin = path
             .as_ref()
             .map_or_else(|| "command line".to_owned(), |p| p.display().to_string());

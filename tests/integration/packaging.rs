@@ -282,7 +282,7 @@ fn package_carries_the_cargo_version_library_dependencies_and_conffile() {
     assert_eq!(control_field(&deb, "Recommends"), "dbus");
     assert_eq!(
         control_file(&deb, "conffiles").trim(),
-        "/etc/crashwatch/crashwatch.toml"
+        "/etc/crashwatch/crashwatch.toml\n/etc/logrotate.d/crashwatch"
     );
     let paths = package_paths(&deb);
     for expected in [
@@ -290,6 +290,7 @@ fn package_carries_the_cargo_version_library_dependencies_and_conffile() {
         "/lib/systemd/system/crashwatch.service",
         "/usr/lib/sysusers.d/crashwatch.conf",
         "/etc/crashwatch/crashwatch.toml",
+        "/etc/logrotate.d/crashwatch",
         "/usr/share/crashwatch/alerts/crashwatch.rules.yml",
         "/usr/share/crashwatch/alerts/crashwatch.tests.yml",
         "/usr/share/crashwatch/dashboards/crashwatch.json",
@@ -388,7 +389,7 @@ fn host_state(paths: &[String]) -> Vec<String> {
 #[test]
 fn package_installs_starts_and_purges_in_a_sandbox_without_touching_the_host() {
     require_sandbox!();
-    if let Err(reason) = packaging_prerequisites(&[("man", "man-db")]) {
+    if let Err(reason) = packaging_prerequisites(&[("man", "man-db"), ("logrotate", "logrotate")]) {
         skip(&reason);
         return;
     }
@@ -450,18 +451,21 @@ fn package_installs_starts_and_purges_in_a_sandbox_without_touching_the_host() {
     let fields: Vec<&str> = passwd.trim().split(':').collect();
     assert_eq!(fields.len(), 7, "{passwd}");
     assert_eq!(fields[6], "/usr/sbin/nologin", "{passwd}");
-    let main_pid = sb.run_inside_ok(
-        30,
-        &[
-            "systemctl",
-            "show",
-            "-p",
-            "MainPID",
-            "--value",
-            "crashwatch.service",
-        ],
-    );
-    let proc_dir = format!("/proc/{}", main_pid.trim());
+    let main_pid = || {
+        sb.run_inside_ok(
+            30,
+            &[
+                "systemctl",
+                "show",
+                "-p",
+                "MainPID",
+                "--value",
+                "crashwatch.service",
+            ],
+        )
+    };
+    let first_pid = main_pid();
+    let proc_dir = format!("/proc/{}", first_pid.trim());
     let owner = sb.run_inside_ok(30, &["stat", "-c", "%u", &proc_dir]);
     assert_eq!(
         owner.trim(),
@@ -485,6 +489,72 @@ fn package_installs_starts_and_purges_in_a_sandbox_without_touching_the_host() {
         exists_inside("/var/log/crashwatch/events.jsonl"),
         "no event record"
     );
+
+    // The installed logrotate configuration, forced as if a month had passed: the record goes
+    // to a dated archive, and crashwatch, signalled, writes on in a fresh file at its path.
+    let record = inside("/var/log/crashwatch/events.jsonl");
+    let recorded = |unit: &str| {
+        wait_until(Duration::from_secs(15), || {
+            std::fs::read_to_string(&record).is_ok_and(|text| text.contains(unit))
+        })
+    };
+    sb.run_inside_ok(
+        30,
+        &[
+            "systemd-run",
+            "--wait",
+            "--unit=before-rotation",
+            "/bin/true",
+        ],
+    );
+    assert!(recorded("before-rotation.service"), "no record of a run");
+    sb.run_inside_ok(
+        60,
+        &[
+            "logrotate",
+            "--force",
+            "--state",
+            "/run/crashwatch-test-logrotate.status",
+            "/etc/logrotate.d/crashwatch",
+        ],
+    );
+    let archives: Vec<PathBuf> = std::fs::read_dir(inside("/var/log/crashwatch"))
+        .expect("listing /var/log/crashwatch")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("events.jsonl-"))
+        })
+        .collect();
+    assert_eq!(archives.len(), 1, "{archives:?}");
+    let archived = std::fs::read_to_string(&archives[0]).expect("reading the archive");
+    assert!(archived.contains("before-rotation.service"), "{archived}");
+    sb.run_inside_ok(
+        30,
+        &[
+            "systemd-run",
+            "--wait",
+            "--unit=after-rotation",
+            "/bin/true",
+        ],
+    );
+    assert!(
+        recorded("after-rotation.service"),
+        "no fresh record after logrotate"
+    );
+    let archived = std::fs::read_to_string(&archives[0]).expect("reading the archive");
+    assert!(!archived.contains("after-rotation.service"), "{archived}");
+    let owner = sb.run_inside_ok(
+        30,
+        &["stat", "-c", "%u", "/var/log/crashwatch/events.jsonl"],
+    );
+    assert_eq!(
+        owner.trim(),
+        fields[2],
+        "the fresh record is not crashwatch's"
+    );
+    assert_eq!(main_pid(), first_pid, "SIGHUP restarted crashwatch");
 
     // The manual, as `man` shows it, with groff's warnings on.
     let pages: Vec<&String> = installed

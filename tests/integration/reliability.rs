@@ -53,20 +53,6 @@ fn fix_unit(sb: &Sandbox, unit: &str) {
     thread::sleep(Duration::from_millis(500));
 }
 
-/// Waits until crashwatch's restart count equals systemd's, and says both when it does not.
-fn assert_counts_match(sb: &Sandbox, cw: &Crashwatch, unit: &str) {
-    let n = sb.n_restarts(unit);
-    let matched = wait_until(Duration::from_secs(10), || {
-        cw.unit_metric("crashwatch_unit_restarts_total", unit) == n as f64
-    });
-    assert!(
-        matched,
-        "crashwatch_unit_restarts_total{{unit=\"{unit}\"}} = {} but systemd NRestarts = {n}\n{}",
-        cw.unit_metric("crashwatch_unit_restarts_total", unit),
-        cw.diag(unit)
-    );
-}
-
 #[test]
 fn bus_killed_mid_loop_loses_no_restart() {
     require_sandbox!();

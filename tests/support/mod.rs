@@ -48,6 +48,7 @@ extern "C" {
     fn setns(fd: i32, nstype: i32) -> i32;
 }
 const SIGTERM: i32 = 15;
+const SIGHUP: i32 = 1;
 const CLONE_NEWNET: i32 = 0x4000_0000;
 
 /// Set this to keep sandbox and crashwatch directories (systemd log, units, event record) after
@@ -803,10 +804,20 @@ impl Crashwatch {
     }
 
     pub fn spawn_on_bus(bus_address: &str, extra_args: &[&str]) -> Crashwatch {
+        Self::spawn_with_events(bus_address, None, extra_args)
+    }
+
+    /// Like [`Crashwatch::spawn_on_bus`], with the event record at `events` (when given) instead
+    /// of in the run's own temporary directory.
+    pub fn spawn_with_events(
+        bus_address: &str,
+        events: Option<&Path>,
+        extra_args: &[&str],
+    ) -> Crashwatch {
         // The port may be taken between probing and binding (parallel tests); retry then.
         let mut last_err = String::new();
         for _ in 0..3 {
-            match Self::try_spawn(bus_address, extra_args) {
+            match Self::try_spawn(bus_address, events, extra_args) {
                 Ok(cw) => return cw,
                 Err((err, retry)) => {
                     if !retry {
@@ -819,10 +830,14 @@ impl Crashwatch {
         panic!("{last_err}");
     }
 
-    fn try_spawn(bus_address: &str, extra_args: &[&str]) -> Result<Crashwatch, (String, bool)> {
+    fn try_spawn(
+        bus_address: &str,
+        events: Option<&Path>,
+        extra_args: &[&str],
+    ) -> Result<Crashwatch, (String, bool)> {
         let dir = TempDir::new("cw-run");
         let port = free_port();
-        let events = dir.path().join("events.jsonl");
+        let events = events.map_or_else(|| dir.path().join("events.jsonl"), Path::to_owned);
         let listen = format!("127.0.0.1:{port}");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_crashwatch"));
         cmd.arg("run")
@@ -898,6 +913,22 @@ impl Crashwatch {
     /// The daemon's process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Sends SIGHUP, as logrotate's `postrotate` does.
+    pub fn hangup(&self) {
+        let pid = self.pid();
+        // pid 0 would signal the test's own process group.
+        assert!(pid != 0, "crashwatch is not running");
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { kill(pid as i32, SIGHUP) };
+    }
+
+    /// How the daemon exited, if it has; never waits.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// The daemon's resident memory in KiB (VmRSS).
@@ -1052,6 +1083,22 @@ impl Drop for Crashwatch {
         }
         let _ = self.terminate(Duration::from_secs(3));
     }
+}
+
+/// Waits until crashwatch's restart count equals systemd's, and says both when it does not;
+/// returns the count.
+pub fn assert_counts_match(sb: &Sandbox, cw: &Crashwatch, unit: &str) -> u64 {
+    let n = sb.n_restarts(unit);
+    let matched = wait_until(Duration::from_secs(10), || {
+        cw.unit_metric("crashwatch_unit_restarts_total", unit) == n as f64
+    });
+    assert!(
+        matched,
+        "crashwatch_unit_restarts_total{{unit=\"{unit}\"}} = {} but systemd NRestarts = {n}\n{}",
+        cw.unit_metric("crashwatch_unit_restarts_total", unit),
+        cw.diag(unit)
+    );
+    n
 }
 
 /// GET a path from 127.0.0.1:<port> and return the body of a 200 response. HTTP/1.1 with
