@@ -393,10 +393,18 @@ mod tests {
         assert!(row.contains("start/-"), "{text}");
         assert!(row.contains("-/- in -"), "{text}");
         assert!(row.ends_with("2026-12-05T03:47:10.680Z unknown"), "{text}");
-        assert!(text.ends_with("1 units watched, - crash-looping.\n"), "{text}");
+        assert!(
+            text.ends_with("1 units watched, - crash-looping.\n"),
+            "{text}"
+        );
         let text = events_table(&serde_json::json!({"events": [{"transition": 7}]}));
         assert!(text.starts_with("- (-)\nTIME"), "{text}");
-        assert!(text.lines().nth(2).is_some_and(|l| l == "-     -           -/-"), "{text}");
+        assert!(
+            text.lines()
+                .nth(2)
+                .is_some_and(|l| l == "-     -           -/-"),
+            "{text}"
+        );
     }
 
     /// xorshift64*: a small deterministic generator, so a failure is reproducible by its seed.
@@ -468,7 +476,8 @@ mod tests {
         ];
         let mut s = String::new();
         for _ in 0..rng.below(6) {
-            s.push_str(*rng.pick(&PIECES));
+            let piece: &&str = rng.pick(&PIECES);
+            s.push_str(piece);
         }
         if rng.below(20) == 0 {
             s.push_str(&"x".repeat(rng.below(5_000) as usize));
@@ -498,7 +507,11 @@ mod tests {
             1 => Value::Bool(rng.below(2) == 0),
             2 => any_number(rng),
             3 | 4 => Value::String(any_string(rng)),
-            5 => Value::Array((0..rng.below(5)).map(|_| any_value(rng, depth - 1)).collect()),
+            5 => Value::Array(
+                (0..rng.below(5))
+                    .map(|_| any_value(rng, depth - 1))
+                    .collect(),
+            ),
             _ => any_object(rng, depth - 1),
         }
     }

@@ -293,8 +293,9 @@ impl Reorder {
 
     /// The messages due at monotonic `now`, oldest stamp first, each with its realtime time.
     pub fn release(&mut self, now: u64) -> Vec<(JobEvent, Micros)> {
-        let (mut due, held): (Vec<Held>, Vec<Held>) =
-            std::mem::take(&mut self.held).into_iter().partition(|h| h.due <= now);
+        let (mut due, held): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|h| h.due <= now);
         self.held = held;
         due.sort_by_key(|h| (h.stamp, h.seq));
         due.into_iter().map(|h| (h.event, h.at)).collect()
@@ -421,14 +422,17 @@ mod tests {
 
     #[test]
     fn a_hook_message_round_trips() {
-        let message = HookMessage::from_env(env(&[
-            ("JOB", "www"),
-            ("INSTANCE", ""),
-            ("UPSTART_EVENTS", "stopping"),
-            ("RESULT", "failed"),
-            ("PROCESS", "main"),
-            ("EXIT_SIGNAL", "SEGV"),
-        ]), 81_736_452_113)
+        let message = HookMessage::from_env(
+            env(&[
+                ("JOB", "www"),
+                ("INSTANCE", ""),
+                ("UPSTART_EVENTS", "stopping"),
+                ("RESULT", "failed"),
+                ("PROCESS", "main"),
+                ("EXIT_SIGNAL", "SEGV"),
+            ]),
+            81_736_452_113,
+        )
         .expect("valid environment");
         let bytes = message.encode().expect("encodes");
         assert_eq!(
@@ -447,11 +451,10 @@ mod tests {
     #[test]
     fn the_environment_must_come_from_a_job_event() {
         assert!(HookMessage::from_env(env(&[("UPSTART_EVENTS", "starting")]), 1).is_err());
-        assert!(HookMessage::from_env(
-            env(&[("JOB", "www"), ("UPSTART_EVENTS", "startup")]),
-            1
-        )
-        .is_err());
+        assert!(
+            HookMessage::from_env(env(&[("JOB", "www"), ("UPSTART_EVENTS", "startup")]), 1)
+                .is_err()
+        );
         let m = HookMessage::from_env(
             env(&[("JOB", "www"), ("UPSTART_EVENTS", "runlevel starting")]),
             1,

@@ -448,8 +448,7 @@ impl UpstartSource {
         match HookMessage::decode(bytes) {
             Ok(message) => {
                 if self.settings.filter.allows(&message.event.unit()) {
-                    self.reorder
-                        .push(message, monotonic_micros(), now_micros());
+                    self.reorder.push(message, monotonic_micros(), now_micros());
                 }
             }
             Err(error) => HookDecodeError {

@@ -553,7 +553,10 @@ impl Tracker {
                     set_state(unit, "start", "starting");
                     begin_run(unit, from, now, &mut out);
                     if !up_heard {
-                        for t in out.iter_mut().filter(|t| t.kind == TransitionKind::Starting) {
+                        for t in out
+                            .iter_mut()
+                            .filter(|t| t.kind == TransitionKind::Starting)
+                        {
                             t.up_unknown = true;
                         }
                     }
@@ -1322,7 +1325,9 @@ mod tests {
         let mut out = tracker.event(&event(JobEventKind::Stopping, &["RESULT=ok"]), 2);
         out.extend(tracker.event(&event(JobEventKind::Starting, &[]), 3));
         assert_eq!(kinds(&out), ["stopping", "crash", "restart", "starting"]);
-        assert!(out.iter().all(|t| t.up_unknown == (t.kind == TransitionKind::Starting)));
+        assert!(out
+            .iter()
+            .all(|t| t.up_unknown == (t.kind == TransitionKind::Starting)));
         // A hook run for `started` too says when a run is up; from then on, starting is no
         // longer a guess.
         tracker.event(&event(JobEventKind::Started, &[]), 4);
@@ -1337,14 +1342,21 @@ mod tests {
     #[test]
     fn a_failure_heard_before_a_gap_is_reported_where_it_was_last_seen() {
         let mut tracker = running();
-        assert!(tracker.failed(WWW, 256 + 1, 5).is_empty(), "followed down first");
+        assert!(
+            tracker.failed(WWW, 256 + 1, 5).is_empty(),
+            "followed down first"
+        );
         // The connection goes before the instance comes to rest; the snapshot says the rest.
         let out = tracker.reconcile(Vec::new(), 9);
         assert_eq!(kinds(&out), ["crash"]);
         assert!(!out[0].inferred, "the failure was heard");
         assert_eq!(out[0].timestamp, 5);
         assert_eq!(out[0].crash.as_deref(), Some("signal"));
-        assert_eq!(out[0].to, UnitState::new("stop", "waiting"), "gone: at rest");
+        assert_eq!(
+            out[0].to,
+            UnitState::new("stop", "waiting"),
+            "gone: at rest"
+        );
         // Found up again after the gap: a new run, which the failed one does not hide.
         let mut tracker = running();
         tracker.failed(WWW, 1, 5);
@@ -1528,7 +1540,11 @@ mod tests {
             ("badexec", 1, 1, 0),
         ] {
             let ts = of(unit);
-            assert_eq!(count(&ts, TransitionKind::Starting), runs, "{unit}: {ts:#?}");
+            assert_eq!(
+                count(&ts, TransitionKind::Starting),
+                runs,
+                "{unit}: {ts:#?}"
+            );
             assert_eq!(crashes(&ts), crashed, "{unit}: {:?}", kinds(&ts));
             assert_eq!(count(&ts, TransitionKind::Restart), restarted, "{unit}");
             assert!(ts
@@ -1543,7 +1559,10 @@ mod tests {
                 UnitState::new("stop", "waiting")
             };
             assert_eq!(last.to, end, "{unit}: {last:?}");
-            assert_eq!(ts.iter().filter(|t| t.gave_up).count(), usize::from(unit == "www"));
+            assert_eq!(
+                ts.iter().filter(|t| t.gave_up).count(),
+                usize::from(unit == "www")
+            );
         }
         assert_eq!(count(&of("steady"), TransitionKind::Stopped), 3);
         // The respawn limit: the last run's crash, from where it failed to where it ended.
@@ -1551,9 +1570,15 @@ mod tests {
         let gave_up = www.last().expect("the last crash");
         assert!(gave_up.gave_up && gave_up.crash.as_deref() == Some("unknown"));
         assert_eq!(gave_up.from, UnitState::new("start", "running"));
-        assert_eq!(gave_up.timestamp, 1_796_329_232_220_342, "dated by Failed(0)");
+        assert_eq!(
+            gave_up.timestamp, 1_796_329_232_220_342,
+            "dated by Failed(0)"
+        );
         let segv = of("crashonce").pop().expect("a crash");
-        assert_eq!((segv.crash.as_deref(), segv.exit.map(|e| e.status)), (Some("signal"), Some(11)));
+        assert_eq!(
+            (segv.crash.as_deref(), segv.exit.map(|e| e.status)),
+            (Some("signal"), Some(11))
+        );
         let spawn = of("badexec").pop().expect("a crash");
         assert_eq!(spawn.crash.as_deref(), Some("failed"));
         assert_eq!(spawn.from, UnitState::new("start", "spawned"));
@@ -1566,7 +1591,10 @@ mod tests {
         // `initctl restart` then reads as a crash-respawn, but every crash and restart counts.
         let mut tracker = Tracker::new();
         let mut out = Vec::new();
-        for line in RECORDED.lines().filter(|l| l.contains("member=EventEmitted")) {
+        for line in RECORDED
+            .lines()
+            .filter(|l| l.contains("member=EventEmitted"))
+        {
             let (strings, _) = recorded_args(line);
             let event = JobEvent::from_env(strings[0], &strings[1..]).expect("a job event");
             out.extend(tracker.event(&event, 0));
