@@ -320,22 +320,33 @@ mod tests {
         );
     }
 
+    /// The init system giving up on `unit` at 1_700_000_001 s, as the engine records it.
+    fn give_up(unit: &str, source: SourceKind, from: UnitState, to: UnitState) -> Event {
+        let mut transition = Transition::new(
+            unit,
+            source,
+            1_700_000_001_000_000,
+            TransitionKind::Failed,
+            from,
+            to,
+        );
+        transition.gave_up = true;
+        Event::Transition {
+            transition,
+            restarts: 0,
+        }
+    }
+
     #[test]
     fn a_unit_the_init_system_gave_up_on_comes_first() {
         let mut table = table_with(&[("a.service", true, 4), ("b.service", false, 0)]);
-        let mut gave_up = Transition::new(
+        let gave_up = give_up(
             "b.service",
             SourceKind::Systemd,
-            1_700_000_001_000_000,
-            TransitionKind::Failed,
             UnitState::new("activating", "auto-restart"),
             UnitState::new("failed", "failed"),
         );
-        gave_up.gave_up = true;
-        table.record(&Event::Transition {
-            transition: gave_up,
-            restarts: 0,
-        });
+        table.record(&gave_up);
         let document = units_document(&table);
         assert_eq!(document["gave_up"], 1);
         assert_eq!(document["units"][1]["gave_up"], true);
@@ -599,20 +610,16 @@ mod tests {
     #[test]
     fn the_printers_take_any_document_without_panicking() {
         let mut table = table_with(&[("a.service", true, 4), ("b\u{1b}.service", false, 0)]);
-        let mut gave_up = Transition::new(
+        let mut gave_up = give_up(
             "a.service",
             SourceKind::Upstart,
-            1_700_000_001_000_000,
-            TransitionKind::Failed,
             UnitState::new("start", "running"),
             UnitState::new("stop", "waiting"),
         );
-        gave_up.crash = Some("unknown".into());
-        gave_up.gave_up = true;
-        table.record(&Event::Transition {
-            transition: gave_up,
-            restarts: 0,
-        });
+        if let Event::Transition { transition, .. } = &mut gave_up {
+            transition.crash = Some("unknown".into());
+        }
+        table.record(&gave_up);
         let real = [
             units_document(&table),
             events_document(&table, "a.service").expect("watched"),
