@@ -127,6 +127,13 @@ mod tests {
     }
 
     #[test]
+    fn the_monotonic_clock_is_read_and_never_goes_back() {
+        let first = monotonic_micros();
+        let second = monotonic_micros();
+        assert!(first > 0 && second >= first, "{first} then {second}");
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));

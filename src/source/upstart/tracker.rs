@@ -17,7 +17,8 @@
 //! signal reported, for a run that has already ended, and at most once per run. Without a live
 //! connection (the hook alone, or while reconnecting), job events drive the lifecycle; a
 //! `stopping RESULT=ok` followed by `starting` without `stopped` is then a crash-respawn, because
-//! nothing else can tell it apart.
+//! nothing else can tell it apart. The hook runs for `started` only if its job says so; until it
+//! has reported one, a run it saw begin is marked `up_unknown` rather than taken as up or down.
 //!
 //! What counts:
 //! - a *crash* is the end of a run nobody asked for: the run went down while its goal was still
@@ -26,6 +27,10 @@
 //!   `exit-code` or `signal` as the reason, `failed` when it could not even be spawned);
 //! - `Failed(0)` or `PROCESS=respawn` is Upstart giving up after its respawn limit: the final
 //!   crash, marked `gave_up`, so the loop is recorded as ended in failure, not recovered;
+//! - Upstart sends `Failed` before it takes the instance down (`GoalChanged("stop")`, `stopping`
+//!   … `waiting`, `InstanceRemoved`), so a failure heard while the run is up is held until the
+//!   instance comes to rest and then reported, dated by `Failed`, from the state it failed in to
+//!   the one it ended in: the record and the unit table then say `stop/waiting`, as Upstart does;
 //! - a *restart* is the start of a run after a crash, `automatic` when Upstart respawned it (the
 //!   goal never went to `stop`), `external` when someone started it again;
 //! - a goal of `stop` (`initctl stop`, `initctl restart`, a `stop on` event) makes the end of the
