@@ -172,6 +172,10 @@ pub struct Transition {
     pub gave_up: bool,
     /// Reconstructed from counters after signals were merged or missed, not heard as it happened.
     pub inferred: bool,
+    /// After this step the source cannot tell whether the unit is up: it hears runs begin and
+    /// end but not reach their running state (Upstart's job hook when it is not run for
+    /// `started`). The unit's up-or-down becomes unknown rather than keeping its last value.
+    pub up_unknown: bool,
 }
 
 impl Transition {
@@ -199,6 +203,7 @@ impl Transition {
             restart_cause: None,
             gave_up: false,
             inferred: false,
+            up_unknown: false,
         }
     }
 }

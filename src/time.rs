@@ -18,6 +18,23 @@ pub fn now_micros() -> Micros {
         .unwrap_or(0)
 }
 
+/// Now on `CLOCK_MONOTONIC`, in µs: a clock that only moves forward and that every process of
+/// the host reads alike, so two processes can order what they did by it (the Upstart job hook
+/// stamps its messages with it). 0 if it cannot be read.
+pub fn monotonic_micros() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec, to memory we own, and nothing else.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) } != 0 {
+        return 0;
+    }
+    let seconds = u64::try_from(now.tv_sec).unwrap_or(0);
+    let micros = u64::try_from(now.tv_nsec).unwrap_or(0) / 1_000;
+    seconds.saturating_mul(1_000_000).saturating_add(micros)
+}
+
 /// `2026-11-21T06:50:53.114Z`: RFC 3339 in UTC, to the millisecond.
 pub fn format_timestamp(at: Micros) -> String {
     let seconds = at / 1_000_000;
@@ -107,6 +124,13 @@ mod tests {
             format_timestamp(4_107_542_399_999_999),
             "2100-02-28T23:59:59.999Z"
         );
+    }
+
+    #[test]
+    fn the_monotonic_clock_is_read_and_never_goes_back() {
+        let first = monotonic_micros();
+        let second = monotonic_micros();
+        assert!(first > 0 && second >= first, "{first} then {second}");
     }
 
     #[test]

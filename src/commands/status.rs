@@ -129,8 +129,12 @@ pub fn fetch(address: SocketAddr, path: &str) -> Result<Value, StatusError> {
     Ok(document)
 }
 
-/// `crashwatch status` as a table: crash-looping units first, then by restarts in the window,
-/// then by name.
+/// `crashwatch status` as a table: given-up units first, then crash-looping ones, then by restarts
+/// in the window, then by name.
+///
+/// The document comes from outside (a daemon of another version, or anything that answers on the
+/// port), so nothing in it is trusted: a field that is missing, null or of another type prints as
+/// `-`, and every text is printed with its control characters escaped.
 pub fn units_table(document: &Value) -> String {
     let empty = Vec::new();
     let mut units: Vec<&Value> = document["units"]
@@ -151,39 +155,45 @@ pub fn units_table(document: &Value) -> String {
     let rows: Vec<[String; 6]> = units
         .iter()
         .map(|u| {
-            let text = |v: &Value| v.as_str().unwrap_or("-").to_owned();
             let state = format!("{}/{}", text(&u["state"]), text(&u["substate"]));
             // Given up is worse than looping: the unit is down and nothing will bring it back.
             let looping = if u["gave_up"].as_bool().unwrap_or(false) {
-                "GAVE UP"
-            } else if u["crashlooping"].as_bool().unwrap_or(false) {
-                "LOOPING"
+                "GAVE UP".to_owned()
             } else {
-                "no"
+                match u["crashlooping"].as_bool() {
+                    Some(true) => "LOOPING".to_owned(),
+                    Some(false) => "no".to_owned(),
+                    None => MISSING.to_owned(),
+                }
             };
             let window = format!(
                 "{}/{} in {}",
-                u["restarts_in_window"].as_u64().unwrap_or(0),
-                u["threshold"].as_u64().unwrap_or(0),
-                format_duration(u["window_seconds"].as_f64().unwrap_or(0.0))
+                number(&u["restarts_in_window"]),
+                number(&u["threshold"]),
+                u["window_seconds"]
+                    .as_f64()
+                    .filter(|s| s.is_finite() && *s >= 0.0)
+                    .map_or_else(|| MISSING.to_owned(), format_duration)
             );
-            let last_crash = match u["last_crash"].as_object() {
-                Some(crash) => {
-                    let mut cause = text(&crash["reason"]);
-                    if let (Some(code), Some(status)) =
-                        (crash["exit_code"].as_str(), crash["exit_status"].as_i64())
-                    {
-                        cause.push_str(&format!(" ({code} {status})"));
-                    }
-                    format!("{} {cause}", text(&crash["time"]))
+            // Indexing a `Value` yields null for a missing key or a non-object; a `Map` would
+            // panic, so the crash is read as a `Value` too.
+            let crash = &u["last_crash"];
+            let last_crash = if crash.is_object() {
+                let mut cause = text(&crash["reason"]);
+                if let (Some(code), Some(status)) =
+                    (crash["exit_code"].as_str(), crash["exit_status"].as_i64())
+                {
+                    cause.push_str(&format!(" ({} {status})", printable(code)));
                 }
-                None => "-".to_owned(),
+                format!("{} {cause}", text(&crash["time"]))
+            } else {
+                MISSING.to_owned()
             };
             [
-                printable(&text(&u["unit"])),
+                text(&u["unit"]),
                 text(&u["source"]),
                 state,
-                looping.to_owned(),
+                looping,
                 window,
                 last_crash,
             ]
@@ -198,36 +208,36 @@ pub fn units_table(document: &Value) -> String {
         "LAST CRASH",
     ];
     let mut out = columns(header, &rows, [Align::Left; 6]);
-    let looping = document["crashlooping"].as_u64().unwrap_or(0);
     out.push_str(&format!(
-        "\n{} units watched, {looping} crash-looping",
-        rows.len()
+        "\n{} units watched, {} crash-looping",
+        rows.len(),
+        number(&document["crashlooping"])
     ));
-    match document["gave_up"].as_u64().unwrap_or(0) {
-        0 => out.push_str(".\n"),
-        gave_up => out.push_str(&format!(", {gave_up} given up.\n")),
+    match document["gave_up"].as_u64() {
+        Some(0) | None => out.push_str(".\n"),
+        Some(gave_up) => out.push_str(&format!(", {gave_up} given up.\n")),
     }
     out
 }
 
-/// One unit's recent transitions as a table, oldest first.
+/// One unit's recent transitions as a table, oldest first. Like [`units_table`], it prints what
+/// is missing or of another type as `-`.
 pub fn events_table(document: &Value) -> String {
     let empty = Vec::new();
     let events = document["events"].as_array().unwrap_or(&empty);
     let rows: Vec<[String; 4]> = events
         .iter()
         .map(|e| {
-            let text = |v: &Value| v.as_str().unwrap_or("-").to_owned();
             let mut detail = Vec::new();
             if let Some(reason) = e["crash_reason"].as_str() {
-                detail.push(format!("crash: {reason}"));
+                detail.push(format!("crash: {}", printable(reason)));
             }
             if let (Some(code), Some(status)) = (e["exit_code"].as_str(), e["exit_status"].as_i64())
             {
-                detail.push(format!("{code} {status}"));
+                detail.push(format!("{} {status}", printable(code)));
             }
             if let Some(cause) = e["restart_cause"].as_str() {
-                detail.push(format!("restart: {cause}"));
+                detail.push(format!("restart: {}", printable(cause)));
             }
             if e["inferred"].as_bool().unwrap_or(false) {
                 detail.push("inferred".to_owned());
@@ -242,8 +252,8 @@ pub fn events_table(document: &Value) -> String {
         .collect();
     let mut out = format!(
         "{} ({})\n",
-        printable(document["unit"].as_str().unwrap_or("?")),
-        document["source"].as_str().unwrap_or("?")
+        text(&document["unit"]),
+        text(&document["source"])
     );
     out.push_str(&columns(
         ["TIME", "TRANSITION", "STATE", "DETAIL"],
@@ -251,6 +261,21 @@ pub fn events_table(document: &Value) -> String {
         [Align::Left; 4],
     ));
     out
+}
+
+/// What a missing, null or mistyped field prints as.
+const MISSING: &str = "-";
+
+/// A text field, its control characters escaped; `-` if it is not a string.
+fn text(value: &Value) -> String {
+    value.as_str().map_or_else(|| MISSING.to_owned(), printable)
+}
+
+/// A count; `-` if it is not a whole number that fits in 64 bits.
+fn number(value: &Value) -> String {
+    value
+        .as_u64()
+        .map_or_else(|| MISSING.to_owned(), |n| n.to_string())
 }
 
 #[cfg(test)]
@@ -295,22 +320,33 @@ mod tests {
         );
     }
 
+    /// The init system giving up on `unit` at 1_700_000_001 s, as the engine records it.
+    fn give_up(unit: &str, source: SourceKind, from: UnitState, to: UnitState) -> Event {
+        let mut transition = Transition::new(
+            unit,
+            source,
+            1_700_000_001_000_000,
+            TransitionKind::Failed,
+            from,
+            to,
+        );
+        transition.gave_up = true;
+        Event::Transition {
+            transition,
+            restarts: 0,
+        }
+    }
+
     #[test]
     fn a_unit_the_init_system_gave_up_on_comes_first() {
         let mut table = table_with(&[("a.service", true, 4), ("b.service", false, 0)]);
-        let mut gave_up = Transition::new(
+        let gave_up = give_up(
             "b.service",
             SourceKind::Systemd,
-            1_700_000_001_000_000,
-            TransitionKind::Failed,
             UnitState::new("activating", "auto-restart"),
             UnitState::new("failed", "failed"),
         );
-        gave_up.gave_up = true;
-        table.record(&Event::Transition {
-            transition: gave_up,
-            restarts: 0,
-        });
+        table.record(&gave_up);
         let document = units_document(&table);
         assert_eq!(document["gave_up"], 1);
         assert_eq!(document["units"][1]["gave_up"], true);
@@ -348,6 +384,260 @@ mod tests {
             restarts: 0,
         });
         assert_eq!(units_document(&table)["gave_up"], 0);
+    }
+
+    #[test]
+    fn a_crash_without_exit_details_and_missing_fields_print_as_a_dash() {
+        // An Upstart crash from a respawn has a reason but no exit code or status.
+        let document = serde_json::json!({
+            "units": [{
+                "unit": "www",
+                "source": "upstart",
+                "state": "start",
+                "substate": null,
+                "last_crash": {"reason": "unknown", "time": "2026-12-05T03:47:10.680Z"},
+            }],
+        });
+        let text = units_table(&document);
+        let row = text.lines().nth(1).expect("a row");
+        assert!(row.starts_with("www"), "{text}");
+        assert!(row.contains("start/-"), "{text}");
+        assert!(row.contains("-/- in -"), "{text}");
+        assert!(row.ends_with("2026-12-05T03:47:10.680Z unknown"), "{text}");
+        assert!(
+            text.ends_with("1 units watched, - crash-looping.\n"),
+            "{text}"
+        );
+        let text = events_table(&serde_json::json!({"events": [{"transition": 7}]}));
+        assert!(text.starts_with("- (-)\nTIME"), "{text}");
+        assert!(
+            text.lines()
+                .nth(2)
+                .is_some_and(|l| l == "-     -           -/-"),
+            "{text}"
+        );
+    }
+
+    /// xorshift64*: a small deterministic generator, so a failure is reproducible by its seed.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+
+        fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+            &items[self.below(items.len() as u64) as usize]
+        }
+    }
+
+    /// Every key the two documents use, so generated objects hit the fields the printers read.
+    const KEYS: [&str; 28] = [
+        "units",
+        "events",
+        "unit",
+        "source",
+        "state",
+        "substate",
+        "active",
+        "crashlooping",
+        "gave_up",
+        "gave_up_at",
+        "restarts_in_window",
+        "threshold",
+        "window_seconds",
+        "last_crash",
+        "last_transition",
+        "reason",
+        "exit_code",
+        "exit_status",
+        "time",
+        "timestamp_us",
+        "transition",
+        "to_state",
+        "to_substate",
+        "crash_reason",
+        "restart_cause",
+        "inferred",
+        "unloaded",
+        "\u{1b}[31mkey",
+    ];
+
+    fn any_string(rng: &mut Rng) -> String {
+        const PIECES: [&str; 12] = [
+            "www",
+            "a.service",
+            "\u{0}",
+            "\n",
+            "\r",
+            "\u{1b}[2J",
+            "\u{7f}",
+            "\u{9b}",
+            "é",
+            "\u{202e}",
+            "-",
+            "",
+        ];
+        let mut s = String::new();
+        for _ in 0..rng.below(6) {
+            let piece: &&str = rng.pick(&PIECES);
+            s.push_str(piece);
+        }
+        if rng.below(20) == 0 {
+            s.push_str(&"x".repeat(rng.below(5_000) as usize));
+        }
+        s
+    }
+
+    fn any_number(rng: &mut Rng) -> Value {
+        match rng.below(10) {
+            0 => Value::from(u64::MAX),
+            1 => Value::from(i64::MIN),
+            2 => Value::from(-1),
+            3 => Value::from(f64::MAX),
+            4 => Value::from(-f64::MAX),
+            5 => Value::from(f64::MIN_POSITIVE),
+            6 => Value::from(-0.5),
+            7 => Value::from(rng.next() as f64 / 7.0),
+            8 => Value::from(rng.next()),
+            _ => Value::from(rng.below(10)),
+        }
+    }
+
+    fn any_value(rng: &mut Rng, depth: u32) -> Value {
+        let composite = if depth == 0 { 0 } else { 2 };
+        match rng.below(5 + composite) {
+            0 => Value::Null,
+            1 => Value::Bool(rng.below(2) == 0),
+            2 => any_number(rng),
+            3 | 4 => Value::String(any_string(rng)),
+            5 => Value::Array(
+                (0..rng.below(5))
+                    .map(|_| any_value(rng, depth - 1))
+                    .collect(),
+            ),
+            _ => any_object(rng, depth - 1),
+        }
+    }
+
+    fn any_object(rng: &mut Rng, depth: u32) -> Value {
+        let mut map = serde_json::Map::new();
+        for _ in 0..rng.below(KEYS.len() as u64) {
+            let key = if rng.below(8) == 0 {
+                any_string(rng)
+            } else {
+                (*rng.pick(&KEYS)).to_owned()
+            };
+            map.insert(key, any_value(rng, depth));
+        }
+        Value::Object(map)
+    }
+
+    /// A document of roughly the right shape (a list of units or of events, of objects that are
+    /// often units or transitions), or anything at all.
+    fn any_document(rng: &mut Rng) -> Value {
+        let list = |rng: &mut Rng| -> Value {
+            Value::Array(
+                (0..rng.below(6))
+                    .map(|_| match rng.below(6) {
+                        0 => any_value(rng, 2),
+                        _ => any_object(rng, 2),
+                    })
+                    .collect(),
+            )
+        };
+        match rng.below(4) {
+            0 => any_value(rng, 3),
+            _ => {
+                let mut document = any_object(rng, 1);
+                if let Value::Object(map) = &mut document {
+                    map.insert("units".to_owned(), list(rng));
+                    map.insert("events".to_owned(), list(rng));
+                }
+                document
+            }
+        }
+    }
+
+    /// Removes, nulls or retypes one field somewhere in `value`.
+    fn mutate(rng: &mut Rng, value: &mut Value) {
+        match value {
+            Value::Object(map) if !map.is_empty() => {
+                let key = map
+                    .keys()
+                    .nth(rng.below(map.len() as u64) as usize)
+                    .cloned()
+                    .unwrap_or_default();
+                match rng.below(4) {
+                    0 => {
+                        map.remove(&key);
+                    }
+                    1 => {
+                        map.insert(key, Value::Null);
+                    }
+                    2 => {
+                        map.insert(key, any_value(rng, 1));
+                    }
+                    _ => {
+                        if let Some(inner) = map.get_mut(&key) {
+                            mutate(rng, inner);
+                        }
+                    }
+                }
+            }
+            Value::Array(items) if !items.is_empty() => {
+                let index = rng.below(items.len() as u64) as usize;
+                mutate(rng, &mut items[index]);
+            }
+            _ => *value = any_value(rng, 1),
+        }
+    }
+
+    fn assert_printable(text: &str, document: &Value) {
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "a control character reached the terminal: {text:?}\nfrom {document}"
+        );
+    }
+
+    #[test]
+    fn the_printers_take_any_document_without_panicking() {
+        let mut table = table_with(&[("a.service", true, 4), ("b\u{1b}.service", false, 0)]);
+        let mut gave_up = give_up(
+            "a.service",
+            SourceKind::Upstart,
+            UnitState::new("start", "running"),
+            UnitState::new("stop", "waiting"),
+        );
+        if let Event::Transition { transition, .. } = &mut gave_up {
+            transition.crash = Some("unknown".into());
+        }
+        table.record(&gave_up);
+        let real = [
+            units_document(&table),
+            events_document(&table, "a.service").expect("watched"),
+        ];
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for round in 0..4_000 {
+            let document = if round % 2 == 0 {
+                any_document(&mut rng)
+            } else {
+                let mut document = real[round / 2 % 2].clone();
+                for _ in 0..=rng.below(4) {
+                    mutate(&mut rng, &mut document);
+                }
+                document
+            };
+            assert_printable(&units_table(&document), &document);
+            assert_printable(&events_table(&document), &document);
+        }
     }
 
     #[test]

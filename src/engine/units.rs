@@ -227,6 +227,7 @@ impl UnitRecord {
             TransitionKind::Stopping | TransitionKind::Stopped | TransitionKind::Failed => {
                 self.active = Some(false)
             }
+            _ if t.up_unknown => self.active = None,
             _ => {}
         }
         if let Some(reason) = &t.crash {

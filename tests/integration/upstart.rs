@@ -2,9 +2,11 @@
 //! private dbus-daemon and peer-to-peer, and the job hook end to end with the real binary.
 //!
 //! Each test replays the spec's sequences (A crash-respawn, B respawn limit, C segfault without
-//! respawn, D `initctl restart`, E `initctl stop`) and checks what crashwatch exports: the same
-//! counts and crash-loop flags a systemd unit would get, under the same metric names, with
-//! `source="upstart"`.
+//! respawn, D `initctl restart`, E `initctl stop`, F spawn failure) and checks what crashwatch
+//! exports: the same counts and crash-loop flags a systemd unit would get, under the same metric
+//! names, with `source="upstart"`. One replays, signal for signal, a session recorded from a real
+//! Upstart 1.13.2 (tests/data/upstart-1.13.2-session.txt) and holds crashwatch to what Upstart
+//! itself counted.
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
@@ -26,6 +28,33 @@ fn watch_bus(bus: &PrivateBus, extra: &[&str]) -> Crashwatch {
     let mut args = vec!["--source", "upstart", "--upstart-hook-socket", ""];
     args.extend_from_slice(extra);
     Crashwatch::spawn_on_bus(bus.address(), &args)
+}
+
+/// The status API's document at `path`.
+fn api(cw: &Crashwatch, path: &str) -> Value {
+    let body = http_get(cw.port(), path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path} is not JSON ({e}): {body}"))
+}
+
+/// `unit`'s entry in `GET /api/units`.
+fn api_unit(cw: &Crashwatch, unit: &str) -> Value {
+    let document = api(cw, "/api/units");
+    document["units"]
+        .as_array()
+        .and_then(|units| units.iter().find(|u| u["unit"] == unit).cloned())
+        .unwrap_or_else(|| panic!("{unit} missing from {document:#}"))
+}
+
+/// `crashwatch status [args]` against `cw`.
+fn status(cw: &Crashwatch, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("status")
+        .arg("--address")
+        .arg(format!("127.0.0.1:{}", cw.port()))
+        .args(args)
+        .env_remove("CRASHWATCH_CONFIG")
+        .output()
+        .expect("running crashwatch status")
 }
 
 /// Waits until `unit`'s `metric` reads `value`; fails with the unit's series otherwise.
@@ -156,6 +185,32 @@ fn initctl_restart_cycles_are_no_crash_loop() {
 }
 
 #[test]
+fn a_late_stopping_event_counts_the_same_as_upstarts_own_order() {
+    require_dbus_daemon!();
+    let bus = PrivateBus::start();
+    // D and E with EventEmitted("stopping") where another reading of Upstart's source puts it.
+    let fake = FakeUpstart::on_bus(&bus).late_stopping_event();
+    fake.add_running(WWW, "", 100);
+    let cw = watch_bus(&bus, &[]);
+    for pid in 101..=104 {
+        fake.restart(WWW, "", pid);
+    }
+    fake.stop(WWW, "");
+    expect_metric(&cw, "crashwatch_unit_active", WWW, 0.0);
+    assert_eq!(cw.unit_metric("crashwatch_unit_starts_total", WWW), 4.0);
+    assert_eq!(cw.unit_metric("crashwatch_unit_crashes_total", WWW), 0.0);
+    assert_eq!(cw.unit_metric("crashwatch_unit_restarts_total", WWW), 0.0);
+    assert_eq!(
+        cw.metric(
+            "crashwatch_unit_transitions_total",
+            &[("unit", WWW), ("transition", "stopped")]
+        ),
+        Some(5.0)
+    );
+    assert_eq!(api_unit(&cw, WWW)["substate"], "waiting");
+}
+
+#[test]
 fn the_respawn_limit_ends_the_loop_as_given_up() {
     require_dbus_daemon!();
     let bus = PrivateBus::start();
@@ -181,6 +236,104 @@ fn the_respawn_limit_ends_the_loop_as_given_up() {
     assert_eq!(last["gave_up"], true, "{last}");
     assert_eq!(last["crash"], true);
     assert_eq!(last["result"], "failed");
+    // Followed down to where Upstart left it: the record, the API and the table say so.
+    assert_eq!(
+        (&last["from_state"], &last["from_substate"]),
+        (&Value::from("start"), &Value::from("running")),
+        "{last}"
+    );
+    assert_eq!(
+        (&last["to_state"], &last["to_substate"]),
+        (&Value::from("stop"), &Value::from("waiting")),
+        "{last}"
+    );
+    let www = api_unit(&cw, WWW);
+    assert_eq!(
+        (&www["state"], &www["substate"]),
+        (&"stop".into(), &"waiting".into())
+    );
+    assert_eq!(www["gave_up"], true, "{www:#}");
+    assert_eq!(www["active"], false, "{www:#}");
+    let out = status(&cw, &[]);
+    assert!(out.status.success(), "{out:?}");
+    let table = String::from_utf8_lossy(&out.stdout);
+    let row = table.lines().nth(1).unwrap_or_default();
+    assert!(
+        row.starts_with("www") && row.contains("stop/waiting") && row.contains("GAVE UP"),
+        "{table}"
+    );
+}
+
+#[test]
+fn status_prints_upstart_crashes_without_exit_details_and_a_spawn_failure() {
+    require_dbus_daemon!();
+    let bus = PrivateBus::start();
+    let fake = FakeUpstart::on_bus(&bus);
+    fake.add_running(WWW, "", 100);
+    let cw = watch_bus(&bus, &[]);
+    // A respawn: a crash with a reason and no exit code or status.
+    fake.respawn(WWW, "", 101);
+    // F: exec of a missing binary. Upstart gets it up to spawned, then fails it and stops it.
+    fake.spawn_failure("badexec", "");
+    expect_metric(&cw, "crashwatch_unit_restarts_total", WWW, 1.0);
+    expect_metric(&cw, "crashwatch_unit_crashes_total", "badexec", 1.0);
+    assert_eq!(
+        cw.metric(
+            "crashwatch_unit_crashes_total",
+            &[("unit", "badexec"), ("reason", "failed")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        cw.unit_metric("crashwatch_unit_starts_total", "badexec"),
+        1.0
+    );
+    assert_eq!(cw.unit_metric("crashwatch_unit_active", "badexec"), 0.0);
+    let badexec = api_unit(&cw, "badexec");
+    assert_eq!(
+        (&badexec["state"], &badexec["substate"]),
+        (&"stop".into(), &"waiting".into()),
+        "{badexec:#}"
+    );
+    assert_eq!(
+        badexec["gave_up"], false,
+        "no respawn to give up: {badexec:#}"
+    );
+    assert!(
+        badexec["last_crash"].get("exit_code").is_none(),
+        "{badexec:#}"
+    );
+    let crash = wait_records(&cw, "badexec", "transition", 2)
+        .into_iter()
+        .find(|t| t["crash"] == true)
+        .expect("a crash");
+    assert_eq!(crash["from_substate"], "spawned", "{crash}");
+    assert_eq!(crash["to_substate"], "waiting", "{crash}");
+
+    let out = status(&cw, &[]);
+    assert!(out.status.success(), "status failed: {out:?}");
+    let table = String::from_utf8_lossy(&out.stdout);
+    let row = |unit: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(unit))
+            .unwrap_or_else(|| panic!("no {unit} in\n{table}"))
+            .to_owned()
+    };
+    assert!(row(WWW).ends_with(" unknown"), "{table}");
+    assert!(row("badexec").contains("stop/waiting"), "{table}");
+    assert!(row("badexec").ends_with(" failed"), "{table}");
+    let out = status(&cw, &["badexec"]);
+    assert!(out.status.success(), "status failed: {out:?}");
+    let events = String::from_utf8_lossy(&out.stdout);
+    let crash = events
+        .lines()
+        .find(|l| l.contains(" failed "))
+        .unwrap_or_default();
+    assert!(
+        crash.contains("stop/waiting") && crash.ends_with("crash: failed"),
+        "{events}"
+    );
 }
 
 #[test]
@@ -355,6 +508,125 @@ fn peer_to_peer_works_without_a_bus_and_reconnects() {
     // And signals flow again.
     fake.respawn(WWW, "", 501);
     expect_metric(&cw, "crashwatch_unit_restarts_total", WWW, 5.0);
+
+    // A re-exec closes the connection without a word (no Restarted peer-to-peer); a respawn
+    // in the gap is caught by the snapshot after the reconnect.
+    fake.run(vec![
+        Step::Pid(WWW.into(), String::new(), 600),
+        Step::Restarted,
+    ]);
+    expect_metric(&cw, "crashwatch_unit_restarts_total", WWW, 6.0);
+}
+
+/// What Upstart itself said of the recorded session: the header of the data file.
+const RECORDED_TRUTH: &str = "# Upstart's truth: www ran 6 times (5 respawns, then 'respawning too fast, stopped'); steady 4 runs, no crash; worker 9 runs (8 crashes, then stopped); net 7 runs (6 crashes, then stopped).";
+
+#[test]
+fn a_recorded_session_of_a_real_upstart_counts_what_upstart_counted() {
+    let recorded = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/upstart-1.13.2-session.txt"),
+    )
+    .expect("the recorded session");
+    assert!(
+        recorded.lines().any(|l| l == RECORDED_TRUTH),
+        "the header's truth changed; update the table below with it"
+    );
+    let steps = recorded_steps(&recorded).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        steps.len(),
+        recorded.lines().filter(|l| l.contains(" signal ")).count()
+    );
+
+    // As recorded: a session init, peer-to-peer, that crashwatch was attached to from the start.
+    let fake = FakeUpstart::peer_to_peer();
+    let cw = watch_peer(&fake, &[]);
+    fake.run(steps);
+
+    // (unit, runs, respawns, crashes by reason, crash loops, how the loop ended, given up). The
+    // truth for www, steady, worker and net is the header's; crashonce (SIGSEGV, no respawn) and
+    // badexec (a spawn failure) are what their signals say, one crash each.
+    type Truth<'a> = (
+        &'a str,
+        f64,
+        f64,
+        &'a [(&'a str, f64)],
+        f64,
+        Option<&'a str>,
+        bool,
+    );
+    let truth: [Truth; 6] = [
+        (
+            "www",
+            6.0,
+            5.0,
+            &[("unknown", 6.0)],
+            1.0,
+            Some("gave_up"),
+            true,
+        ),
+        ("steady", 4.0, 0.0, &[], 0.0, None, false),
+        (
+            "worker",
+            9.0,
+            8.0,
+            &[("unknown", 8.0)],
+            1.0,
+            Some("stopped"),
+            false,
+        ),
+        (
+            "net (eth0)",
+            7.0,
+            6.0,
+            &[("unknown", 6.0)],
+            1.0,
+            Some("stopped"),
+            false,
+        ),
+        ("crashonce", 1.0, 0.0, &[("signal", 1.0)], 0.0, None, false),
+        ("badexec", 1.0, 0.0, &[("failed", 1.0)], 0.0, None, false),
+    ];
+    // The last signal is badexec's stopped: once its crash is in, everything before it is.
+    expect_metric(&cw, "crashwatch_unit_crashes_total", "badexec", 1.0);
+    for (unit, runs, respawns, crashes, loops, ended, gave_up) in truth {
+        let crashed: f64 = crashes.iter().map(|(_, n)| n).sum();
+        expect_metric(&cw, "crashwatch_unit_starts_total", unit, runs);
+        expect_metric(&cw, "crashwatch_unit_crashes_total", unit, crashed);
+        for (reason, n) in crashes {
+            assert_eq!(
+                cw.metric(
+                    "crashwatch_unit_crashes_total",
+                    &[("unit", unit), ("reason", reason)]
+                ),
+                Some(*n),
+                "{}",
+                cw.diag(unit)
+            );
+        }
+        assert_eq!(
+            cw.unit_metric("crashwatch_unit_restarts_total", unit),
+            respawns,
+            "{}",
+            cw.diag(unit)
+        );
+        assert_eq!(
+            cw.unit_metric("crashwatch_unit_crashloops_total", unit),
+            loops
+        );
+        assert_eq!(cw.unit_metric("crashwatch_unit_crashlooping", unit), 0.0);
+        if let Some(outcome) = ended {
+            let records = wait_records(&cw, unit, "crashloop_ended", 1);
+            assert_eq!(records[0]["outcome"], outcome, "{unit}: {records:?}");
+        }
+        let entry = api_unit(&cw, unit);
+        assert_eq!(entry["gave_up"], gave_up, "{entry:#}");
+        let end = if unit == "steady" {
+            "running"
+        } else {
+            "waiting"
+        };
+        assert_eq!(entry["substate"], end, "{entry:#}");
+    }
 }
 
 #[test]
@@ -609,6 +881,54 @@ fn the_hook_hands_events_to_the_daemon_end_to_end() {
     assert_eq!(
         cw.metric("crashwatch_source_up", &[("source", "upstart")]),
         Some(1.0)
+    );
+}
+
+#[test]
+fn hook_messages_that_arrive_out_of_order_are_put_back_in_order() {
+    let d = HookDaemon::start();
+    let cw = &d.cw;
+    let sock = UnixDatagram::unbound().expect("a socket");
+    let send = |message: String| {
+        sock.send_to(message.as_bytes(), &d.socket)
+            .expect("sending a hook message");
+    };
+    let message = |event: &str, extra: &str, stamp: u64| {
+        format!(
+            r#"{{"v":2,"event":"{event}","job":"www","instance":""{extra},"monotonic_us":{stamp}}}"#
+        )
+    };
+    // Stamped a moment ago, as hooks that ran then; sent now, each respawn's `starting` a few
+    // milliseconds before the `stopping` it follows, as a real Upstart's hooks delivered them.
+    let t = monotonic_micros() - 10_000;
+    send(message("starting", "", t));
+    for i in 1..=3 {
+        let stopped_at = t + i * 1_000;
+        send(message("starting", "", stopped_at + 300));
+        std::thread::sleep(Duration::from_millis(5));
+        send(message("stopping", r#","result":"ok""#, stopped_at));
+    }
+    expect_metric(cw, "crashwatch_unit_restarts_total", WWW, 3.0);
+    assert_eq!(cw.unit_metric("crashwatch_unit_crashes_total", WWW), 3.0);
+    assert_eq!(cw.unit_metric("crashwatch_unit_crashlooping", WWW), 1.0);
+    // No hook said `started`: whether www is up is unknown, and shown as unknown, not down.
+    assert_eq!(
+        cw.metric("crashwatch_unit_active", &[("unit", WWW)]),
+        None,
+        "{}",
+        cw.diag(WWW)
+    );
+    assert_eq!(api_unit(cw, WWW)["active"], Value::Null);
+    // The hook of an older crashwatch sends version 1, unstamped: still read, in receipt order.
+    send(r#"{"v":1,"event":"started","job":"www","instance":""}"#.to_owned());
+    expect_metric(cw, "crashwatch_unit_active", WWW, 1.0);
+    let kinds: Vec<Value> = wait_records(cw, WWW, "transition", 14)
+        .iter()
+        .map(|t| t["transition"].clone())
+        .collect();
+    assert_eq!(
+        kinds[..5],
+        ["starting", "stopping", "failed", "restart", "starting"]
     );
 }
 

@@ -19,11 +19,21 @@
 //! abstract socket like Upstart's `unix:abstract=/com/ubuntu/upstart` (no Hello, no match rules,
 //! signals without a sender).
 //!
-//! Tests drive it with the sequences of the spec ([`FakeUpstart::respawn`] is sequence A,
-//! [`FakeUpstart::respawn_limit`] B, [`FakeUpstart::segfault`] C, [`FakeUpstart::restart`] D,
-//! [`FakeUpstart::stop`] E). Each step changes the emulated state first and then signals it, as
-//! Upstart does, and a sequence returns once every signal is on the wire. It runs on a thread of
-//! its own with its own Tokio runtime, so the synchronous tests stay synchronous.
+//! Tests drive it with the sequences of the spec ([`FakeUpstart::start`] a first start,
+//! [`FakeUpstart::respawn`] sequence A, [`FakeUpstart::respawn_limit`] B,
+//! [`FakeUpstart::segfault`] C, [`FakeUpstart::restart`] D, [`FakeUpstart::stop`] E,
+//! [`FakeUpstart::spawn_failure`] F), in the order a real Upstart 1.13.2 sent them to a
+//! peer-to-peer client (../shared/specs/upstart-observed/, kept as
+//! tests/data/upstart-1.13.2-session.txt): `EventEmitted("stopping")` right after `killed` in D
+//! and E. [`FakeUpstart::late_stopping_event`] sends it where another reading of Upstart's source
+//! puts it (after `starting` in D, after `InstanceRemoved` in E), since a client must not depend
+//! on either. [`recorded_steps`] turns a recorded session into the very signals it holds, for
+//! [`FakeUpstart::run`] to send again. Each step changes the emulated state first and then
+//! signals it, as Upstart does, and a sequence returns once every signal is on the wire. It runs
+//! on a thread of its own with its own Tokio runtime, so the synchronous tests stay synchronous.
+//!
+//! As on a real Upstart, `Restarted()` (after a re-exec) goes to bus clients only: a re-exec
+//! closes every peer-to-peer connection, and a peer-to-peer client sees only that.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -139,16 +149,17 @@ pub enum Step {
     /// `InstanceRemoved(P)` on the job; the instance is gone.
     InstanceRemoved(String, String),
     /// `GoalChanged(goal)`.
-    Goal(String, String, &'static str),
+    Goal(String, String, String),
     /// `StateChanged(state)`.
-    State(String, String, &'static str),
+    State(String, String, String),
     /// A new main process, silently (Upstart signals no pid).
     Pid(String, String, i32),
     /// `Failed(status)`.
     Failed(String, String, i32),
     /// `EventEmitted(name, env)` (not sent by a legacy Upstart).
-    Event(&'static str, Vec<String>),
-    /// `Restarted()` (after re-exec).
+    Event(String, Vec<String>),
+    /// A re-exec: `Restarted()` on a bus; peer-to-peer, every connection closed (the listener
+    /// stays, as the new init listens again).
     Restarted,
 }
 
@@ -171,6 +182,7 @@ pub struct FakeUpstart {
     model: Arc<Mutex<Model>>,
     address: String,
     legacy: bool,
+    late_stopping_event: bool,
 }
 
 impl FakeUpstart {
@@ -193,6 +205,14 @@ impl FakeUpstart {
     /// Behaves as Upstart 1.5 (Ubuntu 12.04): no `EventEmitted`, no `*-ing` states.
     pub fn legacy(mut self) -> FakeUpstart {
         self.legacy = true;
+        self
+    }
+
+    /// Sends `EventEmitted("stopping")` of D and E late, where one reading of Upstart's source
+    /// puts it: after `starting` in D, after `InstanceRemoved` in E. (A real 1.13.2 sends it
+    /// right after `killed` in both.)
+    pub fn late_stopping_event(mut self) -> FakeUpstart {
+        self.late_stopping_event = true;
         self
     }
 
@@ -233,6 +253,7 @@ impl FakeUpstart {
             model,
             address,
             legacy: false,
+            late_stopping_event: false,
         }
     }
 
@@ -306,17 +327,26 @@ impl FakeUpstart {
         env
     }
 
-    fn states(&self, job: &str, instance: &str, states: &[&'static str]) -> Vec<Step> {
+    fn states(&self, job: &str, instance: &str, states: &[&str]) -> Vec<Step> {
         states
             .iter()
             .filter(|s| !self.legacy || !is_async_state(s))
-            .map(|s| Step::State(job.into(), instance.into(), s))
+            .map(|s| Step::State(job.into(), instance.into(), (*s).to_owned()))
             .collect()
     }
 
-    /// The way up from `starting` (already sent) to `running`, with the events as in sequence A.
-    fn way_up(&self, job: &str, instance: &str, pid: i32) -> Vec<Step> {
-        let up: &[&'static str] = if self.legacy {
+    fn goal(job: &str, instance: &str, goal: &str) -> Step {
+        Step::Goal(job.into(), instance.into(), goal.to_owned())
+    }
+
+    fn event(name: &str, job: &str, instance: &str, extra: &[&str]) -> Step {
+        Step::Event(name.to_owned(), Self::env(job, instance, extra))
+    }
+
+    /// The way up from `starting` (already sent) to `spawned`, then the main process and
+    /// `EventEmitted("starting")`, as every start does.
+    fn up_to_spawned(&self, job: &str, instance: &str, pid: i32) -> Vec<Step> {
+        let up: &[&str] = if self.legacy {
             &UP_STATES_LEGACY
         } else {
             &UP_STATES
@@ -324,19 +354,30 @@ impl FakeUpstart {
         let spawned = up.iter().position(|s| *s == "spawned").unwrap_or(0);
         let mut steps = self.states(job, instance, &up[..=spawned]);
         steps.push(Step::Pid(job.into(), instance.into(), pid));
-        steps.push(Step::Event("starting", Self::env(job, instance, &[])));
-        steps.extend(self.states(job, instance, &up[spawned + 1..]));
-        steps.push(Step::Event("started", Self::env(job, instance, &[])));
+        steps.push(Self::event("starting", job, instance, &[]));
         steps
+    }
+
+    /// The way up from `starting` (already sent) to `running`, with the events as in sequence A.
+    fn way_up(&self, job: &str, instance: &str, pid: i32) -> Vec<Step> {
+        let mut steps = self.up_to_spawned(job, instance, pid);
+        steps.extend(self.states(job, instance, &["post-starting", "post-start", "running"]));
+        steps.push(Self::event("started", job, instance, &[]));
+        steps
+    }
+
+    /// A first start: the instance is added, its goal set, and it goes all the way up.
+    fn first_start(job: &str, instance: &str) -> Vec<Step> {
+        vec![
+            Step::InstanceAdded(job.into(), instance.into()),
+            Self::goal(job, instance, "start"),
+            Step::State(job.into(), instance.into(), "starting".into()),
+        ]
     }
 
     /// `initctl start`: a new instance goes all the way up.
     pub fn start(&self, job: &str, instance: &str, pid: i32) {
-        let mut steps = vec![
-            Step::InstanceAdded(job.into(), instance.into()),
-            Step::Goal(job.into(), instance.into(), "start"),
-            Step::State(job.into(), instance.into(), "starting"),
-        ];
+        let mut steps = Self::first_start(job, instance);
         steps.extend(self.way_up(job, instance, pid));
         self.run(steps);
     }
@@ -355,10 +396,7 @@ impl FakeUpstart {
                 "starting",
             ],
         ));
-        steps.push(Step::Event(
-            "stopping",
-            Self::env(job, instance, &["RESULT=ok"]),
-        ));
+        steps.push(Self::event("stopping", job, instance, &["RESULT=ok"]));
         steps.extend(self.way_up(job, instance, new_pid));
         self.run(steps);
     }
@@ -366,20 +404,35 @@ impl FakeUpstart {
     /// Sequence B: the respawn limit is hit; Upstart stops the job.
     pub fn respawn_limit(&self, job: &str, instance: &str) {
         let failed = ["RESULT=failed", "PROCESS=respawn"];
-        self.run(self.failure(job, instance, 0, &failed));
+        let mut steps = vec![Step::Pid(job.into(), instance.into(), 0)];
+        steps.extend(self.failure(job, instance, 0, &failed));
+        self.run(steps);
     }
 
     /// Sequence C: a job without `respawn` is killed by SIGSEGV.
     pub fn segfault(&self, job: &str, instance: &str) {
         let failed = ["RESULT=failed", "PROCESS=main", "EXIT_SIGNAL=SEGV"];
-        self.run(self.failure(job, instance, 11 << 8, &failed));
+        let mut steps = vec![Step::Pid(job.into(), instance.into(), 0)];
+        steps.extend(self.failure(job, instance, 11 << 8, &failed));
+        self.run(steps);
     }
 
+    /// Sequence F: `initctl start` of a job whose main process cannot be spawned (exec of a
+    /// missing binary): up to `spawned` and its `starting` event, then `Failed(-1)` and all the
+    /// way down. `initctl` says "Job failed to start".
+    pub fn spawn_failure(&self, job: &str, instance: &str) {
+        let mut steps = Self::first_start(job, instance);
+        steps.extend(self.up_to_spawned(job, instance, 0));
+        steps.extend(self.failure(job, instance, -1, &["RESULT=failed", "PROCESS=main"]));
+        self.run(steps);
+    }
+
+    /// After `Failed(status)`, Upstart takes the instance down and frees it, then finishes the
+    /// stopping and stopped events with the failure in their environment.
     fn failure(&self, job: &str, instance: &str, status: i32, env: &[&str]) -> Vec<Step> {
         let mut steps = vec![
-            Step::Pid(job.into(), instance.into(), 0),
             Step::Failed(job.into(), instance.into(), status),
-            Step::Goal(job.into(), instance.into(), "stop"),
+            Self::goal(job, instance, "stop"),
         ];
         steps.extend(self.states(
             job,
@@ -393,58 +446,161 @@ impl FakeUpstart {
             ],
         ));
         steps.push(Step::InstanceRemoved(job.into(), instance.into()));
-        steps.push(Step::Event("stopping", Self::env(job, instance, env)));
-        steps.push(Step::Event("stopped", Self::env(job, instance, env)));
+        steps.push(Self::event("stopping", job, instance, env));
+        steps.push(Self::event("stopped", job, instance, env));
         steps
     }
 
     /// Sequence D: `initctl restart`.
     pub fn restart(&self, job: &str, instance: &str, new_pid: i32) {
-        let mut steps = vec![Step::Goal(job.into(), instance.into(), "stop")];
+        let stopping = Self::event("stopping", job, instance, &["RESULT=ok"]);
+        let mut steps = vec![Self::goal(job, instance, "stop")];
         steps.extend(self.states(job, instance, &["pre-stopping", "pre-stop", "stopping"]));
-        steps.push(Step::Goal(job.into(), instance.into(), "start"));
+        steps.push(Self::goal(job, instance, "start"));
         steps.push(Step::Pid(job.into(), instance.into(), 0));
-        steps.extend(self.states(
-            job,
-            instance,
-            &["killed", "post-stopping", "post-stop", "starting"],
-        ));
-        steps.push(Step::Event(
-            "stopping",
-            Self::env(job, instance, &["RESULT=ok"]),
-        ));
+        steps.extend(self.states(job, instance, &["killed"]));
+        if !self.late_stopping_event {
+            steps.push(stopping.clone());
+        }
+        steps.extend(self.states(job, instance, &["post-stopping", "post-stop", "starting"]));
+        if self.late_stopping_event {
+            steps.push(stopping);
+        }
         steps.extend(self.way_up(job, instance, new_pid));
         self.run(steps);
     }
 
     /// Sequence E: `initctl stop`.
     pub fn stop(&self, job: &str, instance: &str) {
-        let mut steps = vec![Step::Goal(job.into(), instance.into(), "stop")];
+        let stopping = Self::event("stopping", job, instance, &["RESULT=ok"]);
+        let mut steps = vec![Self::goal(job, instance, "stop")];
         steps.extend(self.states(
             job,
             instance,
-            &[
-                "pre-stopping",
-                "pre-stop",
-                "stopping",
-                "killed",
-                "post-stopping",
-                "post-stop",
-            ],
+            &["pre-stopping", "pre-stop", "stopping", "killed"],
         ));
+        if !self.late_stopping_event {
+            steps.push(stopping.clone());
+        }
+        steps.extend(self.states(job, instance, &["post-stopping", "post-stop"]));
         steps.push(Step::Pid(job.into(), instance.into(), 0));
         steps.extend(self.states(job, instance, &["waiting"]));
         steps.push(Step::InstanceRemoved(job.into(), instance.into()));
-        steps.push(Step::Event(
-            "stopping",
-            Self::env(job, instance, &["RESULT=ok"]),
-        ));
-        steps.push(Step::Event(
-            "stopped",
-            Self::env(job, instance, &["RESULT=ok"]),
-        ));
+        if self.late_stopping_event {
+            steps.push(stopping);
+        }
+        steps.push(Self::event("stopped", job, instance, &["RESULT=ok"]));
         self.run(steps);
     }
+}
+
+/// The signals of a session recorded from a real Upstart (tests/data/), as steps that send
+/// exactly those signals in that order: one line a signal,
+/// `<time> signal sig=<signature> path=<path> iface=<interface> member=<member> args=(<args>)`,
+/// with `#` comments and the `connected` line skipped.
+pub fn recorded_steps(text: &str) -> Result<Vec<Step>, String> {
+    let mut steps = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        if !line.contains(" signal ") {
+            continue;
+        }
+        let bad = |what: &str| format!("line {}: {what}: {line}", number + 1);
+        let field = |name: &str| {
+            line.split(' ')
+                .find_map(|f| f.strip_prefix(name))
+                .ok_or_else(|| bad(name))
+        };
+        let args = line
+            .split_once(" args=(")
+            .and_then(|(_, a)| a.strip_suffix(')'))
+            .ok_or_else(|| bad("no args"))?;
+        // The strings of the arguments: names, states, paths and env entries hold no quote.
+        let strings: Vec<String> = args
+            .split('"')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect();
+        let path = field("path=")?;
+        let at_instance = || instance_of(path).ok_or_else(|| bad("not an instance path"));
+        let step = match (field("member=")?, strings.as_slice()) {
+            ("InstanceAdded", [p]) => {
+                let (job, instance) = instance_of(p).ok_or_else(|| bad("instance"))?;
+                Step::InstanceAdded(job, instance)
+            }
+            ("InstanceRemoved", [p]) => {
+                let (job, instance) = instance_of(p).ok_or_else(|| bad("instance"))?;
+                Step::InstanceRemoved(job, instance)
+            }
+            ("GoalChanged", [goal]) => {
+                let (job, instance) = at_instance()?;
+                Step::Goal(job, instance, goal.clone())
+            }
+            ("StateChanged", [state]) => {
+                let (job, instance) = at_instance()?;
+                Step::State(job, instance, state.clone())
+            }
+            ("Failed", []) => {
+                let (job, instance) = at_instance()?;
+                Step::Failed(job, instance, args.parse().map_err(|_| bad("status"))?)
+            }
+            ("EventEmitted", [name, env @ ..]) => Step::Event(name.clone(), env.to_vec()),
+            ("Restarted", []) => Step::Restarted,
+            _ => return Err(bad("not a signal the emulator sends")),
+        };
+        steps.push(step);
+    }
+    Ok(steps)
+}
+
+/// `CLOCK_MONOTONIC` in µs, the clock the job hook stamps its messages with.
+pub fn monotonic_micros() -> u64 {
+    #[repr(C)]
+    struct Timespec {
+        tv_sec: i64,
+        tv_nsec: i64,
+    }
+    extern "C" {
+        fn clock_gettime(clock: i32, now: *mut Timespec) -> i32;
+    }
+    const CLOCK_MONOTONIC: i32 = 1;
+    let mut now = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec (two longs on 64-bit Linux) to memory we own.
+    let ok = unsafe { clock_gettime(CLOCK_MONOTONIC, &mut now) } == 0;
+    assert!(ok, "CLOCK_MONOTONIC cannot be read");
+    now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000
+}
+
+/// The job and instance of an instance's object path, reversing [`upstart_escape`].
+fn instance_of(path: &str) -> Option<(String, String)> {
+    let rest = path.strip_prefix(MANAGER_PATH)?.strip_prefix("/jobs/")?;
+    let (job, instance) = rest.split_once('/')?;
+    Some((upstart_unescape(job)?, upstart_unescape(instance)?))
+}
+
+/// Reverses [`upstart_escape`].
+pub fn upstart_unescape(element: &str) -> Option<String> {
+    if element == "_" {
+        return Some(String::new());
+    }
+    let mut out = Vec::new();
+    let mut rest = element.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        if b == b'_' {
+            let hex = std::str::from_utf8(tail.get(..2)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            rest = &tail[2..];
+        } else if b.is_ascii_alphanumeric() {
+            out.push(b);
+            rest = tail;
+        } else {
+            return None;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 impl Drop for FakeUpstart {
@@ -604,7 +760,7 @@ impl Server {
                         instance_path(&job, &instance),
                         INSTANCE_IFACE,
                         "GoalChanged",
-                        Body::Str(goal.to_owned()),
+                        Body::Str(goal),
                     )
                 }
                 Step::State(job, instance, state) => {
@@ -613,7 +769,7 @@ impl Server {
                         instance_path(&job, &instance),
                         INSTANCE_IFACE,
                         "StateChanged",
-                        Body::Str(state.to_owned()),
+                        Body::Str(state),
                     )
                 }
                 Step::Pid(job, instance, pid) => {
@@ -630,8 +786,18 @@ impl Server {
                     MANAGER_PATH.to_owned(),
                     MANAGER_IFACE,
                     "EventEmitted",
-                    Body::Event(name.to_owned(), env),
+                    Body::Event(name, env),
                 ),
+                Step::Restarted if matches!(self.mode, Mode::Peer(_)) => {
+                    // A re-exec closes every peer-to-peer connection; nobody hears Restarted.
+                    drop(model);
+                    let connections: Vec<Connection> =
+                        std::mem::take(&mut *self.connections.lock().expect("connections"));
+                    for conn in connections {
+                        let _ = conn.close().await;
+                    }
+                    return;
+                }
                 Step::Restarted => (
                     MANAGER_PATH.to_owned(),
                     MANAGER_IFACE,

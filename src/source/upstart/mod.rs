@@ -50,8 +50,8 @@ use crate::internal_events::{
     SnapshotCallError,
 };
 use crate::source::bus::{self, call, decode, CALL_TIMEOUT, DBUS_NAME, PROPERTIES_IFACE};
-use crate::time::now_micros;
-use hook::{HookMessage, HookSocket, MAX_MESSAGE};
+use crate::time::{monotonic_micros, now_micros};
+use hook::{HookMessage, HookSocket, Reorder, MAX_MESSAGE};
 use tracker::{InstanceSnapshot, JobEvent, Tracker};
 
 const SOURCE: &str = "upstart";
@@ -207,6 +207,8 @@ pub struct UpstartSource {
     link: Option<Link>,
     tracker: Tracker,
     hook: Option<HookSocket>,
+    /// Hook messages held until those stamped before them have had time to arrive.
+    reorder: Reorder,
     /// Per unit, the receive position of the snapshot reply that last described it (positions
     /// belong to one connection and are cleared with it).
     snapshot_positions: HashMap<String, Sequence>,
@@ -242,6 +244,8 @@ impl Drop for Link {
 enum Wake {
     Signal(Option<Message>),
     Hook(std::io::Result<usize>),
+    /// Held hook messages are due.
+    Release,
     Retry,
 }
 
@@ -255,6 +259,7 @@ impl UpstartSource {
             link: None,
             tracker: Tracker::new(),
             hook: None,
+            reorder: Reorder::new(),
             snapshot_positions: HashMap::new(),
             present: Vec::new(),
         };
@@ -303,10 +308,23 @@ impl UpstartSource {
         let mut backoff = FIRST_BACKOFF;
         let mut retry_at: Option<tokio::time::Instant> = None;
         loop {
+            let release_at = self.reorder.next_due().map(|due| {
+                let wait = Duration::from_micros(due.saturating_sub(monotonic_micros()));
+                tokio::time::Instant::now() + wait
+            });
             let wake = tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => {
+                    // What the hook said last is not held back from the record.
+                    for (event, at) in self.reorder.drain() {
+                        for t in self.tracker.event(&event, at) {
+                            let _ = out.try_send(t.into());
+                        }
+                    }
+                    return;
+                }
                 msg = next_signal(&mut self.link) => Wake::Signal(msg),
                 received = next_datagram(self.hook.as_ref(), &mut buf) => Wake::Hook(received),
+                _ = sleep_until(release_at) => Wake::Release,
                 _ = sleep_until(retry_at) => Wake::Retry,
             };
             match wake {
@@ -336,7 +354,13 @@ impl UpstartSource {
                     self.lose("the connection closed");
                     retry_at = Some(tokio::time::Instant::now() + backoff);
                 }
-                Wake::Hook(Ok(n)) => self.hook_message(&buf[..n], &out).await,
+                Wake::Hook(Ok(n)) => self.hook_message(&buf[..n]),
+                Wake::Release => {
+                    for (event, at) in self.reorder.release(monotonic_micros()) {
+                        let transitions = self.tracker.event(&event, at);
+                        send(&out, transitions).await;
+                    }
+                }
                 Wake::Hook(Err(error)) => {
                     HookDecodeError {
                         reason: &format!("receive failed: {error}"),
@@ -417,14 +441,14 @@ impl UpstartSource {
         Ok(())
     }
 
-    /// Applies one datagram from the job hook.
-    async fn hook_message(&mut self, bytes: &[u8], out: &mpsc::Sender<SourceEvent>) {
+    /// Takes one datagram from the job hook: held, to be applied in the order of the hooks'
+    /// stamps once [`hook::REORDER_WINDOW_US`] has passed.
+    fn hook_message(&mut self, bytes: &[u8]) {
         counter!("crashwatch_events_total", "source" => SOURCE).increment(1);
         match HookMessage::decode(bytes) {
-            Ok(event) => {
-                if self.settings.filter.allows(&event.unit()) {
-                    let transitions = self.tracker.event(&event, now_micros());
-                    send(out, transitions).await;
+            Ok(message) => {
+                if self.settings.filter.allows(&message.event.unit()) {
+                    self.reorder.push(message, monotonic_micros(), now_micros());
                 }
             }
             Err(error) => HookDecodeError {

@@ -17,7 +17,8 @@
 //! signal reported, for a run that has already ended, and at most once per run. Without a live
 //! connection (the hook alone, or while reconnecting), job events drive the lifecycle; a
 //! `stopping RESULT=ok` followed by `starting` without `stopped` is then a crash-respawn, because
-//! nothing else can tell it apart.
+//! nothing else can tell it apart. The hook runs for `started` only if its job says so; until it
+//! has reported one, a run it saw begin is marked `up_unknown` rather than taken as up or down.
 //!
 //! What counts:
 //! - a *crash* is the end of a run nobody asked for: the run went down while its goal was still
@@ -26,6 +27,10 @@
 //!   `exit-code` or `signal` as the reason, `failed` when it could not even be spawned);
 //! - `Failed(0)` or `PROCESS=respawn` is Upstart giving up after its respawn limit: the final
 //!   crash, marked `gave_up`, so the loop is recorded as ended in failure, not recovered;
+//! - Upstart sends `Failed` before it takes the instance down (`GoalChanged("stop")`, `stopping`
+//!   … `waiting`, `InstanceRemoved`), so a failure heard while the run is up is held until the
+//!   instance comes to rest and then reported, dated by `Failed`, from the state it failed in to
+//!   the one it ended in: the record and the unit table then say `stop/waiting`, as Upstart does;
 //! - a *restart* is the start of a run after a crash, `automatic` when Upstart respawned it (the
 //!   goal never went to `stop`), `external` when someone started it again;
 //! - a goal of `stop` (`initctl stop`, `initctl restart`, a `stop on` event) makes the end of the
@@ -228,6 +233,14 @@ impl Failure {
     }
 }
 
+/// A failure heard before the run went down: what it was, when, and the state it was heard in.
+#[derive(Clone, Debug, PartialEq)]
+struct PendingFailure {
+    failure: Failure,
+    at: Micros,
+    from: UnitState,
+}
+
 /// One instance as a snapshot reads it (`GetAllJobs` → `GetAllInstances` → properties).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct InstanceSnapshot {
@@ -287,6 +300,10 @@ struct TrackedUnit {
     undecided_stop: bool,
     /// When that `stopping` was heard.
     stopping_at: Micros,
+    /// A `Failed` heard while the run was still up, not reported yet: Upstart sends it before it
+    /// takes the instance down, and the crash is reported once the instance has come to rest
+    /// (`waiting`, or a new start), so that it names the state it really ended in.
+    failure: Option<PendingFailure>,
     /// The main pid read by the last snapshot, while running.
     pid: Option<u32>,
     /// Starts heard since the last snapshot; a pid that changed with none heard is a missed run.
@@ -307,6 +324,7 @@ impl TrackedUnit {
             stopped_since_crash: false,
             undecided_stop: false,
             stopping_at: 0,
+            failure: None,
             pid: None,
             starts_since_snapshot: 0,
         }
@@ -322,6 +340,10 @@ impl TrackedUnit {
 pub struct Tracker {
     units: HashMap<String, TrackedUnit>,
     live: bool,
+    /// The job hook has reported a `started` event: its job is run for `started` too, so a run
+    /// that began and is not reported up is not up yet. Until then, whether a run the hook saw
+    /// begin got up is not known.
+    hook_reports_started: bool,
 }
 
 impl Tracker {
@@ -381,6 +403,7 @@ impl Tracker {
                 self.baseline(snapshot);
                 continue;
             };
+            settle_failure_after_gap(unit, &snapshot.goal, &snapshot.state, &mut out);
             let mut found = Vec::new();
             // A pid is compared only between two readings of a running main process: while
             // starting, `expect fork` and `expect daemon` jobs change pid on their own.
@@ -415,6 +438,7 @@ impl Tracker {
         for name in gone {
             let mut found = Vec::new();
             if let Some(unit) = self.units.get_mut(&name) {
+                settle_failure_after_gap(unit, "stop", "waiting", &mut out);
                 // Upstart frees only instances whose goal is stop; how it came to stop is lost.
                 if unit.phase != Phase::Down {
                     goal_changed(unit, "stop");
@@ -456,6 +480,7 @@ impl Tracker {
         let mut out = Vec::new();
         if let Some(tracked) = self.units.get_mut(unit) {
             state_changed(tracked, "waiting", now, &mut out);
+            settle_failure(tracked, &mut out);
         }
         self.forget_unless_crashed(unit);
         out
@@ -474,13 +499,26 @@ impl Tracker {
     }
 
     /// `Failed(status)`, received at `now`: the run failed, unless it was being stopped anyway.
-    /// Upstart sends it before the goal and state change it causes, at most once per run.
+    /// Upstart sends it before the goal and state change it causes (`GoalChanged("stop")`, then
+    /// `stopping` down to `waiting`), at most once per run. A run that is still up is followed
+    /// down first: its crash, dated `now`, is reported when the instance comes to rest, from the
+    /// state it failed in to the one it ended in.
     pub fn failed(&mut self, unit: &str, status: i32, now: Micros) -> Vec<Transition> {
         let mut out = Vec::new();
         let tracked = self.unit(unit);
-        if !tracked.crashed && !tracked.stop_requested {
-            let from = tracked.unit_state();
-            crash(tracked, from, now, Failure::from_status(status), &mut out);
+        if tracked.crashed || tracked.stop_requested || tracked.failure.is_some() {
+            return out;
+        }
+        let failure = Failure::from_status(status);
+        let from = tracked.unit_state();
+        if tracked.phase == Phase::Up {
+            tracked.failure = Some(PendingFailure {
+                failure,
+                at: now,
+                from,
+            });
+        } else {
+            crash(tracked, from, now, failure, &mut out);
         }
         out
     }
@@ -495,20 +533,38 @@ impl Tracker {
             // run began, and must not be pinned on it.
             let failure = event.failure();
             if let (Some(failure), Some(unit)) = (failure, self.units.get_mut(&name)) {
-                if unit.phase != Phase::Up && !unit.crashed && !unit.stop_requested {
+                if unit.phase != Phase::Up
+                    && !unit.crashed
+                    && !unit.stop_requested
+                    && unit.failure.is_none()
+                {
                     let from = unit.unit_state();
                     crash(unit, from, now, failure, &mut out);
                 }
             }
             return out;
         }
+        if event.kind == JobEventKind::Started {
+            self.hook_reports_started = true;
+        }
+        let up_heard = self.hook_reports_started;
         let unit = self.unit(&name);
+        // A failure heard over D-Bus before the connection went: the events take over from here.
+        settle_failure(unit, &mut out);
         match event.kind {
             JobEventKind::Starting => {
                 if unit.phase != Phase::Up {
                     let from = unit.unit_state();
                     set_state(unit, "start", "starting");
                     begin_run(unit, from, now, &mut out);
+                    if !up_heard {
+                        for t in out
+                            .iter_mut()
+                            .filter(|t| t.kind == TransitionKind::Starting)
+                        {
+                            t.up_unknown = true;
+                        }
+                    }
                 }
             }
             JobEventKind::Started => {
@@ -579,11 +635,11 @@ fn set_state(unit: &mut TrackedUnit, goal: &str, state: &str) {
 fn goal_changed(unit: &mut TrackedUnit, goal: &str) {
     goal.clone_into(&mut unit.goal);
     if goal == "stop" {
-        if unit.crash_pending {
+        if unit.crash_pending || unit.failure.is_some() {
             unit.stopped_since_crash = true;
         }
         // After a failure Upstart stops the job itself; that is not somebody asking.
-        if !unit.crashed {
+        if !unit.crashed && unit.failure.is_none() {
             unit.stop_requested = true;
         }
     }
@@ -636,6 +692,7 @@ fn state_changed(unit: &mut TrackedUnit, state: &str, now: Micros, out: &mut Vec
 /// A run begins: the end of the previous one if it was left open, the restart it may be, then
 /// Starting.
 fn begin_run(unit: &mut TrackedUnit, from: UnitState, now: Micros, out: &mut Vec<Transition>) {
+    settle_failure(unit, out);
     if unit.phase == Phase::Stopping && !unit.crashed {
         if unit.undecided_stop {
             // Job events only: stopping with RESULT=ok, then starting without stopped. That is
@@ -671,7 +728,8 @@ fn begin_run(unit: &mut TrackedUnit, from: UnitState, now: Micros, out: &mut Vec
 fn end_run(unit: &mut TrackedUnit, from: UnitState, now: Micros, out: &mut Vec<Transition>) {
     unit.phase = Phase::Stopping;
     unit.running = false;
-    if unit.crashed {
+    // A crash already reported, or a failure reported when the instance comes to rest.
+    if unit.crashed || unit.failure.is_some() {
         return;
     }
     if unit.stop_requested || unit.goal == "stop" {
@@ -683,11 +741,13 @@ fn end_run(unit: &mut TrackedUnit, from: UnitState, now: Micros, out: &mut Vec<T
     crash(unit, from, now, Failure::unknown(), out);
 }
 
-/// A run is over. After a crash that was already said; otherwise it stopped.
+/// A run is over: the failure that ended it, if one waits to be reported; nothing more after a
+/// crash already said; otherwise it stopped.
 fn finish_stop(unit: &mut TrackedUnit, from: UnitState, now: Micros, out: &mut Vec<Transition>) {
     unit.phase = Phase::Down;
     unit.running = false;
     unit.undecided_stop = false;
+    settle_failure(unit, out);
     if !unit.crashed {
         out.push(transition(unit, TransitionKind::Stopped, from, now));
     }
@@ -708,7 +768,14 @@ fn event_stopping(
         return;
     }
     match event.failure() {
-        Some(failure) => crash(unit, from, now, failure, out),
+        Some(failure) => {
+            // The hook sees no states. After a failure Upstart takes the job down to
+            // stop/waiting and respawns nothing, so that is where the crash ends; whoever
+            // starts it next is not Upstart's respawn.
+            set_state(unit, "stop", "waiting");
+            unit.stopped_since_crash = true;
+            crash(unit, from, now, failure, out);
+        }
         None => {
             let mut t = transition(unit, TransitionKind::Stopping, from, now);
             t.result = event.result.clone();
@@ -717,6 +784,40 @@ fn event_stopping(
             unit.stopping_at = now;
         }
     }
+}
+
+/// Reports the failure heard while the run was up, now that the instance came to rest: from the
+/// state it failed in to the one it is in, dated when it failed.
+fn settle_failure(unit: &mut TrackedUnit, out: &mut Vec<Transition>) {
+    if let Some(pending) = unit.failure.take() {
+        crash(unit, pending.from, pending.at, pending.failure, out);
+    }
+}
+
+/// Reports a failure heard before a gap, as the snapshot after it finds the instance (`goal`,
+/// `state`; stop/waiting when it is gone). The failure was heard, so it is no inference; the
+/// instance is where it came to rest, unless it is up again, which is a new run: the failed one
+/// is then said to end where it was last seen.
+fn settle_failure_after_gap(
+    unit: &mut TrackedUnit,
+    goal: &str,
+    state: &str,
+    out: &mut Vec<Transition>,
+) {
+    if unit.failure.is_none() {
+        return;
+    }
+    let phase = phase_of(state);
+    if phase != Some(Phase::Up) {
+        set_state(unit, goal, state);
+    }
+    settle_failure(unit, out);
+    unit.phase = if phase == Some(Phase::Down) {
+        Phase::Down
+    } else {
+        Phase::Stopping
+    };
+    unit.running = false;
 }
 
 fn crash(
@@ -929,6 +1030,11 @@ mod tests {
         let last = &out[4];
         assert_eq!(last.crash.as_deref(), Some("unknown"));
         assert_eq!(last.result.as_deref(), Some("failed"));
+        // Followed down: from the state it failed in to the one Upstart left it in, dated by
+        // Failed(0).
+        assert_eq!(last.from, UnitState::new("start", "running"));
+        assert_eq!(last.to, UnitState::new("stop", "waiting"));
+        assert_eq!(last.timestamp, 500);
         assert!(tracker.contains(WWW), "a crashed instance is remembered");
     }
 
@@ -1216,6 +1322,71 @@ mod tests {
     }
 
     #[test]
+    fn the_hook_alone_leaves_up_unknown_until_it_reports_started() {
+        let mut tracker = Tracker::new();
+        let starting = tracker.event(&event(JobEventKind::Starting, &[]), 1);
+        assert_eq!(kinds(&starting), ["starting"]);
+        assert!(starting[0].up_unknown, "no started heard from the hook yet");
+        let mut out = tracker.event(&event(JobEventKind::Stopping, &["RESULT=ok"]), 2);
+        out.extend(tracker.event(&event(JobEventKind::Starting, &[]), 3));
+        assert_eq!(kinds(&out), ["stopping", "crash", "restart", "starting"]);
+        assert!(out
+            .iter()
+            .all(|t| t.up_unknown == (t.kind == TransitionKind::Starting)));
+        // A hook run for `started` too says when a run is up; from then on, starting is no
+        // longer a guess.
+        tracker.event(&event(JobEventKind::Started, &[]), 4);
+        tracker.event(&event(JobEventKind::Stopping, &["RESULT=ok"]), 5);
+        let out = tracker.event(&event(JobEventKind::Starting, &[]), 6);
+        assert!(out.iter().all(|t| !t.up_unknown), "{out:?}");
+        // Live, the Instance signals say it.
+        let mut tracker = running();
+        assert!(sequence_a(&mut tracker, 10).iter().all(|t| !t.up_unknown));
+    }
+
+    #[test]
+    fn a_failure_heard_before_a_gap_is_reported_where_it_was_last_seen() {
+        let mut tracker = running();
+        assert!(
+            tracker.failed(WWW, 256 + 1, 5).is_empty(),
+            "followed down first"
+        );
+        // The connection goes before the instance comes to rest; the snapshot says the rest.
+        let out = tracker.reconcile(Vec::new(), 9);
+        assert_eq!(kinds(&out), ["crash"]);
+        assert!(!out[0].inferred, "the failure was heard");
+        assert_eq!(out[0].timestamp, 5);
+        assert_eq!(out[0].crash.as_deref(), Some("signal"));
+        assert_eq!(
+            out[0].to,
+            UnitState::new("stop", "waiting"),
+            "gone: at rest"
+        );
+        // Found up again after the gap: a new run, which the failed one does not hide.
+        let mut tracker = running();
+        tracker.failed(WWW, 1, 5);
+        let snapshot = InstanceSnapshot {
+            unit: WWW.into(),
+            goal: "start".into(),
+            state: "running".into(),
+            main_pid: Some(101),
+        };
+        let out = tracker.reconcile(vec![snapshot], 9);
+        assert_eq!(kinds(&out), ["crash", "restart", "starting", "started"]);
+        assert!(!out[0].inferred && out[1..].iter().all(|t| t.inferred));
+        // And a failure that a new start overtakes is reported before it.
+        let mut tracker = running();
+        tracker.failed(WWW, 2, 5);
+        tracker.goal_changed(WWW, "stop");
+        let mut out = states(&mut tracker, WWW, &["stopping", "post-stop"], 6);
+        tracker.goal_changed(WWW, "start");
+        out.extend(states(&mut tracker, WWW, &["starting"], 8));
+        assert_eq!(kinds(&out), ["crash", "restart", "starting"]);
+        assert_eq!(out[0].to, UnitState::new("start", "starting"));
+        assert_eq!(out[1].restart_cause, Some(RestartCause::External));
+    }
+
+    #[test]
     fn a_changed_pid_between_snapshots_is_a_restart_not_heard() {
         let mut tracker = running();
         let snapshot = |pid| InstanceSnapshot {
@@ -1300,6 +1471,154 @@ mod tests {
             0,
             "the crash happened before crashwatch started"
         );
+    }
+
+    /// The signals a real Upstart 1.13.2 sent a peer-to-peer client, with its own count of what
+    /// happened in the header (see tests/data/).
+    const RECORDED: &str = include_str!("../../../tests/data/upstart-1.13.2-session.txt");
+
+    /// The quoted strings of a recorded line's `args=(…)`, or its one integer.
+    fn recorded_args(line: &str) -> (Vec<&str>, Option<i32>) {
+        let args = line.split_once(" args=(").map_or("", |(_, a)| a);
+        let args = args.strip_suffix(')').unwrap_or(args);
+        let quoted = args.split('"').skip(1).step_by(2).collect();
+        (quoted, args.parse().ok())
+    }
+
+    /// Feeds every recorded signal to a live tracker, as the source would.
+    fn replay_recorded(tracker: &mut Tracker) -> Vec<Transition> {
+        let mut out = Vec::new();
+        for line in RECORDED.lines().filter(|l| l.contains(" signal ")) {
+            let field = |name: &str| {
+                line.split(' ')
+                    .find_map(|f| f.strip_prefix(name))
+                    .unwrap_or_default()
+            };
+            let at = line
+                .split_once(' ')
+                .and_then(|(t, _)| t.replace('.', "").parse::<Micros>().ok())
+                .expect("a timestamp");
+            let (strings, number) = recorded_args(line);
+            let instance = super::super::names::unit_from_instance_path(field("path="));
+            match (field("member="), instance, strings.as_slice(), number) {
+                ("InstanceAdded", _, [path], _) => {
+                    let unit = super::super::names::unit_from_instance_path(path).expect("unit");
+                    tracker.instance_added(&unit);
+                }
+                ("InstanceRemoved", _, [path], _) => {
+                    let unit = super::super::names::unit_from_instance_path(path).expect("unit");
+                    out.extend(tracker.instance_removed(&unit, at));
+                }
+                ("GoalChanged", Some(unit), [goal], _) => tracker.goal_changed(&unit, goal),
+                ("StateChanged", Some(unit), [state], _) => {
+                    out.extend(tracker.state_changed(&unit, state, at));
+                }
+                ("Failed", Some(unit), [], Some(status)) => {
+                    out.extend(tracker.failed(&unit, status, at));
+                }
+                ("EventEmitted", _, [name, env @ ..], _) => {
+                    if let Some(event) = JobEvent::from_env(name, env) {
+                        out.extend(tracker.event(&event, at));
+                    }
+                }
+                other => panic!("unread line {other:?}: {line}"),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_recorded_session_of_a_real_upstart_counts_what_upstart_says() {
+        let mut tracker = Tracker::new();
+        tracker.set_live(true);
+        let out = replay_recorded(&mut tracker);
+        let of = |unit: &str| -> Vec<Transition> {
+            out.iter().filter(|t| t.unit == unit).cloned().collect()
+        };
+        // The header's truth: (unit, runs, crashes, restarts), each restart automatic.
+        for (unit, runs, crashed, restarted) in [
+            ("www", 6, 6, 5),
+            ("steady", 4, 0, 0),
+            ("worker", 9, 8, 8),
+            ("net (eth0)", 7, 6, 6),
+            ("crashonce", 1, 1, 0),
+            ("badexec", 1, 1, 0),
+        ] {
+            let ts = of(unit);
+            assert_eq!(
+                count(&ts, TransitionKind::Starting),
+                runs,
+                "{unit}: {ts:#?}"
+            );
+            assert_eq!(crashes(&ts), crashed, "{unit}: {:?}", kinds(&ts));
+            assert_eq!(count(&ts, TransitionKind::Restart), restarted, "{unit}");
+            assert!(ts
+                .iter()
+                .filter(|t| t.kind == TransitionKind::Restart)
+                .all(|t| t.restart_cause == Some(RestartCause::Automatic)));
+            // Every instance ends where Upstart left it: stopped, but for the steady one.
+            let last = ts.last().expect("transitions");
+            let end = if unit == "steady" {
+                UnitState::new("start", "running")
+            } else {
+                UnitState::new("stop", "waiting")
+            };
+            assert_eq!(last.to, end, "{unit}: {last:?}");
+            assert_eq!(
+                ts.iter().filter(|t| t.gave_up).count(),
+                usize::from(unit == "www")
+            );
+        }
+        assert_eq!(count(&of("steady"), TransitionKind::Stopped), 3);
+        // The respawn limit: the last run's crash, from where it failed to where it ended.
+        let www = of("www");
+        let gave_up = www.last().expect("the last crash");
+        assert!(gave_up.gave_up && gave_up.crash.as_deref() == Some("unknown"));
+        assert_eq!(gave_up.from, UnitState::new("start", "running"));
+        assert_eq!(
+            gave_up.timestamp, 1_796_329_232_220_342,
+            "dated by Failed(0)"
+        );
+        let segv = of("crashonce").pop().expect("a crash");
+        assert_eq!(
+            (segv.crash.as_deref(), segv.exit.map(|e| e.status)),
+            (Some("signal"), Some(11))
+        );
+        let spawn = of("badexec").pop().expect("a crash");
+        assert_eq!(spawn.crash.as_deref(), Some("failed"));
+        assert_eq!(spawn.from, UnitState::new("start", "spawned"));
+        assert_eq!(spawn.exit, None);
+    }
+
+    #[test]
+    fn the_recorded_session_counts_the_same_from_the_job_events_alone() {
+        // Without Instance signals (a gap, or the hook) the events drive the lifecycle: an
+        // `initctl restart` then reads as a crash-respawn, but every crash and restart counts.
+        let mut tracker = Tracker::new();
+        let mut out = Vec::new();
+        for line in RECORDED
+            .lines()
+            .filter(|l| l.contains("member=EventEmitted"))
+        {
+            let (strings, _) = recorded_args(line);
+            let event = JobEvent::from_env(strings[0], &strings[1..]).expect("a job event");
+            out.extend(tracker.event(&event, 0));
+        }
+        for (unit, crashed, restarted) in [
+            ("www", 6, 5),
+            ("steady", 3, 3),
+            ("worker", 8, 8),
+            ("net (eth0)", 6, 6),
+            ("crashonce", 1, 0),
+            ("badexec", 1, 0),
+        ] {
+            let ts: Vec<Transition> = out.iter().filter(|t| t.unit == unit).cloned().collect();
+            assert_eq!(crashes(&ts), crashed, "{unit}: {:?}", kinds(&ts));
+            assert_eq!(count(&ts, TransitionKind::Restart), restarted, "{unit}");
+            let last = ts.last().expect("transitions");
+            let down = last.to == UnitState::new("stop", "waiting");
+            assert_eq!(down, unit != "steady", "{unit}: {last:?}");
+        }
     }
 
     #[test]
