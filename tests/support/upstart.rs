@@ -110,6 +110,9 @@ struct Instance {
 #[derive(Default, Debug)]
 struct Model {
     jobs: BTreeMap<String, BTreeMap<String, Instance>>,
+    /// How many times a client read an instance's `processes`: the daemon reads the main pid
+    /// of each run it hears start, so a test can wait until it has.
+    process_reads: u64,
 }
 
 impl Model {
@@ -290,6 +293,11 @@ impl FakeUpstart {
     /// Comes back after [`FakeUpstart::detach`].
     pub fn attach(&self) {
         self.call(Op::Attach);
+    }
+
+    /// How many times a client has read an instance's `processes` (its main pid).
+    pub fn process_reads(&self) -> u64 {
+        self.model.lock().expect("model").process_reads
     }
 
     /// Adds a running instance without a signal, as one that existed before crashwatch started.
@@ -935,7 +943,7 @@ async fn answer(conn: &Connection, msg: &Message, model: &Mutex<Model>) -> zbus:
         Error(&'static str, String),
     }
     let reply = {
-        let model = model.lock().expect("model");
+        let mut model = model.lock().expect("model");
         let found = model.find(&path);
         match (iface.as_str(), member.as_str()) {
             (MANAGER_IFACE, "GetAllJobs") if path == MANAGER_PATH => {
@@ -999,6 +1007,9 @@ async fn answer(conn: &Connection, msg: &Message, model: &Mutex<Model>) -> zbus:
                     ),
                     (Some(props), None) => Reply::Props(props),
                     (Some(props), Some(name)) => {
+                        if name == "processes" {
+                            model.process_reads += 1;
+                        }
                         match props.into_iter().find(|(n, _)| *n == name) {
                             Some((_, prop)) => Reply::Prop(prop),
                             None => Reply::Error(
