@@ -12,9 +12,10 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "crashwatch", version, about, long_about)]
 pub struct Cli {
-    /// Log level for messages on stderr: error, warn, info, debug or trace.
-    #[arg(long, global = true, default_value = "info", env = "CRASHWATCH_LOG")]
-    pub log_level: String,
+    /// Log level for messages on stderr: error, warn, info, debug or trace. Default: the
+    /// configuration file's `[log] level`, else info.
+    #[arg(long, global = true, env = "CRASHWATCH_LOG")]
+    pub log_level: Option<String>,
 
     /// Format of the log lines on stderr: text (for people), logfmt or json (for log shippers).
     ///

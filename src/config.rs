@@ -82,6 +82,18 @@ pub struct FileConfig {
     /// `[[action]]`, each one action.
     #[serde(default, rename = "action")]
     pub actions: Vec<ActionSection>,
+    /// `[log]`.
+    #[serde(default)]
+    pub log: LogSection,
+}
+
+/// `[log]`: crashwatch's own log lines.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// The least severe level logged: error, warn, info, debug or trace. Default info;
+    /// `--log-level` (or `$CRASHWATCH_LOG`) wins over it. Changed by a reload.
+    pub level: Option<String>,
 }
 
 /// `[history]`: what crashwatch reads about the time before it started.
@@ -354,6 +366,8 @@ pub struct Config {
     pub history: HistoryConfig,
     /// What to do when a crash loop starts and ends.
     pub actions: Vec<Action>,
+    /// The log level the file asks for, if any.
+    pub log_level: Option<tracing::Level>,
 }
 
 impl Config {
@@ -482,6 +496,14 @@ impl Config {
             )),
             dir => dir.map(PathBuf::from),
         };
+        let log_level = match file.log.level.as_deref() {
+            Some(text) => Some(text.parse::<tracing::Level>().map_err(|_| {
+                invalid(format!(
+                    "log.level: {text:?} is not one of error, warn, info, debug, trace"
+                ))
+            })?),
+            None => None,
+        };
         let history = HistoryConfig {
             journal: !cli.no_journal_history && file.history.journal.unwrap_or(true),
             journal_directory,
@@ -512,6 +534,7 @@ impl Config {
             upstart,
             history,
             actions,
+            log_level,
         })
     }
 }
@@ -800,6 +823,15 @@ mod tests {
             assert!(message.contains(expected), "{text:?}: {message}");
             assert!(!message.contains('\n'), "{message}");
         }
+    }
+
+    #[test]
+    fn the_log_level_comes_from_the_file() {
+        let config = resolve("[log]\nlevel = \"debug\"\n").expect("valid");
+        assert_eq!(config.log_level, Some(tracing::Level::DEBUG));
+        assert_eq!(resolve("").expect("valid").log_level, None);
+        let error = resolve("[log]\nlevel = \"loud\"\n").expect_err("refused");
+        assert!(error.to_string().contains("log.level"), "{error}");
     }
 
     #[test]

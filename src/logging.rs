@@ -33,10 +33,12 @@ use std::sync::OnceLock;
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::format::{Format, FormatEvent, FormatFields, Full, Writer};
 use tracing_subscriber::fmt::time::SystemTime;
 use tracing_subscriber::fmt::FmtContext;
 use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::reload;
 
 use crate::time::{format_timestamp, now_micros};
 
@@ -146,15 +148,46 @@ impl Output {
 static OUTPUT: OnceLock<Output> = OnceLock::new();
 
 /// Sends every log event at `level` or above to stderr as `output` says. Call once, first thing.
-pub fn init(output: Output, level: Level) {
+pub fn init(output: Output, level: Option<Level>) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let _ = OUTPUT.set(output);
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_ansi(output.color)
-        .event_format(Lines::new(output))
-        .init();
+    let (filter, handle) =
+        reload::Layer::new(LevelFilter::from_level(level.unwrap_or(Level::INFO)));
+    let _ = LEVEL.set(LevelControl {
+        handle,
+        from_command_line: level.is_some(),
+    });
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(output.color)
+                .event_format(Lines::new(output)),
+        )
+        .try_init();
 }
+
+/// The level a configuration file asks for (`[log] level`, at start-up and at each reload). The
+/// command line's `--log-level` wins: then this changes nothing. `None` means the default, info.
+pub fn set_level_from_config(level: Option<Level>) {
+    let Some(control) = LEVEL.get() else { return };
+    if control.from_command_line {
+        return;
+    }
+    let filter = LevelFilter::from_level(level.unwrap_or(Level::INFO));
+    let _ = control.handle.modify(|current| *current = filter);
+}
+
+/// How the level can change after [`init`].
+struct LevelControl {
+    handle: reload::Handle<LevelFilter, tracing_subscriber::Registry>,
+    /// `--log-level` was given; the file's level does not apply.
+    from_command_line: bool,
+}
+
+static LEVEL: OnceLock<LevelControl> = OnceLock::new();
 
 /// Ends a command with one error line on stderr, in the format [`init`] chose (`crashwatch:
 /// MESSAGE` if it was never called).

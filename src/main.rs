@@ -21,12 +21,13 @@ fn main() -> ExitCode {
         }
     };
     let output = Output::detect(format);
-    let level = match tracing::Level::from_str(&cli.log_level) {
-        Ok(level) => level,
-        Err(_) => {
+    let level = match cli.log_level.as_deref().map(tracing::Level::from_str) {
+        None => None,
+        Some(Ok(level)) => Some(level),
+        Some(Err(_)) => {
             output.fatal(&format_args!(
                 "--log-level {:?} is not one of error, warn, info, debug, trace",
-                cli.log_level
+                cli.log_level.unwrap_or_default()
             ));
             return ExitCode::from(2);
         }

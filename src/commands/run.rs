@@ -41,6 +41,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
+    crate::logging::set_level_from_config(config.log_level);
     // Installed inside ChangeTracking, so a scrape with nothing new reuses the last rendering.
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
@@ -165,6 +166,7 @@ async fn on_hangup(
         };
         match file.and_then(|file| Config::resolve(file, overrides.clone(), &origin)) {
             Ok(config) => {
+                crate::logging::set_level_from_config(config.log_level);
                 if reloads.send(config).await.is_err() {
                     return;
                 }

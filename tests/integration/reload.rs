@@ -18,13 +18,15 @@ unit_exclude = [\"late.service\"]\n\
 threshold = 1000\n\
 window = \"5m\"\n";
 
-/// Threshold 3, `dropped.service` left out, `late.service` watched.
+/// Threshold 3, `dropped.service` left out, `late.service` watched, only errors logged.
 const AFTER: &str = "[source.systemd]\n\
 unit_include = [\"*.service\"]\n\
 unit_exclude = [\"dropped.service\"]\n\
 [detect]\n\
 threshold = 3\n\
-window = \"5m\"\n";
+window = \"5m\"\n\
+[log]\n\
+level = \"error\"\n";
 
 fn hangup(cw: &Crashwatch) {
     let status = std::process::Command::new("kill")
@@ -71,6 +73,12 @@ fn sighup_applies_new_thresholds_and_filters_and_keeps_counts() {
         cw.diag(KEPT)
     );
     assert_eq!(reload_successful(&cw), Some(1.0));
+    // The new log level: the reload's own info line is no longer written.
+    assert!(
+        !cw.stderr().contains("Reloaded the configuration"),
+        "an info line after the level became error:\n{}",
+        cw.stderr()
+    );
     let gone = wait_until(Duration::from_secs(5), || {
         !cw.scrape().contains(&format!("unit=\"{DROPPED}\""))
     });
@@ -115,5 +123,18 @@ fn sighup_applies_new_thresholds_and_filters_and_keeps_counts() {
     });
     assert!(still, "counting stopped after a refused reload");
     assert_eq!(cw.unit_metric("crashwatch_unit_crashlooping", KEPT), 1.0);
+
+    // Back to the default level: info lines again.
+    std::fs::write(&config, BEFORE).unwrap();
+    hangup(&cw);
+    let logged = wait_until(Duration::from_secs(10), || {
+        cw.stderr().contains("Reloaded the configuration")
+    });
+    assert!(
+        logged,
+        "no info line at the default level:\n{}",
+        cw.stderr()
+    );
+    assert_eq!(reload_successful(&cw), Some(1.0));
     sb.systemctl_ok(&["stop", KEPT, LATE]);
 }

@@ -512,7 +512,11 @@ fn peer_to_peer_works_without_a_bus_and_reconnects() {
     // A pid is compared across a gap only once the daemon knows the pid of the run before it:
     // wait until it has read it, as it does for every run it hears start.
     let read = wait_until(SETTLE, || fake.process_reads() > reads);
-    assert!(read, "the main pid of the new run was never read\n{}", cw.diag(WWW));
+    assert!(
+        read,
+        "the main pid of the new run was never read\n{}",
+        cw.diag(WWW)
+    );
 
     // A re-exec closes the connection without a word (no Restarted peer-to-peer); a respawn
     // in the gap is caught by the snapshot after the reconnect.
