@@ -451,21 +451,8 @@ fn package_installs_starts_and_purges_in_a_sandbox_without_touching_the_host() {
     let fields: Vec<&str> = passwd.trim().split(':').collect();
     assert_eq!(fields.len(), 7, "{passwd}");
     assert_eq!(fields[6], "/usr/sbin/nologin", "{passwd}");
-    let main_pid = || {
-        sb.run_inside_ok(
-            30,
-            &[
-                "systemctl",
-                "show",
-                "-p",
-                "MainPID",
-                "--value",
-                "crashwatch.service",
-            ],
-        )
-    };
-    let first_pid = main_pid();
-    let proc_dir = format!("/proc/{}", first_pid.trim());
+    let first_pid = packaged_main_pid(&sb);
+    let proc_dir = format!("/proc/{first_pid}");
     let owner = sb.run_inside_ok(30, &["stat", "-c", "%u", &proc_dir]);
     assert_eq!(
         owner.trim(),
@@ -554,7 +541,11 @@ fn package_installs_starts_and_purges_in_a_sandbox_without_touching_the_host() {
         fields[2],
         "the fresh record is not crashwatch's"
     );
-    assert_eq!(main_pid(), first_pid, "SIGHUP restarted crashwatch");
+    assert_eq!(
+        packaged_main_pid(&sb),
+        first_pid,
+        "SIGHUP restarted crashwatch"
+    );
 
     // The manual, as `man` shows it, with groff's warnings on.
     let pages: Vec<&String> = installed
