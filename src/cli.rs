@@ -227,6 +227,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub upstart_hook_socket: Option<String>,
 
+    /// The kernel log read after a gap in the Upstart connection, to count each main process
+    /// that ended in it (needs root or CAP_SYSLOG); "" or "none" turns it off and a gap is
+    /// inferred from Upstart's snapshot [default: /dev/kmsg].
+    #[arg(long, value_name = "PATH")]
+    pub upstart_kernel_log: Option<String>,
+
     /// Do not rebuild crash-loop windows from the journal at start-up (history.journal = false).
     #[arg(long)]
     pub no_journal_history: bool,

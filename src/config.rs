@@ -24,6 +24,8 @@ use crate::time::parse_duration;
 
 /// The address `/metrics` is served on unless told otherwise: loopback only, port 9863.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9863";
+/// Where the kernel log is read from after a gap in the Upstart connection.
+const DEFAULT_KERNEL_LOG: &str = "/dev/kmsg";
 /// The StatsD prefix unless told otherwise.
 pub const DEFAULT_STATSD_PREFIX: &str = "crashwatch";
 /// The most units with series of their own unless told otherwise.
@@ -134,6 +136,10 @@ pub struct UpstartSection {
     pub address: Option<String>,
     /// The job hook's socket; `""` turns the hook off. Default `/run/crashwatch/hook.sock`.
     pub hook_socket: Option<String>,
+    /// The kernel log read after a gap in the connection to count the main process ends in it
+    /// (needs root or `CAP_SYSLOG`); `""` or `"none"` turns it off, and a gap is then inferred
+    /// from the snapshot alone. Default `/dev/kmsg`.
+    pub kernel_log: Option<String>,
     /// Globs of units (`job` or `job (instance)`) to watch; none except these. Default `["*"]`.
     pub unit_include: Option<Vec<String>>,
     /// Globs of units never to watch; all except these. Default: the hook job,
@@ -298,6 +304,8 @@ pub struct Overrides {
     pub upstart_address: Option<String>,
     /// `--upstart-hook-socket`.
     pub upstart_hook_socket: Option<String>,
+    /// `--upstart-kernel-log`.
+    pub upstart_kernel_log: Option<String>,
     /// `--no-journal-history` (only turns history off).
     pub no_journal_history: bool,
 }
@@ -318,6 +326,8 @@ pub struct UpstartConfig {
     pub address: UpstartAddress,
     /// The job hook's socket, `None` when the hook is off.
     pub hook_socket: Option<PathBuf>,
+    /// The kernel log a gap's main process ends are counted from, `None` when off.
+    pub kernel_log: Option<PathBuf>,
     /// Which units are watched.
     pub filter: UnitFilter,
 }
@@ -595,6 +605,15 @@ fn resolve_upstart(
         "" => None,
         path => Some(PathBuf::from(path)),
     };
+    let kernel_log = match cli
+        .upstart_kernel_log
+        .as_deref()
+        .or(section.kernel_log.as_deref())
+        .unwrap_or(DEFAULT_KERNEL_LOG)
+    {
+        "" | "none" => None,
+        path => Some(PathBuf::from(path)),
+    };
     if address == UpstartAddress::None && hook_socket.is_none() {
         return Err(invalid(
             "source.upstart: with address \"none\" the job hook is the only way in; \
@@ -628,6 +647,7 @@ fn resolve_upstart(
     Ok(UpstartConfig {
         address,
         hook_socket,
+        kernel_log,
         filter: UnitFilter::new(globs(&include)?, globs(&exclude)?),
     })
 }
@@ -783,6 +803,10 @@ mod tests {
             config.upstart.hook_socket.as_deref(),
             Some(Path::new(DEFAULT_SOCKET))
         );
+        assert_eq!(
+            config.upstart.kernel_log.as_deref(),
+            Some(Path::new("/dev/kmsg"))
+        );
         assert!(config.upstart.filter.allows("network-interface (eth0)"));
         assert!(!config
             .upstart
@@ -795,6 +819,7 @@ mod tests {
             [source.upstart]
             address = "unix:abstract=/com/ubuntu/upstart"
             hook_socket = ""
+            kernel_log = "none"
             unit_include = ["www*"]
             "#,
         )
@@ -805,6 +830,7 @@ mod tests {
             UpstartAddress::Peer("unix:abstract=/com/ubuntu/upstart".to_owned())
         );
         assert_eq!(config.upstart.hook_socket, None);
+        assert_eq!(config.upstart.kernel_log, None);
         assert!(config.upstart.filter.allows("www (a)"));
         assert!(!config.upstart.filter.allows("tty (tty1)"));
         for (text, expected) in [

@@ -389,6 +389,33 @@ impl HookDecodeError<'_> {
     }
 }
 
+/// The kernel log could not be read after a gap in the Upstart connection (not there, no
+/// permission: reading `/dev/kmsg` needs root or `CAP_SYSLOG`); the gap is inferred from the
+/// snapshot alone, one crash at least where a main pid changed.
+pub struct KernelLogUnreadable<'a> {
+    /// The log's path.
+    pub path: &'a std::path::Path,
+    /// Why.
+    pub error: &'a str,
+}
+
+impl KernelLogUnreadable<'_> {
+    /// Counts it every time, and logs it the first time only: the cause (a setting, a
+    /// permission) does not change while crashwatch runs.
+    pub fn emit(self) {
+        static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        count("upstart", "kernel_log_unreadable");
+        if !LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                path = %self.path.display(),
+                error = self.error,
+                "Cannot read the kernel log; runs that end while Upstart is out of reach are \
+                 counted from its snapshots alone, one at least where the main pid changed."
+            );
+        }
+    }
+}
+
 /// An action did not get through: its command exited non-zero, overran its timeout or could not
 /// start, or its receiver refused the request or could not be reached in any attempt.
 pub struct ActionFailed<'a> {

@@ -40,6 +40,7 @@ pub mod internals {
     pub use crate::source::systemd::props;
     pub use crate::source::systemd::tracker::{ServiceProps, Snapshot, Tracker, UnitProps};
     pub use crate::source::upstart::hook::HookMessage;
+    pub use crate::source::upstart::kmsg;
 }
 
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -194,6 +195,7 @@ pub async fn run(
                 hook_socket: config.upstart.hook_socket.clone(),
                 filter: config.upstart.filter.clone(),
                 max_backoff: std::time::Duration::from_secs(30),
+                kernel_log: config.upstart.kernel_log.clone(),
             })
             .await?;
             ready(source.watched_units());

@@ -35,6 +35,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         source: args.source,
         upstart_address: args.upstart_address,
         upstart_hook_socket: args.upstart_hook_socket,
+        upstart_kernel_log: args.upstart_kernel_log,
         no_journal_history: args.no_journal_history,
     };
     let config = match resolve_config(args.config.as_deref(), overrides.clone()) {

@@ -17,6 +17,13 @@
 //! itself) and when its queue overflowed. The [`tracker`] compares snapshots: a main process that
 //! changed while no start was heard is a crash and a restart that nobody heard.
 //!
+//! A snapshot can only say that a main pid changed, one crash at least. So after a reconnect the
+//! source reads the kernel log ([`kmsg`]) for the gap, from the last signal heard before the
+//! connection went (Upstart logs a process's end before it sends the signals about it, and sends
+//! signals in order, so every end after that signal went unheard) to the snapshot after the
+//! reconnect, and the tracker counts each main process end logged there. A log that cannot be
+//! read is counted and the source goes on with the snapshot alone.
+//!
 //! The job hook ([`hook`]) is a second way in that needs no D-Bus at all: with
 //! `address = "none"` it is the only one. Its events go to the same tracker, which lets them
 //! drive the lifecycle only while no instance signals flow (see [`tracker`]), so a host that
@@ -28,6 +35,7 @@
 //! reconnects with capped backoff, while the hook keeps listening.
 
 pub mod hook;
+pub mod kmsg;
 pub mod names;
 pub mod tracker;
 
@@ -46,12 +54,13 @@ use zbus::{Connection, Message, Variant};
 use crate::event::{SourceEvent, SourceKind, Transition, UnitState};
 use crate::glob::UnitFilter;
 use crate::internal_events::{
-    BusConnectError, BusDisconnected, HookDecodeError, SignalFromStranger, SignalsDropped,
-    SnapshotCallError,
+    BusConnectError, BusDisconnected, HookDecodeError, KernelLogUnreadable, SignalFromStranger,
+    SignalsDropped, SnapshotCallError,
 };
 use crate::source::bus::{self, call, decode, CALL_TIMEOUT, DBUS_NAME, PROPERTIES_IFACE};
 use crate::time::{monotonic_micros, now_micros};
 use hook::{HookMessage, HookSocket, Reorder, MAX_MESSAGE};
+use kmsg::MainProcessEnd;
 use tracker::{InstanceSnapshot, JobEvent, Tracker};
 
 const SOURCE: &str = "upstart";
@@ -199,6 +208,9 @@ pub struct UpstartSettings {
     pub filter: UnitFilter,
     /// The longest wait between reconnect attempts.
     pub max_backoff: Duration,
+    /// The kernel log to count a gap's main process ends from (`/dev/kmsg`, or a file of
+    /// records in its format); `None`: a gap is inferred from the snapshot alone.
+    pub kernel_log: Option<PathBuf>,
 }
 
 /// The Upstart source. Create it with [`UpstartSource::connect`], then [`UpstartSource::run`] it.
@@ -214,6 +226,11 @@ pub struct UpstartSource {
     snapshot_positions: HashMap<String, Sequence>,
     /// The units of the snapshot taken by `connect`, for `run` to announce.
     present: Vec<SourceEvent>,
+    /// When the last signal was taken from the connection (or it was opened), on the
+    /// monotonic clock.
+    last_heard: u64,
+    /// Since when (monotonic) signals went unheard, while the connection is gone.
+    gap_from: Option<u64>,
 }
 
 /// Whose signals are believed on a connection.
@@ -262,6 +279,8 @@ impl UpstartSource {
             reorder: Reorder::new(),
             snapshot_positions: HashMap::new(),
             present: Vec::new(),
+            last_heard: monotonic_micros(),
+            gap_from: None,
         };
         if source.settings.address != UpstartAddress::None {
             let link = Link::open(&source.settings.address).await?;
@@ -329,6 +348,7 @@ impl UpstartSource {
             };
             match wake {
                 Wake::Signal(Some(msg)) => {
+                    self.last_heard = monotonic_micros();
                     counter!("crashwatch_events_total", "source" => SOURCE).increment(1);
                     let mut resync = self.handle(&msg, &out).await;
                     let dropped = self
@@ -407,6 +427,7 @@ impl UpstartSource {
         gauge!("crashwatch_source_up", "source" => SOURCE).set(0.0);
         self.link = None;
         self.tracker.set_live(false);
+        self.gap_from.get_or_insert(self.last_heard);
     }
 
     /// Reconnects and reconciles the tracker with a fresh snapshot.
@@ -424,6 +445,8 @@ impl UpstartSource {
         let mut snapshot = Vec::new();
         self.snapshot_positions.clear();
         let mut present = Vec::new();
+        // Signals from here on reach the queue: what ends later is heard, or the snapshot shows.
+        let gap_to = monotonic_micros();
         for (instance, position) in link.snapshot(&self.settings.filter).await? {
             self.snapshot_positions
                 .insert(instance.unit.clone(), position);
@@ -435,10 +458,48 @@ impl UpstartSource {
                 return Ok(());
             }
         }
-        let transitions = self.tracker.reconcile(snapshot, now_micros());
+        let ends = match self.gap_from.take() {
+            Some(from) => self.gap_ends(from, gap_to).await,
+            None => Vec::new(),
+        };
+        self.last_heard = gap_to;
+        let transitions = self.tracker.reconcile(snapshot, &ends, now_micros());
         self.tracker.set_live(true);
         send(out, transitions).await;
         Ok(())
+    }
+
+    /// The main process ends the kernel log holds for `from..=to` (monotonic), dated on the
+    /// realtime clock. Empty when no log is configured or it cannot be read (counted and said).
+    async fn gap_ends(&self, from: u64, to: u64) -> Vec<MainProcessEnd> {
+        let Some(path) = self.settings.kernel_log.clone() else {
+            return Vec::new();
+        };
+        let read = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || kmsg::read_window(&path, from, to)).await
+        };
+        let ends = match read
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+        {
+            Ok(ends) => ends,
+            Err(error) => {
+                KernelLogUnreadable {
+                    path: &path,
+                    error: &error,
+                }
+                .emit();
+                return Vec::new();
+            }
+        };
+        let (monotonic, realtime) = (monotonic_micros(), now_micros());
+        ends.into_iter()
+            .map(|mut end| {
+                end.at = realtime.saturating_sub(monotonic.saturating_sub(end.at));
+                end
+            })
+            .collect()
     }
 
     /// Takes one datagram from the job hook: held, to be applied in the order of the hooks'
@@ -481,6 +542,7 @@ impl UpstartSource {
                 if new.is_empty() {
                     *owner = None;
                     self.tracker.set_live(false);
+                    self.gap_from.get_or_insert(self.last_heard);
                     gauge!("crashwatch_source_up", "source" => SOURCE).set(0.0);
                     tracing::warn!("Upstart left the bus; waiting for it to come back.");
                     return false;

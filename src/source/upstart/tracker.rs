@@ -40,15 +40,22 @@
 //! that overflowed) are closed with a snapshot: a main process that changed between two snapshots
 //! while no start was heard is a crash and a restart that happened while nobody listened.
 //!
+//! After a reconnect the kernel log can say more (see [`super::kmsg`]): how many main processes
+//! ended during the gap, and how. Each end is then a crash, and each run after one a restart.
+//!
 //! The tracker is pure: values in, transitions out, time passed in, so it is tested without a bus.
 
 use std::collections::{HashMap, HashSet};
 
+use super::kmsg::{Ending, MainProcessEnd};
 use super::names::unit_name;
 use crate::event::{
     signal_number, ExitCause, ExitCode, Micros, RestartCause, SourceKind, Transition,
     TransitionKind, UnitState,
 };
+
+/// The signal Upstart stops a job with (its default `kill signal`).
+const SIGTERM: i32 = 15;
 
 /// The job events Upstart emits for every instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -233,6 +240,31 @@ impl Failure {
     }
 }
 
+impl Failure {
+    /// How the kernel log says a main process ended. A clean exit is a crash only because the
+    /// goal was still `start`; its reason is then unknown, as for a respawn heard over D-Bus.
+    fn from_ending(ending: Ending) -> Failure {
+        match ending {
+            Ending::Exited(status) => Failure {
+                reason: if status == 0 { "unknown" } else { "exit-code" },
+                exit: Some(ExitCause {
+                    code: ExitCode::Exited,
+                    status,
+                }),
+                ..Failure::unknown()
+            },
+            Ending::Killed(signal) => Failure {
+                reason: "signal",
+                exit: signal.map(|status| ExitCause {
+                    code: ExitCode::Killed,
+                    status,
+                }),
+                ..Failure::unknown()
+            },
+        }
+    }
+}
+
 /// A failure heard before the run went down: what it was, when, and the state it was heard in.
 #[derive(Clone, Debug, PartialEq)]
 struct PendingFailure {
@@ -394,9 +426,25 @@ impl Tracker {
     /// Compares a full snapshot with what the tracker believed, after a gap (a reconnect,
     /// `Restarted`, or a queue that overflowed), and reports what must have happened in between,
     /// marked `inferred`. Instances that are gone ended their run while nobody listened.
-    pub fn reconcile(&mut self, snapshots: Vec<InstanceSnapshot>, now: Micros) -> Vec<Transition> {
+    ///
+    /// `ends` are the main process ends the kernel log holds for the gap, in order, each dated on
+    /// the realtime clock (empty when the log is not read). A unit with ends gets one crash per
+    /// end, with the reason the log gives, and a restart for every run that followed one, instead
+    /// of the one crash a changed pid proves. An end by `SIGTERM` is passed over: that is how
+    /// Upstart stops a job (`initctl stop`, `initctl restart`), and the log does not say who asked.
+    pub fn reconcile(
+        &mut self,
+        snapshots: Vec<InstanceSnapshot>,
+        ends: &[MainProcessEnd],
+        now: Micros,
+    ) -> Vec<Transition> {
         let mut out = Vec::new();
         let mut seen = HashSet::new();
+        let ends_of = |name: &str| -> Vec<&MainProcessEnd> {
+            ends.iter()
+                .filter(|e| e.unit == name && e.ending != Ending::Killed(Some(SIGTERM)))
+                .collect()
+        };
         for snapshot in snapshots {
             seen.insert(snapshot.unit.clone());
             let Some(unit) = self.units.get_mut(&snapshot.unit) else {
@@ -410,6 +458,7 @@ impl Tracker {
             let missed_run = snapshot.state == "running"
                 && unit.starts_since_snapshot == 0
                 && matches!((unit.pid, snapshot.main_pid), (Some(a), Some(b)) if a != b);
+            runs_ended_unheard(unit, &ends_of(&snapshot.unit), &mut found);
             if unit.goal != snapshot.goal {
                 goal_changed(unit, &snapshot.goal);
             }
@@ -439,6 +488,7 @@ impl Tracker {
             let mut found = Vec::new();
             if let Some(unit) = self.units.get_mut(&name) {
                 settle_failure_after_gap(unit, "stop", "waiting", &mut out);
+                runs_ended_unheard(unit, &ends_of(&name), &mut found);
                 // Upstart frees only instances whose goal is stop; how it came to stop is lost.
                 if unit.phase != Phase::Down {
                     goal_changed(unit, "stop");
@@ -836,6 +886,27 @@ fn crash(
     unit.crash_pending = true;
     unit.undecided_stop = false;
     out.push(t);
+}
+
+/// The runs the kernel log says ended during a gap, in order: each is a crash dated when it was
+/// logged, and a run that began after the last one heard of (Upstart respawned it) is a restart,
+/// `Starting` and `Started` at the moment the run before it ended. What the snapshot shows after
+/// the last end is left to the caller: the unit is left on its way down, its crash reported.
+fn runs_ended_unheard(unit: &mut TrackedUnit, ends: &[&MainProcessEnd], out: &mut Vec<Transition>) {
+    for end in ends {
+        if unit.phase != Phase::Up {
+            let from = unit.unit_state();
+            set_state(unit, "start", "running");
+            begin_run(unit, from.clone(), end.at, out);
+            unit.running = true;
+            out.push(transition(unit, TransitionKind::Started, from, end.at));
+        }
+        let from = unit.unit_state();
+        set_state(unit, "start", "post-stop");
+        unit.phase = Phase::Stopping;
+        unit.running = false;
+        crash(unit, from, end.at, Failure::from_ending(end.ending), out);
+    }
 }
 
 /// A snapshot found another main process running and no start was heard: one crash-respawn
@@ -1352,7 +1423,7 @@ mod tests {
             "followed down first"
         );
         // The connection goes before the instance comes to rest; the snapshot says the rest.
-        let out = tracker.reconcile(Vec::new(), 9);
+        let out = tracker.reconcile(Vec::new(), &[], 9);
         assert_eq!(kinds(&out), ["crash"]);
         assert!(!out[0].inferred, "the failure was heard");
         assert_eq!(out[0].timestamp, 5);
@@ -1371,7 +1442,7 @@ mod tests {
             state: "running".into(),
             main_pid: Some(101),
         };
-        let out = tracker.reconcile(vec![snapshot], 9);
+        let out = tracker.reconcile(vec![snapshot], &[], 9);
         assert_eq!(kinds(&out), ["crash", "restart", "starting", "started"]);
         assert!(!out[0].inferred && out[1..].iter().all(|t| t.inferred));
         // And a failure that a new start overtakes is reported before it.
@@ -1395,21 +1466,104 @@ mod tests {
             state: "running".into(),
             main_pid: Some(pid),
         };
-        assert!(tracker.reconcile(vec![snapshot(100)], 5).is_empty());
-        let out = tracker.reconcile(vec![snapshot(200)], 10);
+        assert!(tracker.reconcile(vec![snapshot(100)], &[], 5).is_empty());
+        let out = tracker.reconcile(vec![snapshot(200)], &[], 10);
         assert_eq!(kinds(&out), ["crash", "restart", "starting", "started"]);
         assert!(out.iter().all(|t| t.inferred));
         assert_eq!(out[1].restart_cause, Some(RestartCause::Automatic));
         // A cycle that was heard is not counted again.
         let mut heard = sequence_a(&mut tracker, 20);
-        heard.extend(tracker.reconcile(vec![snapshot(300)], 40));
+        heard.extend(tracker.reconcile(vec![snapshot(300)], &[], 40));
         assert_eq!(crashes(&heard), 1);
         // Heard, its pid read when it reached running; then one missed: counted.
         let mut heard = sequence_a(&mut tracker, 50);
         tracker.main_pid(WWW, 400);
-        heard.extend(tracker.reconcile(vec![snapshot(500)], 70));
+        heard.extend(tracker.reconcile(vec![snapshot(500)], &[], 70));
         assert_eq!(crashes(&heard), 2);
         assert!(heard.last().is_some_and(|t| t.inferred));
+    }
+
+    fn gap_end(at: u64, pid: u32, ending: Ending) -> MainProcessEnd {
+        MainProcessEnd {
+            at,
+            unit: WWW.into(),
+            pid,
+            ending,
+        }
+    }
+
+    #[test]
+    fn the_kernel_log_counts_every_run_that_ended_in_a_gap() {
+        let mut tracker = running();
+        let snapshot = |state: &str, pid| InstanceSnapshot {
+            unit: WWW.into(),
+            goal: "start".into(),
+            state: state.into(),
+            main_pid: pid,
+        };
+        assert!(tracker
+            .reconcile(vec![snapshot("running", Some(100))], &[], 5)
+            .is_empty());
+        let ends = [
+            gap_end(6, 100, Ending::Exited(1)),
+            gap_end(7, 101, Ending::Killed(Some(11))),
+            gap_end(8, 102, Ending::Exited(2)),
+            MainProcessEnd {
+                unit: "other".into(),
+                ..gap_end(8, 7, Ending::Exited(1))
+            },
+        ];
+        let out = tracker.reconcile(vec![snapshot("running", Some(103))], &ends, 10);
+        assert_eq!(crashes(&out), 3, "{:?}", kinds(&out));
+        assert_eq!(count(&out, TransitionKind::Restart), 3);
+        assert!(out.iter().all(|t| t.inferred));
+        let reasons: Vec<_> = out.iter().filter_map(|t| t.crash.as_deref()).collect();
+        assert_eq!(reasons, ["exit-code", "signal", "exit-code"]);
+        let crash_times: Vec<_> = out
+            .iter()
+            .filter(|t| t.kind == TransitionKind::Failed)
+            .map(|t| t.timestamp)
+            .collect();
+        assert_eq!(crash_times, [6, 7, 8]);
+        assert!(out
+            .iter()
+            .filter(|t| t.kind == TransitionKind::Restart)
+            .all(|t| t.restart_cause == Some(RestartCause::Automatic)));
+        assert_eq!(out.last().map(|t| t.kind), Some(TransitionKind::Started));
+
+        // Found respawning, its pid gone: every end a crash, the restart still to come.
+        let mut tracker = running();
+        tracker.reconcile(vec![snapshot("running", Some(100))], &[], 5);
+        let ends = [
+            gap_end(6, 100, Ending::Exited(1)),
+            gap_end(7, 101, Ending::Exited(1)),
+        ];
+        let out = tracker.reconcile(vec![snapshot("post-stop", None)], &ends, 10);
+        assert_eq!(
+            (crashes(&out), count(&out, TransitionKind::Restart)),
+            (2, 1)
+        );
+        let out = states(&mut tracker, WWW, &["starting", "running"], 11);
+        assert_eq!(kinds(&out), ["restart", "starting", "started"]);
+
+        // A stop by SIGTERM is Upstart's own; with nothing else logged, the pid still tells one.
+        let mut tracker = running();
+        tracker.reconcile(vec![snapshot("running", Some(100))], &[], 5);
+        let ends = [gap_end(6, 100, Ending::Killed(Some(15)))];
+        let out = tracker.reconcile(vec![snapshot("running", Some(101))], &ends, 10);
+        assert_eq!(kinds(&out), ["crash", "restart", "starting", "started"]);
+        assert_eq!(out[0].crash.as_deref(), Some("unknown"));
+
+        // Gone after failing again and again: every end a crash, no stop.
+        let mut tracker = running();
+        let ends = [
+            gap_end(6, 100, Ending::Exited(1)),
+            gap_end(7, 101, Ending::Exited(1)),
+        ];
+        let out = tracker.reconcile(Vec::new(), &ends, 10);
+        assert_eq!(crashes(&out), 2, "{:?}", kinds(&out));
+        assert_eq!(count(&out, TransitionKind::Restart), 1);
+        assert_eq!(count(&out, TransitionKind::Stopped), 0);
     }
 
     #[test]
@@ -1417,7 +1571,7 @@ mod tests {
         let mut tracker = running();
         // Gone while away: Upstart frees only instances it was asked to stop, or that failed;
         // which of the two is lost, and a stop is the claim that inflates nothing.
-        let out = tracker.reconcile(Vec::new(), 10);
+        let out = tracker.reconcile(Vec::new(), &[], 10);
         assert_eq!(kinds(&out), ["stopping", "stopped"]);
         assert!(out.iter().all(|t| t.inferred));
         assert!(!tracker.contains(WWW));
@@ -1429,6 +1583,7 @@ mod tests {
                 state: "stopping".into(),
                 main_pid: None,
             }],
+            &[],
             10,
         );
         assert_eq!(kinds(&out), ["stopping"]);
@@ -1448,6 +1603,7 @@ mod tests {
                     main_pid: Some(8),
                 },
             ],
+            &[],
             20,
         );
         assert_eq!(kinds(&out), ["stopped", "starting", "started"]);
