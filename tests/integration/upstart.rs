@@ -527,6 +527,134 @@ fn peer_to_peer_works_without_a_bus_and_reconnects() {
     expect_metric(&cw, "crashwatch_unit_restarts_total", WWW, 6.0);
 }
 
+/// One record as `/dev/kmsg` gives it: `PRI,SEQ,TIMESTAMP_US,FLAGS;MESSAGE`, with a continuation
+/// line as the kernel adds to some.
+fn kmsg_record(seq: u64, at: u64, message: &str) -> String {
+    format!("4,{seq},{at},-;{message}\n SUBSYSTEM=none\n")
+}
+
+/// Waits until the connection to `fake` is noticed gone.
+fn wait_disconnected(cw: &Crashwatch) {
+    let down = wait_until(SETTLE, || {
+        cw.metric("crashwatch_source_up", &[("source", "upstart")]) == Some(0.0)
+    });
+    assert!(
+        down,
+        "the closed connection was not noticed\n{}",
+        cw.diag(WWW)
+    );
+}
+
+#[test]
+fn the_runs_that_ended_during_a_gap_are_counted_from_the_kernel_log() {
+    let dir = TempDir::new("cw-kmsg");
+    let log = dir.path().join("kmsg");
+    // An end logged before crashwatch heard anything is not the gap's.
+    let before = kmsg_record(
+        1,
+        monotonic_micros(),
+        "init: www main process (99) terminated with status 1",
+    );
+    std::fs::write(&log, before).expect("writing the kernel log");
+    let fake = FakeUpstart::peer_to_peer();
+    fake.add_running(WWW, "", 100);
+    let cw = watch_peer(
+        &fake,
+        &["--upstart-kernel-log", log.to_str().expect("utf-8")],
+    );
+    fake.respawn(WWW, "", 101);
+    expect_metric(&cw, "crashwatch_unit_restarts_total", WWW, 1.0);
+
+    // Upstart re-executes; its main process ends three times before crashwatch is back.
+    fake.detach();
+    wait_disconnected(&cw);
+    let mut records = String::new();
+    for (seq, pid, how) in [
+        (2, 101, "terminated with status 2"),
+        (3, 102, "killed by SEGV signal"),
+        (4, 103, "terminated with status 2"),
+    ] {
+        fake.run(vec![Step::Pid(WWW.into(), String::new(), pid + 1)]);
+        let message = format!("init: www main process ({pid}) {how}");
+        records.push_str(&kmsg_record(seq, monotonic_micros(), &message));
+        let respawning = "init: www main process ended, respawning";
+        records.push_str(&kmsg_record(seq, monotonic_micros(), respawning));
+    }
+    let other = "init: other main process (7) terminated with status 1";
+    records.push_str(&kmsg_record(5, monotonic_micros(), other));
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .expect("the kernel log");
+    std::io::Write::write_all(&mut file, records.as_bytes()).expect("appending to it");
+    fake.attach();
+
+    expect_metric(&cw, "crashwatch_unit_restarts_total", WWW, 4.0);
+    assert_eq!(cw.unit_metric("crashwatch_unit_crashes_total", WWW), 4.0);
+    let by_reason = |reason| {
+        cw.metric(
+            "crashwatch_unit_crashes_total",
+            &[("unit", WWW), ("reason", reason)],
+        )
+    };
+    assert_eq!(by_reason("exit-code"), Some(2.0), "{}", cw.diag(WWW));
+    assert_eq!(by_reason("signal"), Some(1.0), "{}", cw.diag(WWW));
+    // Heard: crash, restart, starting, started; then for each end the same, inferred.
+    let inferred: Vec<Value> = wait_records(&cw, WWW, "transition", 4 + 12)
+        .into_iter()
+        .filter(|t| t["inferred"] == true)
+        .collect();
+    assert_eq!(inferred.len(), 12, "{inferred:?}");
+    let statuses: Vec<&Value> = inferred
+        .iter()
+        .filter(|t| t["crash"] == true)
+        .map(|t| &t["exit_status"])
+        .collect();
+    assert_eq!(statuses, [2, 11, 2], "{inferred:?}");
+    assert_eq!(
+        cw.metric(
+            "crashwatch_errors_total",
+            &[
+                ("component", "upstart"),
+                ("error_type", "kernel_log_unreadable")
+            ]
+        ),
+        None
+    );
+}
+
+#[test]
+fn an_unreadable_kernel_log_is_counted_and_the_gap_inferred() {
+    let dir = TempDir::new("cw-kmsg");
+    let missing = dir.path().join("missing");
+    let fake = FakeUpstart::peer_to_peer();
+    fake.add_running(WWW, "", 100);
+    let cw = watch_peer(
+        &fake,
+        &["--upstart-kernel-log", missing.to_str().expect("utf-8")],
+    );
+    expect_metric(&cw, "crashwatch_unit_active", WWW, 1.0);
+    fake.detach();
+    wait_disconnected(&cw);
+    fake.run(vec![Step::Pid(WWW.into(), String::new(), 300)]);
+    fake.attach();
+    expect_metric(&cw, "crashwatch_unit_restarts_total", WWW, 1.0);
+    assert_eq!(cw.unit_metric("crashwatch_unit_crashes_total", WWW), 1.0);
+    let unreadable = cw.metric(
+        "crashwatch_errors_total",
+        &[
+            ("component", "upstart"),
+            ("error_type", "kernel_log_unreadable"),
+        ],
+    );
+    assert_eq!(unreadable, Some(1.0), "{}", cw.stderr());
+    assert!(
+        cw.stderr().contains("Cannot read the kernel log"),
+        "{}",
+        cw.stderr()
+    );
+}
+
 /// What Upstart itself said of the recorded session: the header of the data file.
 const RECORDED_TRUTH: &str = "# Upstart's truth: www ran 6 times (5 respawns, then 'respawning too fast, stopped'); steady 4 runs, no crash; worker 9 runs (8 crashes, then stopped); net 7 runs (6 crashes, then stopped).";
 
