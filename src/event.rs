@@ -162,6 +162,9 @@ pub struct Transition {
     pub exit: Option<ExitCause>,
     /// The run this belongs to (systemd InvocationID, hex).
     pub invocation_id: Option<String>,
+    /// For a crash: when the run's main process started (systemd ExecMainStartTimestamp), so
+    /// how long the run lasted can be told.
+    pub run_started: Option<Micros>,
     /// The init system's own automatic-restart counter (systemd NRestarts).
     pub n_restarts: Option<u32>,
     /// Set when this step is a crash: a stop nobody asked for. Holds the reason (from Result).
@@ -198,6 +201,7 @@ impl Transition {
             result: None,
             exit: None,
             invocation_id: None,
+            run_started: None,
             n_restarts: None,
             crash: None,
             restart_cause: None,
@@ -301,6 +305,16 @@ pub enum SourceEvent {
     /// What happened before crashwatch started, read back from a record of it (the journal):
     /// sent once, before anything live. It rebuilds the windows and counts nothing.
     History(History),
+    /// What a crashed run wrote last, looked up off the event path after its crash was sent.
+    /// Attached to the unit's last crash only when that crash is of the same run.
+    CrashContext {
+        /// The unit's full name.
+        unit: String,
+        /// The run the lines belong to (systemd InvocationID, hex).
+        invocation: String,
+        /// The lines, or why there are none.
+        context: CrashContext,
+    },
     /// The init system unloaded a unit (systemd garbage-collected it, an Upstart instance went
     /// away). Its series are kept for a while, so the last of it is scraped, then dropped.
     Unloaded {
@@ -319,6 +333,83 @@ pub struct History {
     pub transitions: Vec<Transition>,
     /// When the live source took over (its snapshot): history ends here.
     pub until: Micros,
+}
+
+/// A crash whose context is wanted: what the failed run wrote last.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContextRequest {
+    /// The unit's full name as the source gave it (never folded).
+    pub unit: String,
+    /// The failed run (systemd InvocationID, hex).
+    pub invocation: String,
+    /// When the run's main process started, when known.
+    pub run_started: Option<Micros>,
+    /// When it ended (the crash's time).
+    pub ended: Micros,
+}
+
+/// Whether a crash's context is known yet, and what became of the lookup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContextStatus {
+    /// Lines were found.
+    Ok,
+    /// The run wrote nothing the journal kept.
+    Empty,
+    /// No lookup can be made (no journal, no run ID) or the lookup failed.
+    Unavailable,
+    /// Asked for, not answered yet.
+    Pending,
+}
+
+/// The last lines a crashed run wrote, made safe to print, or why there are none.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CrashContext {
+    /// What became of the lookup.
+    pub status: ContextStatus,
+    /// The lines, oldest first: each printable and capped, all of them within a byte cap.
+    pub lines: Vec<String>,
+    /// Where the lines came from (`journal`).
+    pub source: &'static str,
+    /// Why there are no lines, for `unavailable`.
+    pub reason: Option<String>,
+}
+
+impl CrashContext {
+    /// A context that cannot be had, and why.
+    pub fn unavailable(reason: impl Into<String>) -> CrashContext {
+        CrashContext {
+            status: ContextStatus::Unavailable,
+            lines: Vec::new(),
+            source: "journal",
+            reason: Some(reason.into()),
+        }
+    }
+
+    /// A context asked for and not answered yet.
+    pub fn pending() -> CrashContext {
+        CrashContext {
+            status: ContextStatus::Pending,
+            lines: Vec::new(),
+            source: "journal",
+            reason: None,
+        }
+    }
+
+    /// The lines found, `empty` when there are none.
+    pub fn found(lines: Vec<String>) -> CrashContext {
+        let status = if lines.is_empty() {
+            ContextStatus::Empty
+        } else {
+            ContextStatus::Ok
+        };
+        CrashContext {
+            status,
+            lines,
+            source: "journal",
+            reason: None,
+        }
+    }
 }
 
 impl From<Transition> for SourceEvent {

@@ -449,6 +449,48 @@ impl ActionFailed<'_> {
     }
 }
 
+/// Looking up what a crashed run wrote failed: journalctl could not run, failed or overran its
+/// time limit. The crash shows its context as unavailable.
+pub struct ContextLookupError<'a> {
+    /// The unit the lookup was for.
+    pub unit: &'a str,
+    /// Why.
+    pub error: &'a str,
+}
+
+impl ContextLookupError<'_> {
+    /// Counts and logs it.
+    pub fn emit(self) {
+        counter!("crashwatch_crash_context_lookups_total", "result" => "failed").increment(1);
+        count("context", "lookup_failed");
+        warn_limited!(
+            "context_lookup_failed",
+            unit = self.unit,
+            error = self.error,
+            "Could not read what a crashed run wrote from the journal."
+        );
+    }
+}
+
+/// A crash's context was not looked up: too many lookups were already waiting.
+pub struct ContextRequestDropped<'a> {
+    /// The unit the lookup was for.
+    pub unit: &'a str,
+}
+
+impl ContextRequestDropped<'_> {
+    /// Counts and logs it.
+    pub fn emit(self) {
+        counter!("crashwatch_crash_context_lookups_total", "result" => "dropped").increment(1);
+        count("context", "dropped");
+        warn_limited!(
+            "context_request_dropped",
+            unit = self.unit,
+            "Too many crash context lookups are waiting; this crash gets none."
+        );
+    }
+}
+
 /// An action was given up before it ran: crashwatch was stopping and the grace ran out, or too
 /// many deliveries were already waiting.
 pub struct ActionDropped<'a> {

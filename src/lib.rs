@@ -50,7 +50,7 @@ use tokio_util::sync::CancellationToken;
 use config::Config;
 use config::StatsdTarget;
 use detect::Detector;
-use engine::{EventSink, LoopSink, Sinks};
+use engine::{ContextLookup, EventSink, LoopSink, Sinks};
 use sink::ThreadedSink;
 
 pub use sink::events::ReopenFlag;
@@ -186,6 +186,7 @@ pub async fn run(
             // Sent before the live source starts, so the engine has the windows before the
             // first live transition.
             let _ = tx.send(event::SourceEvent::History(history)).await;
+            sinks.context = Some(crash_context(&config, &tx, &shutdown, &mut tasks));
             ready(source.watched_units());
             tasks.spawn(source.run(tx, shutdown.child_token()));
         }
@@ -238,6 +239,47 @@ pub async fn run(
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Where the engine asks for crash contexts under systemd: the journal worker when journald
+/// runs here (or a journal directory is set), else an answer that says why there is none.
+fn crash_context(
+    config: &Config,
+    answers: &mpsc::Sender<event::SourceEvent>,
+    shutdown: &CancellationToken,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> Box<dyn ContextLookup> {
+    let directory = config.history.journal_directory.clone();
+    // journald creates /run/systemd/journal; without it the system journal holds nothing recent.
+    if directory.is_none() && !std::path::Path::new("/run/systemd/journal").exists() {
+        return Box::new(NoContext("journald is not running"));
+    }
+    let settings = source::journal::context::ContextSettings {
+        directory,
+        lines: source::journal::context::DEFAULT_LINES,
+    };
+    let (handle, worker) =
+        source::journal::context::worker(settings, answers.clone(), shutdown.child_token());
+    tasks.spawn(worker);
+    Box::new(JournalContext(handle))
+}
+
+/// The journal worker, as the engine asks it.
+struct JournalContext(source::journal::context::ContextHandle);
+
+impl ContextLookup for JournalContext {
+    fn request(&self, request: event::ContextRequest) -> event::CrashContext {
+        self.0.request(request)
+    }
+}
+
+/// No crash context can be had, for the reason given.
+struct NoContext(&'static str);
+
+impl ContextLookup for NoContext {
+    fn request(&self, _: event::ContextRequest) -> event::CrashContext {
+        event::CrashContext::unavailable(self.0)
+    }
 }
 
 /// Leaves crashwatch's own unit (or Upstart job) out of what it watches.

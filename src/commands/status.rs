@@ -62,8 +62,16 @@ pub fn run(args: StatusArgs) -> ExitCode {
     };
     let text = if args.json {
         format!("{document:#}\n")
-    } else if args.unit.is_some() {
-        crate::commands::status::events_table(&document)
+    } else if let Some(unit) = &args.unit {
+        let path = format!("/api/units/{}", crate::http::percent_encode(unit));
+        let crash = match crate::commands::status::fetch(address, &path) {
+            Ok(summary) => crash_block(&summary),
+            Err(e) => {
+                crate::logging::fatal(&e);
+                return ExitCode::FAILURE;
+            }
+        };
+        crash + &crate::commands::status::events_table(&document)
     } else {
         crate::commands::status::units_table(&document)
     };
@@ -260,6 +268,52 @@ pub fn events_table(document: &Value) -> String {
         &rows,
         [Align::Left; 4],
     ));
+    out
+}
+
+/// One unit's last crash, from its `GET /api/units/{unit}` document: reason, exit, how long the
+/// run lasted, when, and the last lines it wrote, indented. Empty when the unit has not crashed;
+/// whatever is missing or mistyped prints as `-`.
+pub fn crash_block(summary: &Value) -> String {
+    let crash = &summary["last_crash"];
+    if !crash.is_object() {
+        return String::new();
+    }
+    let exit = match (crash["exit_code"].as_str(), crash["exit_status"].as_i64()) {
+        (Some(code), Some(status)) => format!("{} {status}", printable(code)),
+        _ => MISSING.to_owned(),
+    };
+    let run = crash["run_seconds"]
+        .as_f64()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map_or_else(|| MISSING.to_owned(), |s| format!("{s:.3}s"));
+    let context = &crash["context"];
+    let mut out = format!(
+        "Last crash: {} (exit: {exit}, ran {run}) at {}\n",
+        text(&crash["reason"]),
+        text(&crash["time"]),
+    );
+    let lines = context["lines"].as_array().filter(|l| !l.is_empty());
+    match lines {
+        Some(lines) => {
+            out.push_str("Last lines (journal):\n");
+            for line in lines {
+                out.push_str("  ");
+                out.push_str(&text(line));
+                out.push('\n');
+            }
+        }
+        None => {
+            let status = text(&context["status"]);
+            match context["reason"].as_str() {
+                Some(reason) => {
+                    out.push_str(&format!("Last lines: {status} ({})\n", printable(reason)))
+                }
+                None => out.push_str(&format!("Last lines: {status}\n")),
+            }
+        }
+    }
+    out.push('\n');
     out
 }
 
@@ -637,7 +691,36 @@ mod tests {
             };
             assert_printable(&units_table(&document), &document);
             assert_printable(&events_table(&document), &document);
+            assert_printable(&crash_block(&document), &document);
         }
+    }
+
+    #[test]
+    fn the_crash_block_shows_the_last_lines_and_dashes_for_what_is_missing() {
+        let table = table_with(&[("a.service", true, 3)]);
+        let summary = crate::http::api::unit_document(&table, "a.service").expect("watched");
+        let text = crash_block(&summary);
+        assert!(
+            text.starts_with(
+                "Last crash: exit-code (exit: exited 1, ran -) at 2023-11-14T22:13:20.000Z\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("Last lines: - \n") || text.contains("Last lines: -\n"),
+            "{text}"
+        );
+        let document = serde_json::json!({"last_crash": {"run_seconds": 1.5, "context": {
+            "status": "ok", "lines": ["config error: missing key X", 7, "\u{1b}[31m"]}}});
+        let text = crash_block(&document);
+        assert!(text.contains("(exit: -, ran 1.500s) at -"), "{text}");
+        assert!(
+            text.contains("  config error: missing key X\n  -\n"),
+            "{text}"
+        );
+        assert!(!text.contains('\u{1b}'), "{text}");
+        assert_eq!(crash_block(&serde_json::json!({"last_crash": null})), "");
+        assert_eq!(crash_block(&serde_json::json!([1])), "");
     }
 
     #[test]

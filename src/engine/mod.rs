@@ -20,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 use crate::detect::{Detector, Observation, Policy, Update};
 use crate::engine::units::{SharedUnits, UnitTable};
 use crate::event::{
-    Event, History, LastExit, LoopEvent, Micros, SourceEvent, SourceKind, Transition,
-    TransitionKind, UnitState,
+    ContextRequest, CrashContext, Event, History, LastExit, LoopEvent, Micros, SourceEvent,
+    SourceKind, Transition, TransitionKind, UnitState,
 };
 use crate::glob::{Glob, UnitFilter};
 use crate::internal_events::UnitOverflow;
@@ -45,6 +45,15 @@ pub trait LoopSink: Send {
     fn finish(self: Box<Self>);
 }
 
+/// Looks up what a crashed run wrote last, off the event path: `request` must never block. The
+/// answer comes back later down the source channel as
+/// [`SourceEvent::CrashContext`]; what `request` returns is the context to show until then
+/// (`pending`, or `unavailable` when the request could not be taken).
+pub trait ContextLookup: Send {
+    /// Asks for the context of one crash without waiting.
+    fn request(&self, request: ContextRequest) -> CrashContext;
+}
+
 /// Where the engine's events go. Prometheus is not among them: it reads the unit table the
 /// engine keeps ([`units`]) when it is scraped.
 #[derive(Default)]
@@ -56,6 +65,8 @@ pub struct Sinks {
     pub events: Option<Box<dyn EventSink>>,
     /// The actions, when any is configured; only loop events reach them.
     pub actions: Option<Box<dyn LoopSink>>,
+    /// Where crash contexts are asked for; with none, every crash's context is unavailable.
+    pub context: Option<Box<dyn ContextLookup>>,
 }
 
 impl Sinks {
@@ -190,7 +201,9 @@ impl Dispatcher {
     fn source_event(&mut self, event: SourceEvent) {
         let unit = match &event {
             SourceEvent::Transition(t) => Some(&t.unit),
-            SourceEvent::Present { unit, .. } | SourceEvent::Unloaded { unit, .. } => Some(unit),
+            SourceEvent::Present { unit, .. }
+            | SourceEvent::Unloaded { unit, .. }
+            | SourceEvent::CrashContext { unit, .. } => Some(unit),
             SourceEvent::History(_) => None,
         };
         if let (Some(unit), Some(watched)) = (unit, &self.watched) {
@@ -207,6 +220,33 @@ impl Dispatcher {
             } => self.unit_present(unit, source, &state),
             SourceEvent::Unloaded { unit, at } => self.unit_unloaded(unit, at),
             SourceEvent::History(history) => self.history(history),
+            SourceEvent::CrashContext {
+                unit,
+                invocation,
+                context,
+            } => {
+                let unit = self.counted_name(unit);
+                self.units
+                    .lock()
+                    .attach_context(&unit, Some(&invocation), context);
+            }
+        }
+    }
+
+    /// The context to show for crash `t` of the unit counted as `unit` (the source's name is
+    /// still `t.unit`), asked for when the run is known.
+    fn crash_context(&self, source_unit: &str, t: &Transition) -> CrashContext {
+        let Some(invocation) = &t.invocation_id else {
+            return CrashContext::unavailable("the init system gave no run ID");
+        };
+        match &self.sinks.context {
+            Some(lookup) => lookup.request(ContextRequest {
+                unit: source_unit.to_owned(),
+                invocation: invocation.clone(),
+                run_started: t.run_started,
+                ended: t.timestamp,
+            }),
+            None => CrashContext::unavailable("no log is read for this source"),
         }
     }
 
@@ -229,6 +269,7 @@ impl Dispatcher {
     }
 
     fn transition(&mut self, mut t: Transition) {
+        let source_unit = t.crash.is_some().then(|| t.unit.clone());
         t.unit = self.counted_name(std::mem::take(&mut t.unit));
         // A handle of its own, so the lock does not hold `self`.
         let units = self.units.clone();
@@ -247,11 +288,16 @@ impl Dispatcher {
             + u64::from(t.kind == TransitionKind::Restart);
         let observation = Observation::of(&t);
         let (unit, source, at) = (t.unit.clone(), t.source, t.timestamp);
+        let context = source_unit.map(|name| self.crash_context(&name, &t));
+        let invocation = t.invocation_id.clone();
         let event = Event::Transition {
             transition: t,
             restarts,
         };
         table.record(&event);
+        if let Some(context) = context {
+            table.attach_context(&unit, invocation.as_deref(), context);
+        }
         drop(table);
         self.sinks.send(&event);
         if let Some(observation) = observation {
@@ -627,6 +673,76 @@ mod tests {
             .expect("count changed");
         assert_eq!(update.restarts_in_window, 5);
         assert_eq!(update.loop_change, None);
+    }
+
+    /// Records the requests it is handed, and answers `pending`.
+    struct Requests(std::sync::Arc<std::sync::Mutex<Vec<ContextRequest>>>);
+
+    impl ContextLookup for Requests {
+        fn request(&self, request: ContextRequest) -> CrashContext {
+            self.0.lock().unwrap().push(request);
+            CrashContext::pending()
+        }
+    }
+
+    #[test]
+    fn each_crash_asks_for_its_context_and_only_its_own_answer_attaches() {
+        let units = SharedUnits::new();
+        let mut engine = dispatcher(units.clone());
+        engine.settings.fold_instances = true;
+        let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        engine.sinks.context = Some(Box::new(Requests(asked.clone())));
+        let run = |n: u64| {
+            let mut run = failing_run("web@1.service", T0 + n * SECOND, n > 0);
+            for t in &mut run {
+                t.invocation_id = Some(format!("{n:032x}"));
+                t.run_started = Some(T0 + n * SECOND);
+            }
+            run
+        };
+        for t in run(0).into_iter().chain(run(1)) {
+            engine.source_event(SourceEvent::Transition(t));
+        }
+        let requests = asked.lock().unwrap().clone();
+        assert_eq!(requests.len(), 2, "one lookup per crash");
+        assert_eq!(
+            requests[1].unit, "web@1.service",
+            "the unit as systemd names it"
+        );
+        assert_eq!(requests[1].invocation, format!("{:032x}", 1));
+        assert_eq!(requests[1].ended, T0 + SECOND + 2_000);
+        let context = |units: &SharedUnits| {
+            let table = units.lock();
+            let crash = table.get("web@.service").unwrap().last_crash.clone();
+            crash.and_then(|c| c.context).map(|c| c.status)
+        };
+        assert_eq!(context(&units), Some(crate::event::ContextStatus::Pending));
+        let answer = |n: u64, line: &str| SourceEvent::CrashContext {
+            unit: "web@1.service".into(),
+            invocation: format!("{n:032x}"),
+            context: CrashContext::found(vec![line.into()]),
+        };
+        engine.source_event(answer(0, "older run"));
+        assert_eq!(context(&units), Some(crate::event::ContextStatus::Pending));
+        engine.source_event(answer(1, "this run"));
+        assert_eq!(context(&units), Some(crate::event::ContextStatus::Ok));
+
+        // Without a lookup, a crash says why it has no context.
+        let units = SharedUnits::new();
+        let mut engine = dispatcher(units.clone());
+        for t in failing_run("plain.service", T0, false) {
+            engine.source_event(SourceEvent::Transition(t));
+        }
+        let table = units.lock();
+        let crash = table
+            .get("plain.service")
+            .unwrap()
+            .last_crash
+            .clone()
+            .unwrap();
+        let context = crash.context.expect("a context");
+        assert_eq!(context.status, crate::event::ContextStatus::Unavailable);
+        assert!(context.reason.is_some());
     }
 
     #[test]

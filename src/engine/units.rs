@@ -17,8 +17,8 @@ use serde::Serialize;
 
 use crate::detect::Policy;
 use crate::event::{
-    Event, ExitCause, LoopEvent, Micros, RestartCause, SourceKind, Transition, TransitionKind,
-    UnitState,
+    CrashContext, Event, ExitCause, LoopEvent, Micros, RestartCause, SourceKind, Transition,
+    TransitionKind, UnitState,
 };
 
 /// Recent transitions kept per unit for `/api/units/{unit}/events`.
@@ -66,6 +66,25 @@ pub struct LastCrash {
     /// How the main process ended, when known.
     #[serde(flatten)]
     pub exit: Option<ExitSummary>,
+    /// How long the crashed run lasted, from its main process's start to the crash, when the
+    /// init system gave the start.
+    pub run_seconds: Option<f64>,
+    /// The crashed run (systemd InvocationID, hex): a context is attached only to its crash.
+    #[serde(skip)]
+    pub invocation_id: Option<String>,
+    /// What the run wrote last; `None` until a lookup was asked for or ruled out.
+    #[serde(skip)]
+    pub context: Option<CrashContext>,
+}
+
+impl LastCrash {
+    /// The exit as a shell gives it: the status for an exit, 128 + the signal for a signal.
+    pub fn shell_status(&self) -> Option<i64> {
+        self.exit.map(|exit| match exit.exit_code {
+            crate::event::ExitCode::Exited => i64::from(exit.exit_status),
+            _ => 128 + i64::from(exit.exit_status),
+        })
+    }
 }
 
 /// [`ExitCause`] with the names the event record uses.
@@ -233,10 +252,17 @@ impl UnitRecord {
         if let Some(reason) = &t.crash {
             let index = crash_reason_index(reason);
             self.crashes[index] += 1;
+            let run_seconds = t
+                .run_started
+                .filter(|&start| start <= t.timestamp)
+                .map(|start| (t.timestamp - start) as f64 / 1e6);
             self.last_crash = Some(LastCrash {
                 timestamp_us: t.timestamp,
                 reason: CRASH_REASONS[index],
                 exit: t.exit.map(ExitSummary::from),
+                run_seconds,
+                invocation_id: t.invocation_id.clone(),
+                context: None,
             });
         }
         if self
@@ -368,6 +394,30 @@ impl UnitTable {
         }
     }
 
+    /// Gives `unit`'s last crash its context, when that crash is of run `invocation`: a late
+    /// answer about an older run never replaces what is known of a newer one. Returns whether it
+    /// was attached.
+    pub fn attach_context(
+        &mut self,
+        unit: &str,
+        invocation: Option<&str>,
+        context: CrashContext,
+    ) -> bool {
+        let Some(crash) = self
+            .units
+            .get_mut(unit)
+            .and_then(|record| record.last_crash.as_mut())
+        else {
+            return false;
+        };
+        if crash.invocation_id.as_deref() != invocation {
+            return false;
+        }
+        crash.context = Some(context);
+        self.generation += 1;
+        true
+    }
+
     /// Applies one event to the unit it is about. Events of units without a record are ignored:
     /// the detector task registers the units it exports.
     pub fn record(&mut self, event: &Event) {
@@ -438,6 +488,20 @@ impl UnitTable {
                 let _ = writeln!(out, "{name}{{{}}} {seconds}.{micros:06}", u.labels);
             }
         }
+        let name = "crashwatch_unit_last_exit_code";
+        family(out, name, GAUGE, LAST_EXIT_HELP);
+        for u in self.units.values() {
+            if let Some(status) = u.last_crash.as_ref().and_then(LastCrash::shell_status) {
+                let _ = writeln!(out, "{name}{{{}}} {status}", u.labels);
+            }
+        }
+        let name = "crashwatch_unit_last_crash_run_seconds";
+        family(out, name, GAUGE, LAST_RUN_HELP);
+        for u in self.units.values() {
+            if let Some(seconds) = u.last_crash.as_ref().and_then(|c| c.run_seconds) {
+                let _ = writeln!(out, "{name}{{{}}} {seconds}", u.labels);
+            }
+        }
     }
 }
 
@@ -495,6 +559,10 @@ const CRASHLOOPING_HELP: &str = "Whether the unit is crash-looping now (1) or no
 const IN_WINDOW_HELP: &str = "Restarts of the unit within its detection window.";
 const ACTIVE_HELP: &str = "Whether the unit is up (1) or not (0), as of its last transition.";
 const LAST_CRASH_HELP: &str = "When the unit last crashed, in seconds since the Unix epoch.";
+const LAST_EXIT_HELP: &str = "How the main process of the unit's last crashed run ended, as a \
+shell gives it: its exit status, or 128 plus the signal number for a signal.";
+const LAST_RUN_HELP: &str =
+    "How long the unit's last crashed run lasted, from its main process's start to the crash.";
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
@@ -670,6 +738,65 @@ mod tests {
         assert!(table.generation() > before);
         assert!(!rendered(&table).contains("d.service"));
         assert!(!table.remove("d.service"));
+    }
+
+    #[test]
+    fn the_last_crash_gives_its_exit_as_a_shell_would_and_how_long_the_run_lasted() {
+        let mut table = UnitTable::new();
+        let unit = "e.service";
+        table.register(unit, SourceKind::Systemd, Policy::default());
+        let text = rendered(&table);
+        assert!(!text.contains("crashwatch_unit_last_exit_code{"), "{text}");
+        assert!(
+            !text.contains("crashwatch_unit_last_crash_run_seconds{"),
+            "{text}"
+        );
+        let crash = |at, code, status| {
+            let mut t = transition(unit, TransitionKind::Failed, at);
+            t.crash = Some("signal".into());
+            t.exit = Some(ExitCause { code, status });
+            t.run_started = Some(at - 1_500_000);
+            t.invocation_id = Some(format!("{at:032x}"));
+            Event::Transition {
+                transition: t,
+                restarts: 0,
+            }
+        };
+        table.record(&crash(10_000_000, crate::event::ExitCode::Killed, 9));
+        let text = rendered(&table);
+        let labels = "unit=\"e.service\",source=\"systemd\"";
+        assert!(
+            text.contains(&format!("crashwatch_unit_last_exit_code{{{labels}}} 137\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "crashwatch_unit_last_crash_run_seconds{{{labels}}} 1.5\n"
+            )),
+            "{text}"
+        );
+        table.record(&crash(20_000_000, crate::event::ExitCode::Exited, 3));
+        assert!(
+            rendered(&table).contains(&format!("crashwatch_unit_last_exit_code{{{labels}}} 3\n"))
+        );
+
+        // An answer about the older run is not attached to the newer crash.
+        let older = format!("{:032x}", 10_000_000);
+        let newer = format!("{:032x}", 20_000_000);
+        let lines = CrashContext::found(vec!["old".into()]);
+        assert!(!table.attach_context(unit, Some(&older), lines));
+        assert!(table
+            .get(unit)
+            .unwrap()
+            .last_crash
+            .as_ref()
+            .unwrap()
+            .context
+            .is_none());
+        let lines = CrashContext::found(vec!["new".into()]);
+        assert!(table.attach_context(unit, Some(&newer), lines.clone()));
+        let crash = table.get(unit).unwrap().last_crash.clone().unwrap();
+        assert_eq!(crash.context, Some(lines));
     }
 
     #[test]

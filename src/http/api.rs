@@ -1,7 +1,8 @@
 //! The status API's documents, built from the engine's unit table at request time.
 //!
 //! `GET /api/units` lists every watched unit: its state, its window, whether it is crash-looping,
-//! its last crash and last transition. `GET /api/units/{unit}/events` gives one unit's recent
+//! its last crash and last transition. `GET /api/units/{unit}` gives one unit the same way, its
+//! last crash with the crashed run's last lines (`context`). `GET /api/units/{unit}/events` gives one unit's recent
 //! transitions (at most [`RECENT_TRANSITIONS`](crate::engine::units::RECENT_TRANSITIONS)). Times are
 //! given twice: microseconds since the epoch for programs, RFC 3339 for people.
 
@@ -65,6 +66,31 @@ fn with_time(value: &mut Value, at: Micros) {
     if let Some(map) = value.as_object_mut() {
         map.insert("time".to_owned(), json!(format_timestamp(at)));
     }
+}
+
+/// The document of `GET /api/units/{unit}`: the unit's summary, its last crash with what the
+/// crashed run wrote last (`context`); `None` for a unit that is not watched.
+pub fn unit_document(table: &UnitTable, unit: &str) -> Option<Value> {
+    let record = table.get(unit)?;
+    let mut document = unit_summary(unit, record);
+    if let (Some(crash), Some(value)) = (&record.last_crash, document.get_mut("last_crash")) {
+        if let Some(map) = value.as_object_mut() {
+            let context = crash.context.as_ref();
+            map.insert(
+                "context".to_owned(),
+                json!({
+                    "status": context.map(|c| c.status),
+                    "lines": context.map(|c| &c.lines[..]).unwrap_or_default(),
+                    "run_seconds": crash.run_seconds,
+                    "source": context.map_or("journal", |c| c.source),
+                    "reason": context.and_then(|c| c.reason.as_deref()),
+                }),
+            );
+            map.insert("exit_shell_status".to_owned(), json!(crash.shell_status()));
+        }
+    }
+    document["generated_at"] = json!(format_timestamp(crate::time::now_micros()));
+    Some(document)
 }
 
 /// The document of `GET /api/units/{unit}/events`: the unit's recent transitions, oldest first;

@@ -157,11 +157,14 @@ fn route(path: &str, routes: &Routes) -> Answer {
             Answer::json("200 OK", &document)
         }
         _ => {
-            let Some(unit) = path
-                .strip_prefix("/api/units/")
-                .and_then(|rest| rest.strip_suffix("/events"))
-            else {
+            let Some(rest) = path.strip_prefix("/api/units/") else {
                 return Answer::new("404 Not Found", "text/plain", "not found\n");
+            };
+            // A unit name never holds `/`, so `{unit}/events` and `{unit}` cannot be confused.
+            let (unit, events) = match rest.strip_suffix("/events") {
+                Some(unit) => (unit, true),
+                None if !rest.contains('/') => (rest, false),
+                None => return Answer::new("404 Not Found", "text/plain", "not found\n"),
             };
             let Some(unit) = percent_decode(unit) else {
                 return Answer::json(
@@ -169,7 +172,14 @@ fn route(path: &str, routes: &Routes) -> Answer {
                     &serde_json::json!({ "error": "the unit name is not valid percent-encoded UTF-8" }),
                 );
             };
-            match api::events_document(&routes.units.lock(), &unit) {
+            let table = routes.units.lock();
+            let document = if events {
+                api::events_document(&table, &unit)
+            } else {
+                api::unit_document(&table, &unit)
+            };
+            drop(table);
+            match document {
                 Some(document) => Answer::json("200 OK", &document),
                 None => Answer::not_found("no such unit is watched"),
             }

@@ -62,6 +62,10 @@ pub fn describe() {
         "Actions run for crash-loop starts and ends, by kind, event and result (ok, failed, dropped)."
     );
     describe_counter!(
+        "crashwatch_crash_context_lookups_total",
+        "Lookups of what a crashed run wrote last, by result (ok, empty, failed, dropped)."
+    );
+    describe_counter!(
         "crashwatch_units_overflow_total",
         "Events of units beyond the unit cap, counted but not exported per unit."
     );

@@ -88,15 +88,15 @@ impl HistoryQuery {
 }
 
 /// What a bounded run of a command produced.
-struct Bounded {
-    stdout: Vec<u8>,
-    truncated: bool,
+pub(super) struct Bounded {
+    pub(super) stdout: Vec<u8>,
+    pub(super) truncated: bool,
 }
 
 /// Runs `command` (argv only, no shell) with stdin closed, reading at most `max_bytes` of its
 /// output within `timeout`; a command that overruns either is killed. Only this child is ever
 /// signalled, by its own handle (`kill_on_drop` covers every early return).
-async fn run_bounded(
+pub(super) async fn run_bounded(
     mut command: Command,
     timeout: Duration,
     max_bytes: usize,

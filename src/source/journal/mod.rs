@@ -32,12 +32,14 @@
 //! Times are the sender's (`_SOURCE_REALTIME_TIMESTAMP`), else journald's
 //! (`__REALTIME_TIMESTAMP`): a busy journald may receive a message late, exactly during a loop.
 //!
-//! The parser is in [`parser`], the start-up read in [`history`].
+//! The parser is in [`parser`], the start-up read in [`history`]. [`context`] reads, for each
+//! crash, the last lines the failed run wrote.
 //!
 //! History only seeds windows. It is never counted: the `*_total` counters of a restarted
 //! crashwatch start at zero and count what it hears live, and entries at or after the live
 //! snapshot are ignored because the snapshot covers them.
 
+pub mod context;
 pub mod history;
 pub mod parser;
 

@@ -721,6 +721,7 @@ fn crash_time(unit: &TrackedUnit, state_time: Micros, crash: bool) -> Micros {
 
 fn record_crash(unit: &mut TrackedUnit, t: &mut Transition, reason: String) {
     t.crash = Some(reason);
+    t.run_started = unit.service.exec_main_start_timestamp.filter(|&t| t > 0);
     unit.crash_counted_for = Some(unit.invocation.clone());
     unit.crash_pending = true;
 }

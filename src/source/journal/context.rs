@@ -1,0 +1,425 @@
+//! What a crashed run wrote last, read from the journal off the event path.
+//!
+//! The engine asks for the context of each crash it records ([`ContextHandle::request`] never
+//! waits: a full queue is a counted drop). One task takes the requests in order and runs
+//! journalctl for each, bounded in time ([`LOOKUP_TIMEOUT`]) and output, then sends the answer
+//! down the source channel as [`SourceEvent::CrashContext`], so the engine, the only writer of
+//! the unit table, attaches it to the crash of the same run.
+//!
+//! A run is selected by its invocation ID (`_SYSTEMD_INVOCATION_ID`), a value systemd gave as
+//! bytes and crashwatch turned into hex: checked to be 32 hex digits before it reaches the
+//! command line. journald cannot always attach the ID to the lines of a process that exits at
+//! once (it reads it from the cgroup, which may be gone), so when the ID finds nothing the unit's
+//! lines between the run's start and its end are read instead (`_SYSTEMD_UNIT`). Nothing goes
+//! through a shell: every value is one argv element. What comes back is text from outside:
+//! control characters are escaped and invalid UTF-8 replaced, each line is cut at
+//! [`LINE_MAX_BYTES`] and the excerpt at [`EXCERPT_MAX_BYTES`], keeping the newest lines.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use metrics::counter;
+use serde_json::Value;
+use tokio::process::Command;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::history::{run_bounded, JournalError};
+use crate::event::{printable, ContextRequest, CrashContext, Micros, SourceEvent};
+use crate::internal_events::{ContextLookupError, ContextRequestDropped};
+
+/// Lines kept per crash, by default.
+pub const DEFAULT_LINES: usize = 10;
+/// The longest line kept, in bytes; a longer one is cut and ends in `…`.
+pub const LINE_MAX_BYTES: usize = 512;
+/// The most bytes of lines kept per crash; the oldest lines go first.
+pub const EXCERPT_MAX_BYTES: usize = 4096;
+/// Lookups waiting at most; a crash beyond them gets no context.
+pub const QUEUE: usize = 256;
+/// How long one lookup may take before journalctl is killed.
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Answers kept, by run, so a run asked about again is not read again.
+pub const CACHE_ENTRIES: usize = 1024;
+/// The most journalctl output read per lookup (journald keeps lines up to 48 KiB by default).
+const OUTPUT_MAX_BYTES: usize = 1 << 20;
+/// How long after a run's end its last lines may still reach journald, for the fallback.
+const LATE_LINES: Micros = 250_000;
+
+/// How crash contexts are read.
+#[derive(Clone, Debug)]
+pub struct ContextSettings {
+    /// A journal directory (`journalctl --directory`); `None` for the system journal.
+    pub directory: Option<PathBuf>,
+    /// Lines kept per crash.
+    pub lines: usize,
+}
+
+/// Where the engine's requests go; cheap to call from the event path.
+#[derive(Clone, Debug)]
+pub struct ContextHandle {
+    queue: mpsc::Sender<ContextRequest>,
+}
+
+impl ContextHandle {
+    /// Queues a lookup without waiting: `pending` when taken, `unavailable` when the queue is
+    /// full (counted) or the worker is gone.
+    pub fn request(&self, request: ContextRequest) -> CrashContext {
+        match self.queue.try_send(request) {
+            Ok(()) => CrashContext::pending(),
+            Err(mpsc::error::TrySendError::Full(request)) => {
+                ContextRequestDropped {
+                    unit: &request.unit,
+                }
+                .emit();
+                CrashContext::unavailable("too many lookups were waiting")
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                CrashContext::unavailable("crashwatch is stopping")
+            }
+        }
+    }
+}
+
+/// Starts nothing yet: returns the handle and the worker, to be spawned by the caller, which
+/// answers down `answers` until `shutdown` or until every handle is gone.
+pub fn worker(
+    settings: ContextSettings,
+    answers: mpsc::Sender<SourceEvent>,
+    shutdown: CancellationToken,
+) -> (ContextHandle, impl std::future::Future<Output = ()>) {
+    let (queue, requests) = mpsc::channel(QUEUE);
+    (
+        ContextHandle { queue },
+        run(settings, requests, answers, shutdown),
+    )
+}
+
+async fn run(
+    settings: ContextSettings,
+    mut requests: mpsc::Receiver<ContextRequest>,
+    answers: mpsc::Sender<SourceEvent>,
+    shutdown: CancellationToken,
+) {
+    let mut cache = Cache::default();
+    loop {
+        let request = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            request = requests.recv() => match request {
+                Some(request) => request,
+                None => return,
+            },
+        };
+        let context = match cache.get(&request.invocation) {
+            Some(context) => context.clone(),
+            None => {
+                let context = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    context = lookup(&settings, &request) => context,
+                };
+                cache.insert(request.invocation.clone(), context.clone());
+                context
+            }
+        };
+        let answer = SourceEvent::CrashContext {
+            unit: request.unit,
+            invocation: request.invocation,
+            context,
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            sent = answers.send(answer) => if sent.is_err() { return },
+        }
+    }
+}
+
+/// The context of one crash: by run ID, else by unit and time; counted by result.
+async fn lookup(settings: &ContextSettings, request: &ContextRequest) -> CrashContext {
+    if !valid_invocation(&request.invocation) {
+        return CrashContext::unavailable("the run ID is not 32 hex digits");
+    }
+    let mut lines = match read(settings, by_invocation(&request.invocation)).await {
+        Ok(lines) => lines,
+        Err(error) => return failed(request, &error),
+    };
+    if lines.is_empty() && valid_unit(&request.unit) {
+        if let Some(start) = request.run_started {
+            let args = by_unit_between(&request.unit, start, request.ended + LATE_LINES);
+            lines = match read(settings, args).await {
+                Ok(lines) => lines,
+                Err(error) => return failed(request, &error),
+            };
+        }
+    }
+    let context = CrashContext::found(excerpt(lines, settings.lines));
+    let result = if context.lines.is_empty() {
+        "empty"
+    } else {
+        "ok"
+    };
+    counter!("crashwatch_crash_context_lookups_total", "result" => result).increment(1);
+    context
+}
+
+fn failed(request: &ContextRequest, error: &JournalError) -> CrashContext {
+    let error = error.to_string();
+    ContextLookupError {
+        unit: &request.unit,
+        error: &error,
+    }
+    .emit();
+    CrashContext::unavailable(format!("reading the journal failed: {}", printable(&error)))
+}
+
+/// Runs journalctl with the selection `matches` and returns the messages, oldest first.
+async fn read(
+    settings: &ContextSettings,
+    matches: Vec<String>,
+) -> Result<Vec<Vec<u8>>, JournalError> {
+    let mut command = Command::new("journalctl");
+    command.args([
+        "--output=json",
+        "--no-pager",
+        "--quiet",
+        "--output-fields=MESSAGE",
+    ]);
+    command.arg(format!("--lines={}", settings.lines.max(1)));
+    if let Some(directory) = &settings.directory {
+        command.arg(format!("--directory={}", directory.display()));
+    }
+    command.args(matches);
+    let output = run_bounded(command, LOOKUP_TIMEOUT, OUTPUT_MAX_BYTES).await?;
+    Ok(output
+        .stdout
+        .split(|&b| b == b'\n')
+        .filter_map(message)
+        .collect())
+}
+
+/// The match of one run.
+fn by_invocation(invocation: &str) -> Vec<String> {
+    vec![format!("_SYSTEMD_INVOCATION_ID={invocation}")]
+}
+
+/// The match of one unit's lines between two times.
+fn by_unit_between(unit: &str, since: Micros, until: Micros) -> Vec<String> {
+    let at = |t: Micros| format!("@{}.{:06}", t / 1_000_000, t % 1_000_000);
+    vec![
+        format!("--since={}", at(since)),
+        format!("--until={}", at(until)),
+        format!("_SYSTEMD_UNIT={unit}"),
+    ]
+}
+
+/// The MESSAGE of one journalctl JSON entry: a string, or an array of bytes for one that is not
+/// valid UTF-8 or holds control characters. `None` for anything else.
+fn message(line: &[u8]) -> Option<Vec<u8>> {
+    let entry: Value = serde_json::from_slice(line).ok()?;
+    match &entry["MESSAGE"] {
+        Value::String(text) => Some(text.clone().into_bytes()),
+        Value::Array(bytes) => bytes
+            .iter()
+            .map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
+            .collect(),
+        _ => None,
+    }
+}
+
+/// Whether `id` is a run ID as crashwatch writes it: 32 hex digits, nothing else.
+pub fn valid_invocation(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Whether `unit` can be one journalctl match: not empty, no `=`, no control character.
+pub fn valid_unit(unit: &str) -> bool {
+    !unit.is_empty() && !unit.contains('=') && !unit.chars().any(char::is_control)
+}
+
+/// The last `lines` messages made printable, each cut at [`LINE_MAX_BYTES`], the newest kept
+/// within [`EXCERPT_MAX_BYTES`] in all.
+pub fn excerpt(messages: Vec<Vec<u8>>, lines: usize) -> Vec<String> {
+    let skip = messages.len().saturating_sub(lines);
+    let mut kept: VecDeque<String> = VecDeque::new();
+    let mut total = 0;
+    for message in messages.into_iter().skip(skip).rev() {
+        let line = cut(
+            printable(&String::from_utf8_lossy(&message)),
+            LINE_MAX_BYTES,
+        );
+        if total + line.len() > EXCERPT_MAX_BYTES {
+            break;
+        }
+        total += line.len();
+        kept.push_front(line);
+    }
+    kept.into()
+}
+
+/// `line` cut to at most `max` bytes on a character boundary, ending in `…` when cut.
+fn cut(mut line: String, max: usize) -> String {
+    if line.len() <= max {
+        return line;
+    }
+    const MARK: &str = "…";
+    let mut end = max - MARK.len();
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    line.truncate(end);
+    line.push_str(MARK);
+    line
+}
+
+/// Answers by run, the oldest forgotten first beyond [`CACHE_ENTRIES`].
+#[derive(Default)]
+struct Cache {
+    answers: HashMap<String, CrashContext>,
+    order: VecDeque<String>,
+}
+
+impl Cache {
+    fn get(&self, invocation: &str) -> Option<&CrashContext> {
+        self.answers.get(invocation)
+    }
+
+    fn insert(&mut self, invocation: String, context: CrashContext) {
+        if self.answers.len() >= CACHE_ENTRIES {
+            if let Some(oldest) = self.order.pop_front() {
+                self.answers.remove(&oldest);
+            }
+        }
+        if self.answers.insert(invocation.clone(), context).is_none() {
+            self.order.push_back(invocation);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_32_hex_digits_are_a_run_id() {
+        assert!(valid_invocation("0123456789abcdefABCDEF0123456789"));
+        for bad in [
+            "",
+            "0123456789abcdef0123456789abcde",
+            "0123456789abcdef0123456789abcdef0",
+            "0123456789abcdef0123456789abcdeg",
+            "0123456789abcdef 123456789abcdef",
+            "--since=yesterday0123456789abcde",
+            "0123456789abcdef0123456789abcd\n",
+        ] {
+            assert!(!valid_invocation(bad), "{bad:?}");
+        }
+        assert!(valid_unit("a@b.service"));
+        for bad in ["", "a=b.service", "a\nb.service", "a\u{1b}.service"] {
+            assert!(!valid_unit(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_matches_are_single_arguments() {
+        assert_eq!(
+            by_invocation("0123456789abcdef0123456789abcdef"),
+            ["_SYSTEMD_INVOCATION_ID=0123456789abcdef0123456789abcdef"]
+        );
+        assert_eq!(
+            by_unit_between(
+                "a b;rm -rf.service",
+                1_700_000_000_123_456,
+                1_700_000_001_000_000
+            ),
+            [
+                "--since=@1700000000.123456",
+                "--until=@1700000001.000000",
+                "_SYSTEMD_UNIT=a b;rm -rf.service",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_excerpt_keeps_the_newest_lines_within_the_caps() {
+        let many: Vec<Vec<u8>> = (0..10_000)
+            .map(|n| format!("line {n}").into_bytes())
+            .collect();
+        let lines = excerpt(many, DEFAULT_LINES);
+        assert_eq!(lines.len(), DEFAULT_LINES);
+        assert_eq!(lines.first().map(String::as_str), Some("line 9990"));
+        assert_eq!(lines.last().map(String::as_str), Some("line 9999"));
+
+        let long: Vec<Vec<u8>> = (0..10).map(|_| "é".repeat(2_000).into_bytes()).collect();
+        let lines = excerpt(long, DEFAULT_LINES);
+        assert!(lines
+            .iter()
+            .all(|l| l.len() <= LINE_MAX_BYTES && l.ends_with('…')));
+        assert!(lines.iter().map(String::len).sum::<usize>() <= EXCERPT_MAX_BYTES);
+        assert_eq!(lines.len(), EXCERPT_MAX_BYTES / LINE_MAX_BYTES);
+    }
+
+    #[test]
+    fn control_characters_and_bad_utf8_come_out_safe() {
+        let lines = excerpt(
+            vec![b"\x1b[31mred\x1b[0m\r\x07 \xff\xfe end".to_vec()],
+            DEFAULT_LINES,
+        );
+        assert_eq!(lines.len(), 1);
+        assert!(!lines[0].chars().any(char::is_control), "{:?}", lines[0]);
+        assert!(
+            lines[0].contains("red") && lines[0].contains('\u{fffd}'),
+            "{:?}",
+            lines[0]
+        );
+    }
+
+    #[test]
+    fn messages_are_read_as_text_or_bytes() {
+        assert_eq!(
+            message(br#"{"MESSAGE":"config error: missing key X"}"#),
+            Some(b"config error: missing key X".to_vec())
+        );
+        assert_eq!(
+            message(br#"{"MESSAGE":[27,91,255]}"#),
+            Some(vec![27, 91, 255])
+        );
+        assert_eq!(message(br#"{"MESSAGE":null}"#), None);
+        assert_eq!(message(br#"{"MESSAGE":[256]}"#), None);
+        assert_eq!(message(b"not json"), None);
+    }
+
+    #[test]
+    fn the_cache_forgets_the_oldest_beyond_its_bound() {
+        let mut cache = Cache::default();
+        for n in 0..CACHE_ENTRIES + 5 {
+            cache.insert(format!("{n:032x}"), CrashContext::found(Vec::new()));
+        }
+        assert_eq!(cache.answers.len(), CACHE_ENTRIES);
+        assert!(cache.get(&format!("{:032x}", 0)).is_none());
+        assert!(cache.get(&format!("{:032x}", CACHE_ENTRIES + 4)).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_is_a_counted_drop_not_a_wait() {
+        let (answers, _rx) = mpsc::channel(1);
+        let settings = ContextSettings {
+            directory: None,
+            lines: DEFAULT_LINES,
+        };
+        // The worker is never run, so the queue fills.
+        let (handle, _worker) = worker(settings, answers, CancellationToken::new());
+        let request = ContextRequest {
+            unit: "a.service".into(),
+            invocation: "0123456789abcdef0123456789abcdef".into(),
+            run_started: None,
+            ended: 0,
+        };
+        for _ in 0..QUEUE {
+            assert_eq!(
+                handle.request(request.clone()).status,
+                crate::event::ContextStatus::Pending
+            );
+        }
+        let dropped = handle.request(request);
+        assert_eq!(dropped.status, crate::event::ContextStatus::Unavailable);
+    }
+}
