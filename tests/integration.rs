@@ -20,6 +20,8 @@ mod architecture;
 mod churn;
 #[path = "integration/cli.rs"]
 mod cli;
+#[path = "integration/crash_context.rs"]
+mod crash_context;
 #[path = "integration/end_to_end.rs"]
 mod end_to_end;
 #[path = "integration/events.rs"]

@@ -4,7 +4,8 @@
 //! waits: a full queue is a counted drop). One task takes the requests in order and runs
 //! journalctl for each, bounded in time ([`LOOKUP_TIMEOUT`]) and output, then sends the answer
 //! down the source channel as [`SourceEvent::CrashContext`], so the engine, the only writer of
-//! the unit table, attaches it to the crash of the same run.
+//! the unit table, attaches it to the crash of the same run. A lookup waits until [`SETTLE`]
+//! after the run ended: journald may still be reading what the run wrote when the crash is heard.
 //!
 //! A run is selected by its invocation ID (`_SYSTEMD_INVOCATION_ID`), a value systemd gave as
 //! bytes and crashwatch turned into hex: checked to be 32 hex digits before it reaches the
@@ -28,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::history::{run_bounded, JournalError};
 use crate::event::{printable, ContextRequest, CrashContext, Micros, SourceEvent};
 use crate::internal_events::{ContextLookupError, ContextRequestDropped};
+use crate::time::now_micros;
 
 /// Lines kept per crash, by default.
 pub const DEFAULT_LINES: usize = 10;
@@ -45,6 +47,9 @@ pub const CACHE_ENTRIES: usize = 1024;
 const OUTPUT_MAX_BYTES: usize = 1 << 20;
 /// How long after a run's end its last lines may still reach journald, for the fallback.
 const LATE_LINES: Micros = 250_000;
+/// How long after a run's end its lookup waits: journald reads what a process wrote to its
+/// stream after the process is gone, and the crash is heard before that.
+pub const SETTLE: Duration = Duration::from_secs(1);
 
 /// How crash contexts are read.
 #[derive(Clone, Debug)]
@@ -113,6 +118,14 @@ async fn run(
         let context = match cache.get(&request.invocation) {
             Some(context) => context.clone(),
             None => {
+                let settle = u64::try_from(SETTLE.as_micros()).unwrap_or(u64::MAX);
+                let wait = (request.ended.saturating_add(settle))
+                    .saturating_sub(now_micros())
+                    .min(settle);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_micros(wait)) => {}
+                }
                 let context = tokio::select! {
                     _ = shutdown.cancelled() => return,
                     context = lookup(&settings, &request) => context,
