@@ -205,6 +205,7 @@ fn drive(
                         max_units: 100_000,
                         fold_instances: false,
                         unloaded_retention: Duration::from_secs(900),
+                        crash_context_record: false,
                     };
                     let units = crashwatch::internals::SharedUnits::new();
                     // No reloads here: the sender is dropped at once.

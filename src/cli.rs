@@ -196,6 +196,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     pub events_max_files: Option<u32>,
 
+    /// Also write to the event record the last lines each crashed run wrote, as a
+    /// "crash_context" record once the journal lookup answers. Off by default: the lines are the
+    /// service's own output.
+    #[arg(long)]
+    pub events_crash_context: bool,
+
     #[command(flatten)]
     pub detection: DetectionArgs,
 

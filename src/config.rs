@@ -233,6 +233,10 @@ pub struct EventsSection {
     /// Rotated files to keep, `events.jsonl.1` (the newest) to `events.jsonl.N`; older ones are
     /// deleted. Between 1 and 1000. Default 4.
     pub max_files: Option<u32>,
+    /// Also write what each crashed run wrote last, as a `crash_context` record when the
+    /// lookup answers (its lines are the service's own output, which may hold what the record
+    /// should not). Default false.
+    pub crash_context: Option<bool>,
 }
 
 /// A size as written in the file: a string with a unit, or a number of bytes.
@@ -284,6 +288,8 @@ pub struct Overrides {
     pub events_max_size: Option<String>,
     /// `--events-max-files`.
     pub events_max_files: Option<u32>,
+    /// `--events-crash-context` (only turns it on).
+    pub events_crash_context: bool,
     /// `--threshold`.
     pub threshold: Option<u32>,
     /// `--window`.
@@ -362,6 +368,8 @@ pub struct Config {
     pub events: Option<EventsTarget>,
     /// How the event record's file is rotated; `None` when rotation is off.
     pub events_rotation: Option<Rotation>,
+    /// Whether the event record gets each crash's context.
+    pub events_crash_context: bool,
     /// The cap on units with series of their own.
     pub max_units: usize,
     /// Whether template instances are counted as their template.
@@ -537,6 +545,8 @@ impl Config {
             statsd,
             events,
             events_rotation,
+            events_crash_context: cli.events_crash_context
+                || file.sink.events.crash_context.unwrap_or(false),
             max_units,
             fold_instances: cli.fold_instances || file.limits.fold_instances.unwrap_or(false),
             unloaded_retention,
@@ -694,6 +704,23 @@ mod tests {
             Overrides::default(),
             "crashwatch.toml",
         )
+    }
+
+    #[test]
+    fn crash_context_reaches_the_event_record_only_when_asked() {
+        assert!(!resolve("").expect("valid").events_crash_context);
+        let on = resolve("[sink.events]\ncrash_context = true\n").expect("valid");
+        assert!(on.events_crash_context);
+        let flag = Config::resolve(
+            FileConfig::default(),
+            Overrides {
+                events_crash_context: true,
+                ..Overrides::default()
+            },
+            "command line",
+        )
+        .expect("valid");
+        assert!(flag.events_crash_context);
     }
 
     #[test]

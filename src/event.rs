@@ -275,6 +275,20 @@ pub enum Event {
     },
     /// A crash loop started or ended.
     Loop(LoopEvent),
+    /// What a crashed run wrote last, once the lookup answered (for the event record, when it
+    /// is asked to carry it).
+    CrashContext {
+        /// The unit's full name, as counted.
+        unit: String,
+        /// The source of the unit.
+        source: SourceKind,
+        /// When the answer arrived, in microseconds since the Unix epoch.
+        timestamp: Micros,
+        /// The crashed run (systemd InvocationID, hex).
+        invocation: String,
+        /// The lines, or why there are none.
+        context: CrashContext,
+    },
     /// The number of restarts within a unit's window changed (a restart entered it, or one left).
     Window {
         /// The unit's full name.

@@ -225,6 +225,7 @@ pub async fn run(
         max_units: config.max_units,
         fold_instances: config.fold_instances,
         unloaded_retention: config.unloaded_retention,
+        crash_context_record: config.events_crash_context,
     };
     engine::run(
         rx,
@@ -378,6 +379,10 @@ async fn reload(
         for (what, changed) in [
             ("listen", config.listen != current.listen),
             ("events", config.events != current.events),
+            (
+                "events_crash_context",
+                config.events_crash_context != current.events_crash_context,
+            ),
             ("source", config.source != current.source),
             ("max_units", config.max_units != current.max_units),
             (

@@ -25,6 +25,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         events: args.events,
         events_max_size: args.events_max_size,
         events_max_files: args.events_max_files,
+        events_crash_context: args.events_crash_context,
         threshold: args.detection.threshold,
         window: args.detection.window,
         include: args.detection.include,

@@ -96,6 +96,8 @@ pub struct Settings {
     pub fold_instances: bool,
     /// How long a unit the init system unloaded keeps its series.
     pub unloaded_retention: Duration,
+    /// Whether the event record gets each crash's context when it arrives.
+    pub crash_context_record: bool,
 }
 
 impl Settings {
@@ -226,9 +228,23 @@ impl Dispatcher {
                 context,
             } => {
                 let unit = self.counted_name(unit);
-                self.units
-                    .lock()
-                    .attach_context(&unit, Some(&invocation), context);
+                let mut table = self.units.lock();
+                let source = table.get(&unit).map(|record| record.source);
+                let attached = table.attach_context(&unit, Some(&invocation), context.clone());
+                drop(table);
+                if let (true, Some(source), Some(events)) = (
+                    attached && self.settings.crash_context_record,
+                    source,
+                    &self.sinks.events,
+                ) {
+                    events.send(&Event::CrashContext {
+                        unit,
+                        source,
+                        timestamp: now_micros(),
+                        invocation,
+                        context,
+                    });
+                }
             }
         }
     }
@@ -623,6 +639,7 @@ mod tests {
                 max_units: 100,
                 fold_instances: false,
                 unloaded_retention: std::time::Duration::from_secs(60),
+                crash_context_record: false,
             },
             unloaded: VecDeque::new(),
             watched: None,

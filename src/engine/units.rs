@@ -425,6 +425,8 @@ impl UnitTable {
             Event::Transition { transition, .. } => &transition.unit,
             Event::Loop(event) => &event.unit,
             Event::Window { unit, .. } => unit,
+            // Attached through `attach_context`, which checks the run.
+            Event::CrashContext { .. } => return,
         };
         let Some(record) = self.units.get_mut(unit.as_str()) else {
             return;
@@ -445,6 +447,7 @@ impl UnitTable {
             Event::Window {
                 restarts_in_window, ..
             } => record.restarts_in_window = *restarts_in_window,
+            Event::CrashContext { .. } => return,
         }
         self.generation += 1;
     }

@@ -382,6 +382,22 @@ pub fn to_json(event: &Event) -> Value {
             }
             value
         }
+        Event::CrashContext {
+            unit,
+            source,
+            timestamp,
+            invocation,
+            context,
+        } => json!({
+            "event": "crash_context",
+            "timestamp_us": timestamp,
+            "unit": unit,
+            "source": source,
+            "invocation_id": invocation,
+            "status": context.status,
+            "lines": context.lines,
+            "reason": context.reason,
+        }),
         Event::Window { .. } => Value::Null,
     }
 }
@@ -444,6 +460,24 @@ mod tests {
         let back: Value = serde_json::from_str(&line).expect("valid JSON");
         assert_eq!(back["unit"], "evil\"\n\\name\u{2028}.service");
         assert_eq!(back["transition"], "failed");
+    }
+
+    #[test]
+    fn a_crash_context_is_a_record_of_its_own() {
+        let line = to_json(&Event::CrashContext {
+            unit: "a.service".into(),
+            source: SourceKind::Systemd,
+            timestamp: 7,
+            invocation: "0123456789abcdef0123456789abcdef".into(),
+            context: crate::event::CrashContext::found(vec!["config error\\n".into()]),
+        })
+        .to_string();
+        assert!(!line.contains('\n'));
+        let back: Value = serde_json::from_str(&line).expect("valid JSON");
+        assert_eq!(back["event"], "crash_context");
+        assert_eq!(back["status"], "ok");
+        assert_eq!(back["lines"][0], "config error\\n");
+        assert_eq!(back["invocation_id"], "0123456789abcdef0123456789abcdef");
     }
 }
 

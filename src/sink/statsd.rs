@@ -151,7 +151,7 @@ pub fn stats(event: &Event, naming: Naming) -> Vec<Stat> {
     let (unit, source) = match event {
         Event::Transition { transition: t, .. } => (&t.unit, t.source),
         Event::Loop(event) => (&event.unit, event.source),
-        Event::Window { .. } => return Vec::new(),
+        Event::Window { .. } | Event::CrashContext { .. } => return Vec::new(),
     };
     let (base, tags) = match naming {
         Naming::Plain => (format!("unit.{}", sanitize(unit)), String::new()),
@@ -192,7 +192,7 @@ pub fn stats(event: &Event, naming: Naming) -> Vec<Stat> {
             }
             out
         }
-        Event::Window { .. } => Vec::new(),
+        Event::Window { .. } | Event::CrashContext { .. } => Vec::new(),
     }
 }
 

@@ -84,7 +84,14 @@ fn a_crashed_runs_last_lines_show_where_operators_look() {
         ),
     )
     .expect("writing the configuration");
-    let cw = Crashwatch::spawn(&sb, &["--config", &config.display().to_string()]);
+    let cw = Crashwatch::spawn(
+        &sb,
+        &[
+            "--config",
+            &config.display().to_string(),
+            "--events-crash-context",
+        ],
+    );
     // Both at once: each must get its own run's lines.
     sb.systemctl_ok(&["start", "--no-block", config_error, flood]);
 
@@ -114,6 +121,21 @@ fn a_crashed_runs_last_lines_show_where_operators_look() {
             &[("unit", config_error)]
         )
         .is_some_and(|s| (0.0..5.0).contains(&s)));
+
+    let records = cw.unit_events(config_error);
+    let record = records
+        .iter()
+        .find(|e| e["event"] == "crash_context" && e["status"] == "ok")
+        .unwrap_or_else(|| panic!("no crash_context record: {records:#?}"));
+    assert_eq!(
+        record["lines"].as_array().and_then(|l| l.last()),
+        Some(&Value::from("config error: missing key X")),
+        "{record:#}"
+    );
+    assert!(
+        records.iter().any(|e| e["event"] == "transition"),
+        "the other records are still written"
+    );
 
     let out = Command::new(BIN)
         .args(["status", "--address", &format!("127.0.0.1:{}", cw.port())])
