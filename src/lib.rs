@@ -251,8 +251,7 @@ fn crash_context(
     tasks: &mut tokio::task::JoinSet<()>,
 ) -> Box<dyn ContextLookup> {
     let directory = config.history.journal_directory.clone();
-    // journald creates /run/systemd/journal; without it the system journal holds nothing recent.
-    if directory.is_none() && !std::path::Path::new("/run/systemd/journal").exists() {
+    if !source::journal::journal_present(directory.as_deref()) {
         return Box::new(NoContext("journald is not running"));
     }
     let settings = source::journal::context::ContextSettings {

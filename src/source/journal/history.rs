@@ -228,8 +228,7 @@ pub async fn history(settings: &HistorySettings, snapshot_at: Micros) -> History
         return empty;
     }
     let directory = settings.directory.clone();
-    // journald creates /run/systemd/journal; without it the system journal holds nothing recent.
-    if directory.is_none() && !std::path::Path::new("/run/systemd/journal").exists() {
+    if !super::journal_present(directory.as_deref()) {
         tracing::info!("journald is not running; crash-loop windows start empty.");
         return empty;
     }

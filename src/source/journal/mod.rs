@@ -44,4 +44,10 @@ pub mod history;
 pub mod parser;
 
 pub use history::{history, HistorySettings};
+
+/// Whether there is a journal to read: a directory was named, or journald runs here (it creates
+/// /run/systemd/journal; without it the system journal holds nothing recent).
+pub fn journal_present(directory: Option<&std::path::Path>) -> bool {
+    directory.is_some() || std::path::Path::new("/run/systemd/journal").exists()
+}
 pub use parser::{read_line_capped, Parser, MAX_LINE};
