@@ -148,8 +148,13 @@ fn the_status_command_lists_loops_first_and_says_when_no_daemon_runs() {
     let out = status(port, &[CRASHY]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let transitions = text(&out.stdout);
+    // The last crash comes first, then the transitions.
     assert!(
-        transitions.starts_with("crashy.service (systemd)\nTIME"),
+        transitions.starts_with("Last crash: exit-code (exit: exited 1"),
+        "{transitions}"
+    );
+    assert!(
+        transitions.contains("\n\ncrashy.service (systemd)\nTIME"),
         "{transitions}"
     );
     assert!(transitions.contains("restart"), "{transitions}");

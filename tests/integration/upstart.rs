@@ -326,8 +326,13 @@ fn status_prints_upstart_crashes_without_exit_details_and_a_spawn_failure() {
     let out = status(&cw, &["badexec"]);
     assert!(out.status.success(), "status failed: {out:?}");
     let events = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        events.starts_with("Last crash: failed (exit: -, ran -)"),
+        "{events}"
+    );
     let crash = events
         .lines()
+        .skip_while(|l| !l.starts_with("TIME"))
         .find(|l| l.contains(" failed "))
         .unwrap_or_default();
     assert!(
