@@ -257,6 +257,7 @@ fn crash_context(
     let settings = source::journal::context::ContextSettings {
         directory,
         lines: source::journal::context::DEFAULT_LINES,
+        journalctl: "journalctl".into(),
     };
     let (handle, worker) =
         source::journal::context::worker(settings, answers.clone(), shutdown.child_token());

@@ -58,6 +58,8 @@ pub struct ContextSettings {
     pub directory: Option<PathBuf>,
     /// Lines kept per crash.
     pub lines: usize,
+    /// The journalctl to run (`journalctl` from `$PATH`).
+    pub journalctl: PathBuf,
 }
 
 /// Where the engine's requests go; cheap to call from the event path.
@@ -189,7 +191,7 @@ async fn read(
     settings: &ContextSettings,
     matches: Vec<String>,
 ) -> Result<Vec<Vec<u8>>, JournalError> {
-    let mut command = Command::new("journalctl");
+    let mut command = Command::new(&settings.journalctl);
     command.args([
         "--output=json",
         "--no-pager",
@@ -411,12 +413,115 @@ mod tests {
         assert!(cache.get(&format!("{:032x}", CACHE_ENTRIES + 4)).is_some());
     }
 
+    /// A stand-in for journalctl in `dir`, running `script` (sh) with journalctl's arguments, each
+    /// run also counted in `dir/runs`.
+    fn fake_journalctl(dir: &std::path::Path, script: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(dir).expect("a directory");
+        let path = dir.join("journalctl");
+        let runs = dir.join("runs");
+        let text = format!("#!/bin/sh\necho run >> '{}'\n{script}\n", runs.display());
+        std::fs::write(&path, text).expect("writing the script");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        path
+    }
+
+    async fn ask(settings: ContextSettings, requests: &[ContextRequest]) -> Vec<SourceEvent> {
+        let (answers, mut received) = mpsc::channel(16);
+        let (handle, worker) = worker(settings, answers, CancellationToken::new());
+        let task = tokio::spawn(worker);
+        let mut out = Vec::new();
+        for request in requests {
+            assert_eq!(
+                handle.request(request.clone()).status,
+                crate::event::ContextStatus::Pending
+            );
+            out.push(received.recv().await.expect("an answer"));
+        }
+        drop(handle);
+        task.await.expect("the worker ends with its handles");
+        out
+    }
+
+    #[tokio::test]
+    async fn a_run_journald_could_not_tag_is_found_by_its_unit_and_times_and_cached() {
+        let dir = std::env::temp_dir().join(format!("crashwatch-context-{}", std::process::id()));
+        let script = r#"for a in "$@"; do printf '%s\n' "$a"; done >> "$(dirname "$0")/args"
+case "$*" in
+  *_SYSTEMD_INVOCATION_ID=*) exit 0 ;;
+  *_SYSTEMD_UNIT=a.service*) printf '{"MESSAGE":"from the unit"}\n{"MESSAGE":[27,255]}\n' ;;
+esac"#;
+        let settings = ContextSettings {
+            directory: Some("/var/log/journal".into()),
+            lines: DEFAULT_LINES,
+            journalctl: fake_journalctl(&dir, script),
+        };
+        let request = ContextRequest {
+            unit: "a.service".into(),
+            invocation: "0123456789abcdef0123456789abcdef".into(),
+            run_started: Some(1_700_000_000_000_000),
+            ended: 1_700_000_001_000_000,
+        };
+        let answers = ask(settings, &[request.clone(), request]).await;
+        for answer in &answers {
+            let SourceEvent::CrashContext {
+                unit,
+                invocation,
+                context,
+            } = answer
+            else {
+                panic!("{answer:?}");
+            };
+            assert_eq!((unit.as_str(), invocation.len()), ("a.service", 32));
+            assert_eq!(context.lines, ["from the unit", "\\u{1b}\u{fffd}"]);
+        }
+        let runs = std::fs::read_to_string(dir.join("runs")).unwrap_or_default();
+        assert_eq!(runs.lines().count(), 2, "by ID, then by unit; then cached");
+        let args = std::fs::read_to_string(dir.join("args")).unwrap_or_default();
+        for arg in [
+            "_SYSTEMD_INVOCATION_ID=0123456789abcdef0123456789abcdef",
+            "--directory=/var/log/journal",
+            "--lines=10",
+            "--since=@1700000000.000000",
+            "--until=@1700000001.250000",
+            "_SYSTEMD_UNIT=a.service",
+        ] {
+            assert!(args.lines().any(|a| a == arg), "{arg} missing from\n{args}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_failed_lookup_says_unavailable_and_why() {
+        let dir = std::env::temp_dir().join(format!("crashwatch-context-f-{}", std::process::id()));
+        let settings = ContextSettings {
+            directory: None,
+            lines: DEFAULT_LINES,
+            journalctl: fake_journalctl(&dir, "echo 'No journal files were found.' >&2; exit 1"),
+        };
+        let request = ContextRequest {
+            unit: "a.service".into(),
+            invocation: "0123456789abcdef0123456789abcdef".into(),
+            run_started: None,
+            ended: 0,
+        };
+        let answers = ask(settings, &[request]).await;
+        let SourceEvent::CrashContext { context, .. } = &answers[0] else {
+            panic!("{answers:?}");
+        };
+        assert_eq!(context.status, crate::event::ContextStatus::Unavailable);
+        let reason = context.reason.as_deref().unwrap_or_default();
+        assert!(reason.contains("No journal files were found."), "{reason}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[tokio::test]
     async fn a_full_queue_is_a_counted_drop_not_a_wait() {
         let (answers, _rx) = mpsc::channel(1);
         let settings = ContextSettings {
             directory: None,
             lines: DEFAULT_LINES,
+            journalctl: "journalctl".into(),
         };
         // The worker is never run, so the queue fills.
         let (handle, _worker) = worker(settings, answers, CancellationToken::new());
