@@ -11,10 +11,12 @@
 //! bytes and crashwatch turned into hex: checked to be 32 hex digits before it reaches the
 //! command line. journald cannot always attach the ID to the lines of a process that exits at
 //! once (it reads it from the cgroup, which may be gone), so when the ID finds nothing the unit's
-//! lines between the run's start and its end are read instead (`_SYSTEMD_UNIT`). Nothing goes
-//! through a shell: every value is one argv element. What comes back is text from outside:
-//! control characters are escaped and invalid UTF-8 replaced, each line is cut at
-//! [`LINE_MAX_BYTES`] and the excerpt at [`EXCERPT_MAX_BYTES`], keeping the newest lines.
+//! lines between the run's start and its end are read instead (`_SYSTEMD_UNIT`), leaving out
+//! those tagged with another run. journald tags a whole stream or none of it, so a run's lines
+//! are either all found by its ID or none are. Nothing goes through a shell: every value is one
+//! argv element. What comes back is text from outside: control characters are escaped and
+//! invalid UTF-8 replaced, each line is cut at [`LINE_MAX_BYTES`] and the excerpt at
+//! [`EXCERPT_MAX_BYTES`], keeping the newest lines.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -153,14 +155,15 @@ async fn lookup(settings: &ContextSettings, request: &ContextRequest) -> CrashCo
     if !valid_invocation(&request.invocation) {
         return CrashContext::unavailable("the run ID is not 32 hex digits");
     }
-    let mut lines = match read(settings, by_invocation(&request.invocation)).await {
+    let run = request.invocation.as_str();
+    let mut lines = match read(settings, run, by_invocation(run)).await {
         Ok(lines) => lines,
         Err(error) => return failed(request, &error),
     };
     if lines.is_empty() && valid_unit(&request.unit) {
         if let Some(start) = request.run_started {
             let args = by_unit_between(&request.unit, start, request.ended + LATE_LINES);
-            lines = match read(settings, args).await {
+            lines = match read(settings, run, args).await {
                 Ok(lines) => lines,
                 Err(error) => return failed(request, &error),
             };
@@ -186,9 +189,11 @@ fn failed(request: &ContextRequest, error: &JournalError) -> CrashContext {
     CrashContext::unavailable(format!("reading the journal failed: {}", printable(&error)))
 }
 
-/// Runs journalctl with the selection `matches` and returns the messages, oldest first.
+/// Runs journalctl with the selection `matches` and returns the messages of run `run` (and those
+/// journald could not tag with a run), oldest first.
 async fn read(
     settings: &ContextSettings,
+    run: &str,
     matches: Vec<String>,
 ) -> Result<Vec<Vec<u8>>, JournalError> {
     let mut command = Command::new(&settings.journalctl);
@@ -196,7 +201,7 @@ async fn read(
         "--output=json",
         "--no-pager",
         "--quiet",
-        "--output-fields=MESSAGE",
+        "--output-fields=MESSAGE,_SYSTEMD_INVOCATION_ID",
     ]);
     command.arg(format!("--lines={}", settings.lines.max(1)));
     if let Some(directory) = &settings.directory {
@@ -207,7 +212,7 @@ async fn read(
     Ok(output
         .stdout
         .split(|&b| b == b'\n')
-        .filter_map(message)
+        .filter_map(|line| message(line, run))
         .collect())
 }
 
@@ -227,9 +232,15 @@ fn by_unit_between(unit: &str, since: Micros, until: Micros) -> Vec<String> {
 }
 
 /// The MESSAGE of one journalctl JSON entry: a string, or an array of bytes for one that is not
-/// valid UTF-8 or holds control characters. `None` for anything else.
-fn message(line: &[u8]) -> Option<Vec<u8>> {
+/// valid UTF-8 or holds control characters. `None` for anything else, and for an entry of
+/// another run than `run`: the fallback's time span may reach into the next run.
+fn message(line: &[u8], run: &str) -> Option<Vec<u8>> {
     let entry: Value = serde_json::from_slice(line).ok()?;
+    if let Some(other) = entry["_SYSTEMD_INVOCATION_ID"].as_str() {
+        if !other.eq_ignore_ascii_case(run) {
+            return None;
+        }
+    }
     match &entry["MESSAGE"] {
         Value::String(text) => Some(text.clone().into_bytes()),
         Value::Array(bytes) => bytes
@@ -389,17 +400,23 @@ mod tests {
 
     #[test]
     fn messages_are_read_as_text_or_bytes() {
+        let run = "0123456789abcdef0123456789abcdef";
         assert_eq!(
-            message(br#"{"MESSAGE":"config error: missing key X"}"#),
+            message(br#"{"MESSAGE":"config error: missing key X"}"#, run),
             Some(b"config error: missing key X".to_vec())
         );
         assert_eq!(
-            message(br#"{"MESSAGE":[27,91,255]}"#),
+            message(br#"{"MESSAGE":[27,91,255]}"#, run),
             Some(vec![27, 91, 255])
         );
-        assert_eq!(message(br#"{"MESSAGE":null}"#), None);
-        assert_eq!(message(br#"{"MESSAGE":[256]}"#), None);
-        assert_eq!(message(b"not json"), None);
+        assert_eq!(message(br#"{"MESSAGE":null}"#, run), None);
+        assert_eq!(message(br#"{"MESSAGE":[256]}"#, run), None);
+        assert_eq!(message(b"not json", run), None);
+        let ours =
+            br#"{"MESSAGE":"ours","_SYSTEMD_INVOCATION_ID":"0123456789ABCDEF0123456789ABCDEF"}"#;
+        assert_eq!(message(ours, run), Some(b"ours".to_vec()));
+        let next = br#"{"MESSAGE":"next run","_SYSTEMD_INVOCATION_ID":"ffffffffffffffffffffffffffffffff"}"#;
+        assert_eq!(message(next, run), None);
     }
 
     #[test]
@@ -449,7 +466,9 @@ mod tests {
         let script = r#"for a in "$@"; do printf '%s\n' "$a"; done >> "$(dirname "$0")/args"
 case "$*" in
   *_SYSTEMD_INVOCATION_ID=*) exit 0 ;;
-  *_SYSTEMD_UNIT=a.service*) printf '{"MESSAGE":"from the unit"}\n{"MESSAGE":[27,255]}\n' ;;
+  *_SYSTEMD_UNIT=a.service*) printf '%s\n' '{"MESSAGE":"from the unit"}' \
+    '{"MESSAGE":"the next run","_SYSTEMD_INVOCATION_ID":"ffffffffffffffffffffffffffffffff"}' \
+    '{"MESSAGE":[27,255]}' ;;
 esac"#;
         let settings = ContextSettings {
             directory: Some("/var/log/journal".into()),
