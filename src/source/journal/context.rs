@@ -12,9 +12,8 @@
 //! command line. journald cannot always attach the ID to the lines of a process that exits at
 //! once (it reads it from the cgroup, which may be gone), so when the ID finds nothing the unit's
 //! lines between the run's start and its end are read instead (`_SYSTEMD_UNIT`), leaving out
-//! those tagged with another run. journald tags a whole stream or none of it, so a run's lines
-//! are either all found by its ID or none are. Nothing goes through a shell: every value is one
-//! argv element. What comes back is text from outside: control characters are escaped and
+//! those tagged with another run. Nothing goes through a shell: every value is one argv
+//! element. What comes back is text from outside: control characters are escaped and
 //! invalid UTF-8 replaced, each line is cut at [`LINE_MAX_BYTES`] and the excerpt at
 //! [`EXCERPT_MAX_BYTES`], keeping the newest lines.
 
