@@ -165,6 +165,28 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_units_document_shows_its_last_crash_with_the_runs_last_lines() {
+        let mut table = table_with(&[("a.service", true, 3)]);
+        let document = unit_document(&table, "a.service").expect("watched");
+        assert_eq!(document["unit"], "a.service");
+        assert_eq!(document["crashlooping"], true);
+        // Until the engine has asked, the context has no status.
+        assert_eq!(document["last_crash"]["context"]["status"], Value::Null);
+        assert_eq!(document["last_crash"]["context"]["source"], "journal");
+        assert_eq!(document["last_crash"]["exit_shell_status"], 1);
+        let context = crate::event::CrashContext::found(vec!["config error".into()]);
+        assert!(table.attach_context("a.service", None, context));
+        let document = unit_document(&table, "a.service").expect("watched");
+        let context = &document["last_crash"]["context"];
+        assert_eq!(context["status"], "ok");
+        assert_eq!(context["lines"][0], "config error");
+        assert!(unit_document(&table, "nope.service").is_none());
+        // The list stays small: no lines in it.
+        let list = units_document(&table);
+        assert!(list["units"][0]["last_crash"].get("context").is_none());
+    }
+
+    #[test]
     fn events_are_given_for_watched_units_only() {
         let table = table_with(&[("a.service", false, 0)]);
         let document = events_document(&table, "a.service").unwrap();
