@@ -164,6 +164,14 @@ EOF
       >>"$UNITS/sandbox.target"
     # A drop-in in the sandbox's own /run: read after the host's /etc/systemd/journald.conf, and
     # last among drop-ins by its name.
+    # The volatile journal's directory as systemd-tmpfiles makes it at boot (tmpfiles.d/systemd.conf:
+    # `z /run/log/journal 2755 root systemd-journal`), which this boot does not run: the files
+    # journald creates below inherit the group, so members of systemd-journal can read them.
+    mkdir -p "$RUN/log/journal"
+    if getent group systemd-journal >/dev/null 2>&1; then
+      chgrp systemd-journal "$RUN/log/journal"
+      chmod 2755 "$RUN/log/journal"
+    fi
     mkdir -p "$RUN/systemd/journald.conf.d"
     printf '[Journal]\nStorage=volatile\nRuntimeMaxUse=64M\nForwardToConsole=yes\nTTYPath=/dev/console\nForwardToSyslog=no\nForwardToWall=no\n' \
       >"$RUN/systemd/journald.conf.d/zz-sandbox.conf"
