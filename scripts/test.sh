@@ -54,6 +54,9 @@ missing_packages() {
   have man || pkgs+=(man-db)
   have lintian || pkgs+=(lintian)
   have logrotate || pkgs+=(logrotate)
+  # The web tests: certificates made at test time, bcrypt hashes as operators make them.
+  have openssl || pkgs+=(openssl)
+  have htpasswd || pkgs+=(apache2-utils)
   echo "${pkgs[@]}"
 }
 

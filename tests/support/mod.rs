@@ -38,6 +38,7 @@ use serde_json::Value;
 
 pub mod journal;
 pub mod servers;
+pub mod tls;
 pub mod upstart;
 
 // libc is linked into every Rust binary on Linux anyway; declaring the two calls we need avoids a
@@ -124,6 +125,20 @@ macro_rules! require_promtool {
 macro_rules! require_prometheus {
     () => {
         if let Err(reason) = $crate::support::servers::prometheus_prerequisites() {
+            $crate::support::skip(&reason);
+            return;
+        }
+    };
+}
+
+/// Skip (or, under CI=true, fail) the calling test unless `openssl` and `htpasswd` are installed
+/// (certificates and bcrypt hashes are made at test time; see [`tls`]).
+#[macro_export]
+macro_rules! require_tls_tools {
+    () => {
+        if let Err(reason) = $crate::support::tls::openssl_prerequisites()
+            .and_then(|()| $crate::support::tls::htpasswd_prerequisites())
+        {
             $crate::support::skip(&reason);
             return;
         }
