@@ -157,6 +157,7 @@ pub async fn run(
         settings,
         unloaded: VecDeque::new(),
         watched: None,
+        history_crashes: HashMap::new(),
     };
     let mut reloadable = true;
     loop {
@@ -197,6 +198,8 @@ struct Dispatcher {
     /// The units watched after a reload. Until then the sources' own filter is all there is;
     /// after one, events a source sent under the old filter are dropped here.
     watched: Option<UnitFilter>,
+    /// The last crash journal history holds of each unit not yet in the table, by counted name.
+    history_crashes: HashMap<String, Transition>,
 }
 
 impl Dispatcher {
@@ -341,8 +344,14 @@ impl Dispatcher {
             return false;
         }
         table.register(unit, source, self.detector.policy_for(unit));
-        // Journal history may have given the unit a window before its series existed.
+        // Journal history may have given the unit a window before its series existed, and a
+        // crash: shown with what that run wrote, as a crash heard live is.
         show_window(&self.detector, table, unit);
+        if let Some(crash) = self.history_crashes.remove(unit) {
+            table.remember_crash(unit, &crash);
+            let context = self.crash_context(&crash.unit, &crash);
+            table.attach_context(unit, crash.invocation_id.as_deref(), context);
+        }
         gauge!("crashwatch_units").set(table.len() as f64);
         true
     }
@@ -387,6 +396,9 @@ impl Dispatcher {
                     continue;
                 }
                 units.insert(unit.clone(), t.source);
+            }
+            if t.crash.is_some() {
+                self.history_crashes.insert(unit.clone(), t.clone());
             }
             self.detector.advance_stepwise(t.timestamp, drop);
             if let Some(observation) = Observation::of(&t) {
@@ -643,6 +655,7 @@ mod tests {
             },
             unloaded: VecDeque::new(),
             watched: None,
+            history_crashes: HashMap::new(),
         }
     }
 
@@ -760,6 +773,53 @@ mod tests {
         let context = crash.context.expect("a context");
         assert_eq!(context.status, crate::event::ContextStatus::Unavailable);
         assert!(context.reason.is_some());
+    }
+
+    #[test]
+    fn a_crash_from_history_shows_with_its_context_when_its_unit_is_admitted() {
+        let units = SharedUnits::new();
+        let mut engine = dispatcher(units.clone());
+        let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        engine.sinks.context = Some(Box::new(Requests(asked.clone())));
+        let mut transitions = Vec::new();
+        for n in 0..2u64 {
+            let mut run = failing_run("old.service", T0 - 3_600 * SECOND + n * SECOND, n > 0);
+            for t in &mut run {
+                t.invocation_id = Some(format!("{n:032x}"));
+            }
+            transitions.extend(run);
+        }
+        engine.source_event(SourceEvent::History(History {
+            transitions,
+            until: T0,
+        }));
+        assert!(
+            !units.lock().contains("old.service"),
+            "an idle unit waits for the live source"
+        );
+        assert!(
+            asked.lock().unwrap().is_empty(),
+            "nothing asked before it is shown"
+        );
+
+        engine.source_event(SourceEvent::Present {
+            unit: "old.service".into(),
+            source: SourceKind::Systemd,
+            state: UnitState::new("active", "running"),
+        });
+        let requests = asked.lock().unwrap().clone();
+        assert_eq!(requests.len(), 1, "one lookup, for the last crash only");
+        assert_eq!(requests[0].invocation, format!("{:032x}", 1));
+        let table = units.lock();
+        let record = table.get("old.service").expect("registered");
+        let crash = record.last_crash.clone().expect("the crash from history");
+        assert_eq!(crash.timestamp_us, requests[0].ended);
+        assert_eq!(
+            crash.context.map(|c| c.status),
+            Some(crate::event::ContextStatus::Pending)
+        );
+        // Shown, not counted: the counters count only what is heard live.
+        assert_eq!(record.crashes().map(|(_, n)| n).sum::<u64>(), 0);
     }
 
     #[test]

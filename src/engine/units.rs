@@ -78,6 +78,23 @@ pub struct LastCrash {
 }
 
 impl LastCrash {
+    /// The crash `t` reports, if it is one; with no context yet.
+    fn of(t: &Transition) -> Option<LastCrash> {
+        let reason = t.crash.as_deref()?;
+        let run_seconds = t
+            .run_started
+            .filter(|&start| start <= t.timestamp)
+            .map(|start| (t.timestamp - start) as f64 / 1e6);
+        Some(LastCrash {
+            timestamp_us: t.timestamp,
+            reason: CRASH_REASONS[crash_reason_index(reason)],
+            exit: t.exit.map(ExitSummary::from),
+            run_seconds,
+            invocation_id: t.invocation_id.clone(),
+            context: None,
+        })
+    }
+
     /// The exit as a shell gives it: the status for an exit, 128 + the signal for a signal.
     pub fn shell_status(&self) -> Option<i64> {
         self.exit.map(|exit| match exit.exit_code {
@@ -249,21 +266,9 @@ impl UnitRecord {
             _ if t.up_unknown => self.active = None,
             _ => {}
         }
-        if let Some(reason) = &t.crash {
-            let index = crash_reason_index(reason);
-            self.crashes[index] += 1;
-            let run_seconds = t
-                .run_started
-                .filter(|&start| start <= t.timestamp)
-                .map(|start| (t.timestamp - start) as f64 / 1e6);
-            self.last_crash = Some(LastCrash {
-                timestamp_us: t.timestamp,
-                reason: CRASH_REASONS[index],
-                exit: t.exit.map(ExitSummary::from),
-                run_seconds,
-                invocation_id: t.invocation_id.clone(),
-                context: None,
-            });
+        if let Some(crash) = LastCrash::of(t) {
+            self.crashes[crash_reason_index(crash.reason)] += 1;
+            self.last_crash = Some(crash);
         }
         if self
             .state
@@ -390,6 +395,21 @@ impl UnitTable {
         if let Some(record) = self.units.get_mut(unit) {
             record.restarts_in_window = restarts_in_window;
             record.crashlooping = looping;
+            self.generation += 1;
+        }
+    }
+
+    /// Shows crash `t`, read from history, as `unit`'s last crash, counting nothing: the
+    /// `*_total` series count only what is heard live. A crash already known is newer and stays.
+    pub fn remember_crash(&mut self, unit: &str, t: &Transition) {
+        let Some(record) = self.units.get_mut(unit) else {
+            return;
+        };
+        if record.last_crash.is_some() {
+            return;
+        }
+        if let Some(crash) = LastCrash::of(t) {
+            record.last_crash = Some(crash);
             self.generation += 1;
         }
     }

@@ -223,3 +223,70 @@ fn without_journald_the_loop_is_flagged_on_time_and_the_context_says_why() {
     );
     sb.systemctl_ok(&["stop", unit]);
 }
+
+/// Fails twice, writing which run it is, then comes up for good: a run counter in a file the unit
+/// keeps itself, so the truth about which run wrote what comes from the unit. systemd's default
+/// start limit (5 starts in 10 s) is kept: three starts stay below it.
+const FAILS_TWICE_UNIT: &str = "[Service]\n\
+ExecStart=/bin/sh -c 'n=$$(($$(cat /run/twice.count 2>/dev/null || echo 0) + 1)); \
+echo $$n > /run/twice.count; echo \"run $$n: cannot open the database\" >&2; \
+[ $$n -ge 3 ] && exec sleep infinity; exit 5'\n\
+Restart=on-failure\n\
+RestartSec=200ms\n";
+
+#[test]
+fn a_crash_before_crashwatch_started_shows_with_its_lines() {
+    require_sandbox!();
+    let sb = Sandbox::start_with_journal().unwrap_or_else(|e| panic!("{e}"));
+    let unit = "twice.service";
+    sb.write_unit(unit, FAILS_TWICE_UNIT);
+    sb.pin_loaded(&[unit]);
+    sb.systemctl_ok(&["start", "--no-block", unit]);
+    assert!(
+        wait_until(Duration::from_secs(30), || sb.n_restarts(unit) == 2
+            && sb.active_state(unit) == "active"),
+        "twice.service did not come up after two crashes: NRestarts {}, {}",
+        sb.n_restarts(unit),
+        sb.active_state(unit)
+    );
+    // journald may still be writing the last crash's lines.
+    std::thread::sleep(Duration::from_secs(1));
+
+    let config = sb.dir().join("crashwatch.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[history]\njournal_directory = {:?}\n",
+            sb.journal_dir().display().to_string()
+        ),
+    )
+    .expect("writing the configuration");
+    let cw = Crashwatch::spawn(&sb, &["--config", &config.display().to_string()]);
+    let document = wait_for_context(&cw, unit, "ok");
+    assert_eq!(
+        lines(&document).last().map(String::as_str),
+        Some("run 2: cannot open the database"),
+        "the second run crashed last: {document:#}"
+    );
+    assert_eq!(document["last_crash"]["exit_status"], 5, "{document:#}");
+    // Shown, not counted: history counts nothing.
+    assert_eq!(
+        cw.metric("crashwatch_unit_restarts_total", &[("unit", unit)]),
+        Some(0.0)
+    );
+    let status = Command::new(BIN)
+        .args([
+            "status",
+            "--address",
+            &format!("127.0.0.1:{}", cw.port()),
+            unit,
+        ])
+        .output()
+        .expect("crashwatch status");
+    let printed = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        printed.contains("run 2: cannot open the database"),
+        "status {unit} does not show the last crash's lines:\n{printed}"
+    );
+    sb.systemctl_ok(&["stop", unit]);
+}
