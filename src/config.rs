@@ -17,6 +17,8 @@ use crate::sink::actions::{Action, ActionSection};
 use crate::sink::events::{
     parse_size, EventsTarget, Rotation, DEFAULT_MAX_FILES, DEFAULT_MAX_SIZE, MAX_FILES_LIMIT,
 };
+use crate::source::journal::context::DEFAULT_LINES as DEFAULT_CONTEXT_LINES;
+use crate::source::mask::Masks;
 use crate::source::upstart::hook::DEFAULT_SOCKET;
 use crate::source::upstart::UpstartAddress;
 use crate::source::SourceChoice;
@@ -87,6 +89,25 @@ pub struct FileConfig {
     /// `[log]`.
     #[serde(default)]
     pub log: LogSection,
+    /// `[crash_context]`.
+    #[serde(default)]
+    pub crash_context: CrashContextSection,
+}
+
+/// `[crash_context]`: the last lines of each crashed run, as shown in the status API, status,
+/// the event record and the actions that ask for them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrashContextSection {
+    /// Lines kept per crash, 1 to 100. Default 10.
+    pub lines: Option<usize>,
+    /// Regular expressions masked in every line before it leaves the journal reader, on top of
+    /// the defaults. A pattern with a group named `secret` masks only that group.
+    #[serde(default)]
+    pub mask: Vec<String>,
+    /// Whether the default patterns (passwords, tokens, keys, credentials in URLs) are masked
+    /// too. Default true.
+    pub mask_defaults: Option<bool>,
 }
 
 /// `[log]`: crashwatch's own log lines.
@@ -325,6 +346,18 @@ pub struct HistoryConfig {
     pub journal_directory: Option<PathBuf>,
 }
 
+/// What a crash's context holds.
+#[derive(Clone, Debug)]
+pub struct CrashContextConfig {
+    /// Lines kept per crash.
+    pub lines: usize,
+    /// What is masked in each line.
+    pub masks: Masks,
+}
+
+/// The most lines `[crash_context] lines` may ask for: an excerpt is also capped in bytes.
+const MAX_CONTEXT_LINES: usize = 100;
+
 /// How the Upstart source listens, and to which units.
 #[derive(Clone, Debug)]
 pub struct UpstartConfig {
@@ -382,6 +415,8 @@ pub struct Config {
     pub upstart: UpstartConfig,
     /// Start-up history.
     pub history: HistoryConfig,
+    /// Crash contexts.
+    pub crash_context: CrashContextConfig,
     /// What to do when a crash loop starts and ends.
     pub actions: Vec<Action>,
     /// The log level the file asks for, if any.
@@ -526,6 +561,23 @@ impl Config {
             journal: !cli.no_journal_history && file.history.journal.unwrap_or(true),
             journal_directory,
         };
+        let crash_context = {
+            let section = &file.crash_context;
+            let lines = section.lines.unwrap_or(DEFAULT_CONTEXT_LINES);
+            if !(1..=MAX_CONTEXT_LINES).contains(&lines) {
+                return Err(invalid(format!(
+                    "crash_context.lines: {lines} is not between 1 and {MAX_CONTEXT_LINES}"
+                )));
+            }
+            let own = Masks::new(&section.mask)
+                .map_err(|e| invalid(format!("crash_context.mask: {e}")))?;
+            let masks = if section.mask_defaults.unwrap_or(true) {
+                Masks::defaults().and(own)
+            } else {
+                own
+            };
+            CrashContextConfig { lines, masks }
+        };
         let actions = file
             .actions
             .iter()
@@ -553,6 +605,7 @@ impl Config {
             source,
             upstart,
             history,
+            crash_context,
             actions,
             log_level,
         })
@@ -704,6 +757,34 @@ mod tests {
             Overrides::default(),
             "crashwatch.toml",
         )
+    }
+
+    #[test]
+    fn crash_context_lines_and_masks_are_checked() {
+        let config = resolve("").expect("valid");
+        assert_eq!(config.crash_context.lines, DEFAULT_CONTEXT_LINES);
+        assert_eq!(
+            config.crash_context.masks.apply("password=x".into()),
+            "password=[masked]",
+            "the defaults are on"
+        );
+        let config =
+            resolve("[crash_context]\nlines = 3\nmask = ['order [0-9]+']\nmask_defaults = false\n")
+                .expect("valid");
+        assert_eq!(config.crash_context.lines, 3);
+        let masks = &config.crash_context.masks;
+        assert_eq!(
+            masks.apply("order 42 password=x".into()),
+            "[masked] password=x"
+        );
+        for (text, named) in [
+            ("[crash_context]\nlines = 0\n", "crash_context.lines"),
+            ("[crash_context]\nlines = 101\n", "crash_context.lines"),
+            ("[crash_context]\nmask = ['(']\n", "crash_context.mask"),
+        ] {
+            let error = resolve(text).expect_err(text).to_string();
+            assert!(error.contains(named), "{text}: {error}");
+        }
     }
 
     #[test]

@@ -256,7 +256,8 @@ fn crash_context(
     }
     let settings = source::journal::context::ContextSettings {
         directory,
-        lines: source::journal::context::DEFAULT_LINES,
+        lines: config.crash_context.lines,
+        masks: config.crash_context.masks.clone(),
         journalctl: "journalctl".into(),
     };
     let (handle, worker) =

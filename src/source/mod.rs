@@ -3,6 +3,7 @@
 
 pub mod bus;
 pub mod journal;
+pub mod mask;
 pub mod systemd;
 pub mod upstart;
 

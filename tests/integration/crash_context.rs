@@ -290,3 +290,75 @@ fn a_crash_before_crashwatch_started_shows_with_its_lines() {
     );
     sb.systemctl_ok(&["stop", unit]);
 }
+
+/// Prints five lines, two of them with secrets, and fails once; then stays up. Once is enough:
+/// the test reads the one crash, so systemd's default start limit is never near.
+const LEAKY_UNIT: &str = "[Service]\n\
+ExecStart=/bin/sh -c 'if [ -e /run/leaky.ran ]; then exec sleep infinity; fi; touch /run/leaky.ran; \
+echo \"step 1\"; echo \"step 2\"; echo \"connecting to postgres://app:hunter2pw@db/app\"; \
+echo \"customer order 12345 failed\"; echo \"retry with password=hunter2pw failed\" >&2; exit 7'\n\
+Restart=on-failure\n\
+RestartSec=200ms\n";
+
+#[test]
+fn secrets_are_masked_and_the_line_count_is_the_configured_one() {
+    require_sandbox!();
+    let sb = Sandbox::start_with_journal().unwrap_or_else(|e| panic!("{e}"));
+    let unit = "leaky.service";
+    sb.write_unit(unit, LEAKY_UNIT);
+    sb.pin_loaded(&[unit]);
+    let config = sb.dir().join("crashwatch.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[history]\njournal_directory = {:?}\n\n[crash_context]\nlines = 3\n\
+             mask = ['order (?P<secret>[0-9]+)']\n",
+            sb.journal_dir().display().to_string()
+        ),
+    )
+    .expect("writing the configuration");
+    let cw = Crashwatch::spawn(
+        &sb,
+        &[
+            "--config",
+            &config.display().to_string(),
+            "--events-crash-context",
+        ],
+    );
+    sb.systemctl_ok(&["start", "--no-block", unit]);
+    let document = wait_for_context(&cw, unit, "ok");
+    assert_eq!(
+        lines(&document),
+        [
+            "connecting to postgres://app:[masked]@db/app",
+            "customer order [masked] failed",
+            "retry with password=[masked] failed",
+        ],
+        "the last 3 lines, masked: {document:#}"
+    );
+    let status = Command::new(BIN)
+        .args([
+            "status",
+            "--address",
+            &format!("127.0.0.1:{}", cw.port()),
+            unit,
+        ])
+        .output()
+        .expect("crashwatch status");
+    let printed = String::from_utf8_lossy(&status.stdout);
+    assert!(printed.contains("password=[masked]"), "{printed}");
+    let record = std::fs::read_to_string(cw.events_path()).expect("the event record");
+    assert!(record.contains("password=[masked]"), "{record}");
+    for (place, text) in [
+        ("the API", document.to_string()),
+        ("status", printed.into_owned()),
+        ("the event record", record),
+    ] {
+        assert!(!text.contains("hunter2pw"), "a secret in {place}: {text}");
+        assert!(
+            !text.contains("12345"),
+            "a masked order number in {place}: {text}"
+        );
+    }
+    sb.systemctl_ok(&["stop", unit]);
+}

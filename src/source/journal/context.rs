@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use super::history::{run_bounded, JournalError};
 use crate::event::{printable, ContextRequest, CrashContext, Micros, SourceEvent};
 use crate::internal_events::{ContextLookupError, ContextRequestDropped};
+use crate::source::mask::Masks;
 use crate::time::now_micros;
 
 /// Lines kept per crash, by default.
@@ -59,6 +60,8 @@ pub struct ContextSettings {
     pub directory: Option<PathBuf>,
     /// Lines kept per crash.
     pub lines: usize,
+    /// What is masked in each line before it leaves.
+    pub masks: Masks,
     /// The journalctl to run (`journalctl` from `$PATH`).
     pub journalctl: PathBuf,
 }
@@ -168,7 +171,7 @@ async fn lookup(settings: &ContextSettings, request: &ContextRequest) -> CrashCo
             };
         }
     }
-    let context = CrashContext::found(excerpt(lines, settings.lines));
+    let context = CrashContext::found(excerpt(lines, settings.lines, &settings.masks));
     let result = if context.lines.is_empty() {
         "empty"
     } else {
@@ -260,15 +263,16 @@ pub fn valid_unit(unit: &str) -> bool {
     !unit.is_empty() && !unit.contains('=') && !unit.chars().any(char::is_control)
 }
 
-/// The last `lines` messages made printable, each cut at [`LINE_MAX_BYTES`], the newest kept
-/// within [`EXCERPT_MAX_BYTES`] in all.
-pub fn excerpt(messages: Vec<Vec<u8>>, lines: usize) -> Vec<String> {
+/// The last `lines` messages made printable and masked, each cut at [`LINE_MAX_BYTES`], the
+/// newest kept within [`EXCERPT_MAX_BYTES`] in all.
+pub fn excerpt(messages: Vec<Vec<u8>>, lines: usize, masks: &Masks) -> Vec<String> {
     let skip = messages.len().saturating_sub(lines);
     let mut kept: VecDeque<String> = VecDeque::new();
     let mut total = 0;
     for message in messages.into_iter().skip(skip).rev() {
+        // Masked before it is cut, so a secret across the cut cannot leave half of itself.
         let line = cut(
-            printable(&String::from_utf8_lossy(&message)),
+            masks.apply(printable(&String::from_utf8_lossy(&message))),
             LINE_MAX_BYTES,
         );
         if total + line.len() > EXCERPT_MAX_BYTES {
@@ -368,13 +372,13 @@ mod tests {
         let many: Vec<Vec<u8>> = (0..10_000)
             .map(|n| format!("line {n}").into_bytes())
             .collect();
-        let lines = excerpt(many, DEFAULT_LINES);
+        let lines = excerpt(many, DEFAULT_LINES, &Masks::default());
         assert_eq!(lines.len(), DEFAULT_LINES);
         assert_eq!(lines.first().map(String::as_str), Some("line 9990"));
         assert_eq!(lines.last().map(String::as_str), Some("line 9999"));
 
         let long: Vec<Vec<u8>> = (0..10).map(|_| "é".repeat(2_000).into_bytes()).collect();
-        let lines = excerpt(long, DEFAULT_LINES);
+        let lines = excerpt(long, DEFAULT_LINES, &Masks::default());
         assert!(lines
             .iter()
             .all(|l| l.len() <= LINE_MAX_BYTES && l.ends_with('…')));
@@ -383,10 +387,21 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_is_masked_before_its_line_is_cut() {
+        let secret = "s".repeat(200);
+        let line = format!("{} password={secret}", "x".repeat(LINE_MAX_BYTES - 20));
+        let lines = excerpt(vec![line.into_bytes()], DEFAULT_LINES, &Masks::defaults());
+        assert_eq!(lines.len(), 1);
+        assert!(!lines[0].contains("sss"), "{:?}", lines[0]);
+        assert!(lines[0].ends_with("password=[masked]"), "{:?}", lines[0]);
+    }
+
+    #[test]
     fn control_characters_and_bad_utf8_come_out_safe() {
         let lines = excerpt(
             vec![b"\x1b[31mred\x1b[0m\r\x07 \xff\xfe end".to_vec()],
             DEFAULT_LINES,
+            &Masks::defaults(),
         );
         assert_eq!(lines.len(), 1);
         assert!(!lines[0].chars().any(char::is_control), "{:?}", lines[0]);
@@ -472,6 +487,7 @@ esac"#;
         let settings = ContextSettings {
             directory: Some("/var/log/journal".into()),
             lines: DEFAULT_LINES,
+            masks: Masks::defaults(),
             journalctl: fake_journalctl(&dir, script),
         };
         let request = ContextRequest {
@@ -515,6 +531,7 @@ esac"#;
         let settings = ContextSettings {
             directory: None,
             lines: DEFAULT_LINES,
+            masks: Masks::defaults(),
             journalctl: fake_journalctl(&dir, "echo 'No journal files were found.' >&2; exit 1"),
         };
         let request = ContextRequest {
@@ -539,6 +556,7 @@ esac"#;
         let settings = ContextSettings {
             directory: None,
             lines: DEFAULT_LINES,
+            masks: Masks::defaults(),
             journalctl: "journalctl".into(),
         };
         // The worker is never run, so the queue fills.
