@@ -17,7 +17,7 @@ use crate::sink::actions::{Action, ActionSection};
 use crate::sink::events::{
     parse_size, EventsTarget, Rotation, DEFAULT_MAX_FILES, DEFAULT_MAX_SIZE, MAX_FILES_LIMIT,
 };
-use crate::source::journal::context::DEFAULT_LINES as DEFAULT_CONTEXT_LINES;
+use crate::source::context::DEFAULT_LINES as DEFAULT_CONTEXT_LINES;
 use crate::source::mask::Masks;
 use crate::source::upstart::hook::DEFAULT_SOCKET;
 use crate::source::upstart::UpstartAddress;
@@ -161,6 +161,9 @@ pub struct UpstartSection {
     /// (needs root or `CAP_SYSLOG`); `""` or `"none"` turns it off, and a gap is then inferred
     /// from the snapshot alone. Default `/dev/kmsg`.
     pub kernel_log: Option<String>,
+    /// Where Upstart writes its jobs' logs (`console log`), read for each crash's last lines;
+    /// `""` or `"none"` turns that off. Default `/var/log/upstart`.
+    pub job_log_directory: Option<String>,
     /// Globs of units (`job` or `job (instance)`) to watch; none except these. Default `["*"]`.
     pub unit_include: Option<Vec<String>>,
     /// Globs of units never to watch; all except these. Default: the hook job,
@@ -367,6 +370,8 @@ pub struct UpstartConfig {
     pub hook_socket: Option<PathBuf>,
     /// The kernel log a gap's main process ends are counted from, `None` when off.
     pub kernel_log: Option<PathBuf>,
+    /// Where the jobs' logs are read for crash contexts, `None` when off.
+    pub job_log_directory: Option<PathBuf>,
     /// Which units are watched.
     pub filter: UnitFilter,
 }
@@ -677,6 +682,14 @@ fn resolve_upstart(
         "" | "none" => None,
         path => Some(PathBuf::from(path)),
     };
+    let job_log_directory = match section
+        .job_log_directory
+        .as_deref()
+        .unwrap_or(crate::source::upstart::joblog::DEFAULT_DIRECTORY)
+    {
+        "" | "none" => None,
+        path => Some(PathBuf::from(path)),
+    };
     if address == UpstartAddress::None && hook_socket.is_none() {
         return Err(invalid(
             "source.upstart: with address \"none\" the job hook is the only way in; \
@@ -711,6 +724,7 @@ fn resolve_upstart(
         address,
         hook_socket,
         kernel_log,
+        job_log_directory,
         filter: UnitFilter::new(globs(&include)?, globs(&exclude)?),
     })
 }

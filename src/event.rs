@@ -284,8 +284,8 @@ pub enum Event {
         source: SourceKind,
         /// When the answer arrived, in microseconds since the Unix epoch.
         timestamp: Micros,
-        /// The crashed run (systemd InvocationID, hex).
-        invocation: String,
+        /// The crashed run (systemd InvocationID, hex), when the init system names runs.
+        invocation: Option<String>,
         /// The lines, or why there are none.
         context: CrashContext,
     },
@@ -324,8 +324,11 @@ pub enum SourceEvent {
     CrashContext {
         /// The unit's full name.
         unit: String,
-        /// The run the lines belong to (systemd InvocationID, hex).
-        invocation: String,
+        /// The run the lines belong to (systemd InvocationID, hex), when the init system names
+        /// runs.
+        invocation: Option<String>,
+        /// When that run ended: with the invocation, which crash the lines are of.
+        ended: Micros,
         /// The lines, or why there are none.
         context: CrashContext,
     },
@@ -354,8 +357,9 @@ pub struct History {
 pub struct ContextRequest {
     /// The unit's full name as the source gave it (never folded).
     pub unit: String,
-    /// The failed run (systemd InvocationID, hex).
-    pub invocation: String,
+    /// The failed run (systemd InvocationID, hex); `None` where the init system does not name
+    /// runs (Upstart).
+    pub invocation: Option<String>,
     /// When the run's main process started, when known.
     pub run_started: Option<Micros>,
     /// When it ended (the crash's time).
@@ -383,7 +387,7 @@ pub struct CrashContext {
     pub status: ContextStatus,
     /// The lines, oldest first: each printable and capped, all of them within a byte cap.
     pub lines: Vec<String>,
-    /// Where the lines came from (`journal`).
+    /// Where the lines came from (`journal`, or `job log` under Upstart).
     pub source: &'static str,
     /// Why there are no lines, for `unavailable`.
     pub reason: Option<String>,
@@ -398,6 +402,12 @@ impl CrashContext {
             source: "journal",
             reason: Some(reason.into()),
         }
+    }
+
+    /// This context, said to come from `source` (`journal` unless said otherwise).
+    pub fn read_from(mut self, source: &'static str) -> CrashContext {
+        self.source = source;
+        self
     }
 
     /// A context asked for and not answered yet.

@@ -186,7 +186,7 @@ pub async fn run(
             // Sent before the live source starts, so the engine has the windows before the
             // first live transition.
             let _ = tx.send(event::SourceEvent::History(history)).await;
-            sinks.context = Some(crash_context(&config, &tx, &shutdown, &mut tasks));
+            sinks.context = Some(journal_context(&config, &tx, &shutdown, &mut tasks));
             ready(source.watched_units());
             tasks.spawn(source.run(tx, shutdown.child_token()));
         }
@@ -199,6 +199,7 @@ pub async fn run(
                 kernel_log: config.upstart.kernel_log.clone(),
             })
             .await?;
+            sinks.context = Some(job_log_context(&config, &tx, &shutdown, &mut tasks));
             ready(source.watched_units());
             tasks.spawn(source.run(tx, shutdown.child_token()));
         }
@@ -244,7 +245,7 @@ pub async fn run(
 
 /// Where the engine asks for crash contexts under systemd: the journal worker when journald
 /// runs here (or a journal directory is set), else an answer that says why there is none.
-fn crash_context(
+fn journal_context(
     config: &Config,
     answers: &mpsc::Sender<event::SourceEvent>,
     shutdown: &CancellationToken,
@@ -254,22 +255,48 @@ fn crash_context(
     if !source::journal::journal_present(directory.as_deref()) {
         return Box::new(NoContext("journald is not running"));
     }
-    let settings = source::journal::context::ContextSettings {
+    let lookup = source::journal::context::JournalLookup {
         directory,
         lines: config.crash_context.lines,
         masks: config.crash_context.masks.clone(),
         journalctl: "journalctl".into(),
     };
-    let (handle, worker) =
-        source::journal::context::worker(settings, answers.clone(), shutdown.child_token());
-    tasks.spawn(worker);
-    Box::new(JournalContext(handle))
+    context_worker(lookup, answers, shutdown, tasks)
 }
 
-/// The journal worker, as the engine asks it.
-struct JournalContext(source::journal::context::ContextHandle);
+/// Where the engine asks for crash contexts under Upstart: the job logs, unless turned off.
+fn job_log_context(
+    config: &Config,
+    answers: &mpsc::Sender<event::SourceEvent>,
+    shutdown: &CancellationToken,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> Box<dyn ContextLookup> {
+    let Some(directory) = config.upstart.job_log_directory.clone() else {
+        return Box::new(NoContext("reading job logs is turned off"));
+    };
+    let lookup = source::upstart::joblog::JobLogLookup {
+        directory,
+        lines: config.crash_context.lines,
+        masks: config.crash_context.masks.clone(),
+    };
+    context_worker(lookup, answers, shutdown, tasks)
+}
 
-impl ContextLookup for JournalContext {
+fn context_worker(
+    lookup: impl source::context::Lookup,
+    answers: &mpsc::Sender<event::SourceEvent>,
+    shutdown: &CancellationToken,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> Box<dyn ContextLookup> {
+    let (handle, worker) = source::context::worker(lookup, answers.clone(), shutdown.child_token());
+    tasks.spawn(worker);
+    Box::new(LogContext(handle))
+}
+
+/// A context worker, as the engine asks it.
+struct LogContext(source::context::ContextHandle);
+
+impl ContextLookup for LogContext {
     fn request(&self, request: event::ContextRequest) -> event::CrashContext {
         self.0.request(request)
     }

@@ -228,12 +228,14 @@ impl Dispatcher {
             SourceEvent::CrashContext {
                 unit,
                 invocation,
+                ended,
                 context,
             } => {
                 let unit = self.counted_name(unit);
                 let mut table = self.units.lock();
                 let source = table.get(&unit).map(|record| record.source);
-                let attached = table.attach_context(&unit, Some(&invocation), context.clone());
+                let attached =
+                    table.attach_context(&unit, invocation.as_deref(), ended, context.clone());
                 drop(table);
                 if let (true, Some(source), Some(events)) = (
                     attached && self.settings.crash_context_record,
@@ -255,13 +257,10 @@ impl Dispatcher {
     /// The context to show for crash `t` of the unit counted as `unit` (the source's name is
     /// still `t.unit`), asked for when the run is known.
     fn crash_context(&self, source_unit: &str, t: &Transition) -> CrashContext {
-        let Some(invocation) = &t.invocation_id else {
-            return CrashContext::unavailable("the init system gave no run ID");
-        };
         match &self.sinks.context {
             Some(lookup) => lookup.request(ContextRequest {
                 unit: source_unit.to_owned(),
-                invocation: invocation.clone(),
+                invocation: t.invocation_id.clone(),
                 run_started: t.run_started,
                 ended: t.timestamp,
             }),
@@ -315,7 +314,7 @@ impl Dispatcher {
         };
         table.record(&event);
         if let Some(context) = context {
-            table.attach_context(&unit, invocation.as_deref(), context);
+            table.attach_context(&unit, invocation.as_deref(), at, context);
         }
         drop(table);
         self.sinks.send(&event);
@@ -350,7 +349,12 @@ impl Dispatcher {
         if let Some(crash) = self.history_crashes.remove(unit) {
             table.remember_crash(unit, &crash);
             let context = self.crash_context(&crash.unit, &crash);
-            table.attach_context(unit, crash.invocation_id.as_deref(), context);
+            table.attach_context(
+                unit,
+                crash.invocation_id.as_deref(),
+                crash.timestamp,
+                context,
+            );
         }
         gauge!("crashwatch_units").set(table.len() as f64);
         true
@@ -739,7 +743,7 @@ mod tests {
             requests[1].unit, "web@1.service",
             "the unit as systemd names it"
         );
-        assert_eq!(requests[1].invocation, format!("{:032x}", 1));
+        assert_eq!(requests[1].invocation, Some(format!("{:032x}", 1)));
         assert_eq!(requests[1].ended, T0 + SECOND + 2_000);
         let context = |units: &SharedUnits| {
             let table = units.lock();
@@ -749,7 +753,8 @@ mod tests {
         assert_eq!(context(&units), Some(crate::event::ContextStatus::Pending));
         let answer = |n: u64, line: &str| SourceEvent::CrashContext {
             unit: "web@1.service".into(),
-            invocation: format!("{n:032x}"),
+            invocation: Some(format!("{n:032x}")),
+            ended: requests[usize::try_from(n).unwrap()].ended,
             context: CrashContext::found(vec![line.into()]),
         };
         engine.source_event(answer(0, "older run"));
@@ -809,7 +814,7 @@ mod tests {
         });
         let requests = asked.lock().unwrap().clone();
         assert_eq!(requests.len(), 1, "one lookup, for the last crash only");
-        assert_eq!(requests[0].invocation, format!("{:032x}", 1));
+        assert_eq!(requests[0].invocation, Some(format!("{:032x}", 1)));
         let table = units.lock();
         let record = table.get("old.service").expect("registered");
         let crash = record.last_crash.clone().expect("the crash from history");

@@ -414,13 +414,15 @@ impl UnitTable {
         }
     }
 
-    /// Gives `unit`'s last crash its context, when that crash is of run `invocation`: a late
-    /// answer about an older run never replaces what is known of a newer one. Returns whether it
-    /// was attached.
+    /// Gives `unit`'s last crash its context, when that crash is of run `invocation` that ended
+    /// at `ended`: a late answer about an older run never replaces what is known of a newer one
+    /// (under Upstart, which names no runs, the time tells them apart). Returns whether it was
+    /// attached.
     pub fn attach_context(
         &mut self,
         unit: &str,
         invocation: Option<&str>,
+        ended: Micros,
         context: CrashContext,
     ) -> bool {
         let Some(crash) = self
@@ -430,7 +432,7 @@ impl UnitTable {
         else {
             return false;
         };
-        if crash.invocation_id.as_deref() != invocation {
+        if crash.invocation_id.as_deref() != invocation || crash.timestamp_us != ended {
             return false;
         }
         crash.context = Some(context);
@@ -807,7 +809,9 @@ mod tests {
         let older = format!("{:032x}", 10_000_000);
         let newer = format!("{:032x}", 20_000_000);
         let lines = CrashContext::found(vec!["old".into()]);
-        assert!(!table.attach_context(unit, Some(&older), lines));
+        assert!(!table.attach_context(unit, Some(&older), 10_000_000, lines.clone()));
+        // Nor, where runs have no name, one about an earlier crash of the same unit.
+        assert!(!table.attach_context(unit, Some(&newer), 10_000_000, lines));
         assert!(table
             .get(unit)
             .unwrap()
@@ -817,7 +821,7 @@ mod tests {
             .context
             .is_none());
         let lines = CrashContext::found(vec!["new".into()]);
-        assert!(table.attach_context(unit, Some(&newer), lines.clone()));
+        assert!(table.attach_context(unit, Some(&newer), 20_000_000, lines.clone()));
         let crash = table.get(unit).unwrap().last_crash.clone().unwrap();
         assert_eq!(crash.context, Some(lines));
     }

@@ -175,7 +175,14 @@ pub(crate) mod tests {
         assert_eq!(document["last_crash"]["context"]["source"], "journal");
         assert_eq!(document["last_crash"]["exit_shell_status"], 1);
         let context = crate::event::CrashContext::found(vec!["config error".into()]);
-        assert!(table.attach_context("a.service", None, context));
+        let ended = table
+            .get("a.service")
+            .unwrap()
+            .last_crash
+            .as_ref()
+            .unwrap()
+            .timestamp_us;
+        assert!(table.attach_context("a.service", None, ended, context));
         let document = unit_document(&table, "a.service").expect("watched");
         let context = &document["last_crash"]["context"];
         assert_eq!(context["status"], "ok");

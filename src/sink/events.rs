@@ -468,7 +468,7 @@ mod tests {
             unit: "a.service".into(),
             source: SourceKind::Systemd,
             timestamp: 7,
-            invocation: "0123456789abcdef0123456789abcdef".into(),
+            invocation: Some("0123456789abcdef0123456789abcdef".into()),
             context: crate::event::CrashContext::found(vec!["config error\\n".into()]),
         })
         .to_string();

@@ -2,6 +2,7 @@
 //! emits [`Transition`](crate::event::Transition)s. Nothing downstream knows D-Bus.
 
 pub mod bus;
+pub mod context;
 pub mod journal;
 pub mod mask;
 pub mod systemd;

@@ -1159,3 +1159,73 @@ fn a_second_daemon_does_not_steal_the_hook_socket() {
     d.event("starting", WWW, "", &[]);
     expect_metric(&d.cw, "crashwatch_unit_starts_total", WWW, 1.0);
 }
+
+/// A job's crash shows the last lines of its log file as Upstart writes it (`console log`:
+/// `/var/log/upstart/JOB.log`, lines through a pseudo-terminal ending in `\r\n`), masked.
+#[test]
+fn a_crash_shows_the_last_lines_of_the_jobs_log() {
+    require_dbus_daemon!();
+    let dir = TempDir::new("upstart-job-logs");
+    let logs = dir.path().join("upstart");
+    std::fs::create_dir_all(&logs).expect("the log directory");
+    // What a job that fails on a bad setting writes, as init logs it.
+    std::fs::write(
+        logs.join("www.log"),
+        "www starting\r\nlistening on :8080\r\nconnecting with password=hunter2\r\n\
+         fatal: cannot bind :8080: address in use\r\n",
+    )
+    .expect("the job log");
+    let config = dir.path().join("crashwatch.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[source.upstart]\njob_log_directory = {:?}\n\n[crash_context]\nlines = 3\n",
+            logs.display().to_string()
+        ),
+    )
+    .expect("the configuration");
+    let bus = PrivateBus::start();
+    let fake = FakeUpstart::on_bus(&bus);
+    fake.add_running(WWW, "", 100);
+    fake.add_running("quiet", "", 200);
+    let cw = watch_bus(&bus, &["--config", &config.display().to_string()]);
+
+    fake.respawn(WWW, "", 101);
+    fake.respawn("quiet", "", 201);
+    let mut document = Value::Null;
+    let answered = wait_until(SETTLE, || {
+        document = api(&cw, "/api/units/www");
+        document["last_crash"]["context"]["status"] == "ok"
+    });
+    assert!(answered, "no context for www: {document:#}");
+    let context = &document["last_crash"]["context"];
+    assert_eq!(context["source"], "job log");
+    assert_eq!(
+        context["lines"],
+        serde_json::json!([
+            "listening on :8080",
+            "connecting with password=[masked]",
+            "fatal: cannot bind :8080: address in use",
+        ]),
+        "{document:#}"
+    );
+    let printed = status(&cw, &[WWW]);
+    let printed = String::from_utf8_lossy(&printed.stdout);
+    assert!(
+        printed.contains("fatal: cannot bind :8080: address in use"),
+        "{printed}"
+    );
+    assert!(!printed.contains("hunter2"), "{printed}");
+
+    // A job without a log file (no `console log`) says where the log would have been.
+    let mut quiet = Value::Null;
+    let answered = wait_until(SETTLE, || {
+        quiet = api(&cw, "/api/units/quiet");
+        quiet["last_crash"]["context"]["status"] == "unavailable"
+    });
+    assert!(answered, "{quiet:#}");
+    let reason = quiet["last_crash"]["context"]["reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(reason.contains("quiet.log"), "{reason}");
+}

@@ -35,6 +35,7 @@
 //! reconnects with capped backoff, while the hook keeps listening.
 
 pub mod hook;
+pub mod joblog;
 pub mod kmsg;
 pub mod names;
 pub mod tracker;
