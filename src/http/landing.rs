@@ -116,9 +116,10 @@ pub fn page(table: &UnitTable, api_enabled: bool) -> String {
     out
 }
 
-/// The page's CSS. Below 40rem the table turns into one card per unit, each cell on a line of
-/// its own after its heading (written here from [`HEADER`], not repeated in every cell), and long
-/// names wrap anywhere: the page never gets wider than the screen.
+/// The page's CSS. Every column but the names keeps to one line, and names wrap, so a wide
+/// screen shows the whole table; a table wider still scrolls in its own box. Below 40rem the
+/// table turns into one card per unit, each cell on a line of its own after its heading (written
+/// here from [`HEADER`], not repeated in every cell): the page never gets wider than the screen.
 fn style(out: &mut String) {
     let _ = write!(
         out,
@@ -138,6 +139,7 @@ fn style(out: &mut String) {
          th,td{{text-align:left;vertical-align:top;padding:.3rem .75rem;white-space:nowrap;\
          border-bottom:1px solid #d0d7de}}\n\
          th{{background:#f6f8fa}}\n\
+         td:first-child{{white-space:normal;overflow-wrap:anywhere;min-width:12ch}}\n\
          tr.looping td{{background:#fff1c2}}\n\
          tr.looping td:first-child{{box-shadow:inset 4px 0 #bf8700}}\n\
          tr.gave-up td{{background:#ffd8d3;color:#82071e}}\n\
