@@ -27,7 +27,7 @@ const HEADER_COLOR: &str = "#24476b";
 pub fn page(table: &UnitTable, api_enabled: bool) -> String {
     let document = units_document(table);
     let rows = table::rows(&document);
-    // About what a row takes, so the string grows once or not at all.
+    // More than a row takes, so the string is allocated once and never grows.
     let mut out = String::with_capacity(4096 + rows.len() * 320);
     out.push_str(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
