@@ -8,6 +8,7 @@
 # sandboxed systemd the tests run, and promtool (Debian package `prometheus`) to lint /metrics;
 # for the end-to-end tests Prometheus and Alertmanager (`prometheus`, `prometheus-alertmanager`),
 # node and npm, and the reference StatsD server (npm package `statsd`, into target/npm); for the
+# landing page test Chromium (`chromium`) and playwright-core (npm, into target/npm); for the
 # package tests dpkg-dev, binutils, groff-base, man-db, lintian and logrotate. Also as root it
 # fetches the systemd versions the sandbox runs besides the host's (254 and 257, into
 # target/systemd; see scripts/lib/systemd-versions.sh), once: later runs find them cached.
@@ -57,6 +58,8 @@ missing_packages() {
   # The web tests: certificates made at test time, bcrypt hashes as operators make them.
   have openssl || pkgs+=(openssl)
   have htpasswd || pkgs+=(apache2-utils)
+  # The landing page test opens the page in a real headless Chromium.
+  [ -x /usr/bin/chromium ] || pkgs+=(chromium)
   echo "${pkgs[@]}"
 }
 
@@ -64,7 +67,7 @@ install_packages() {
   local pkgs
   read -r -a pkgs <<<"$(missing_packages)"
   if [ "${#pkgs[@]}" -eq 0 ]; then
-    note "all present (prometheus, promtool, alertmanager, node, npm, dbus-daemon, systemd, unshare, nsenter, setpriv, script, dpkg-dev, groff, man, lintian, logrotate)"
+    note "all present (prometheus, promtool, alertmanager, node, npm, dbus-daemon, systemd, unshare, nsenter, setpriv, script, dpkg-dev, groff, man, lintian, logrotate, chromium)"
     return
   fi
   note "missing: ${pkgs[*]}"
@@ -88,19 +91,23 @@ else
   note "not root: sandboxed-systemd tests will be skipped (each prints its reason)"
 fi
 
-# The end-to-end StatsD test feeds crashwatch's output to the reference StatsD server. It lives
-# in target/npm (git-ignored with target/); tests/support/servers.rs looks for it there.
+# The end-to-end StatsD test feeds crashwatch's output to the reference StatsD server, and the
+# landing page test drives Chromium with playwright-core. Both live in target/npm (git-ignored
+# with target/), where tests/support/servers.rs and tests/integration/landing.rs look for them.
+# One npm install puts both there: an install with --no-save removes what it was not asked for.
 STATSD_NPM=statsd@0.9.0
-step "Reference StatsD server ($STATSD_NPM from npm)"
-if [ -f target/npm/node_modules/statsd/stats.js ]; then
+PLAYWRIGHT_NPM=playwright-core@1.65.2
+step "npm packages for the tests ($STATSD_NPM, $PLAYWRIGHT_NPM)"
+if [ -f target/npm/node_modules/statsd/stats.js ] &&
+  [ -f target/npm/node_modules/playwright-core/package.json ]; then
   note "present in target/npm"
 elif have npm; then
-  # --omit=optional: its optional syslog module builds native code, which the tests do not use.
-  npm install --no-save --no-audit --no-fund --omit=optional --prefix target/npm "$STATSD_NPM" ||
-    die "npm install $STATSD_NPM failed"
+  # --omit=optional: statsd's optional syslog module builds native code the tests do not use.
+  npm install --no-save --no-audit --no-fund --omit=optional --prefix target/npm \
+    "$STATSD_NPM" "$PLAYWRIGHT_NPM" || die "npm install $STATSD_NPM $PLAYWRIGHT_NPM failed"
   note "installed in target/npm"
 else
-  note "npm not found: the StatsD end-to-end test will skip"
+  note "npm not found: the StatsD end-to-end test and the landing page test will skip"
 fi
 
 # The sandbox runs systemd 254 and 257 as well as the host's; tests on those versions need them

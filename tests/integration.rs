@@ -32,6 +32,8 @@ mod exposition;
 mod harness_selftest;
 #[path = "integration/journal.rs"]
 mod journal;
+#[path = "integration/landing.rs"]
+mod landing;
 #[path = "integration/packaging.rs"]
 mod packaging;
 #[path = "integration/reliability.rs"]

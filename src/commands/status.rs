@@ -12,9 +12,9 @@ use super::table::{columns, Align};
 use super::{resolve_config, write_stdout, PACKAGED_CONFIG};
 use crate::cli::StatusArgs;
 use crate::config::Overrides;
+use crate::http::api::table::{rows, summary, HEADER, MISSING};
 
 use crate::event::printable;
-use crate::time::format_duration;
 
 /// `crashwatch status`: the daemon's units as a table (or JSON), or one unit's transitions.
 pub fn run(args: StatusArgs) -> ExitCode {
@@ -138,93 +138,18 @@ pub fn fetch(address: SocketAddr, path: &str) -> Result<Value, StatusError> {
 }
 
 /// `crashwatch status` as a table: given-up units first, then crash-looping ones, then by restarts
-/// in the window, then by name.
+/// in the window, then by name (the [`rows`], which the landing page shows too).
 ///
 /// The document comes from outside (a daemon of another version, or anything that answers on the
 /// port), so nothing in it is trusted: a field that is missing, null or of another type prints as
 /// `-`, and every text is printed with its control characters escaped.
 pub fn units_table(document: &Value) -> String {
-    let empty = Vec::new();
-    let mut units: Vec<&Value> = document["units"]
-        .as_array()
-        .unwrap_or(&empty)
+    let cells: Vec<[String; 6]> = rows(document)
         .iter()
+        .map(|row| row.cells().map(|cell| cell.to_string()))
         .collect();
-    units.sort_by(|a, b| {
-        let looping = |u: &Value| u["crashlooping"].as_bool().unwrap_or(false);
-        let gave_up = |u: &Value| u["gave_up"].as_bool().unwrap_or(false);
-        let in_window = |u: &Value| u["restarts_in_window"].as_u64().unwrap_or(0);
-        gave_up(b)
-            .cmp(&gave_up(a))
-            .then(looping(b).cmp(&looping(a)))
-            .then(in_window(b).cmp(&in_window(a)))
-            .then(a["unit"].as_str().cmp(&b["unit"].as_str()))
-    });
-    let rows: Vec<[String; 6]> = units
-        .iter()
-        .map(|u| {
-            let state = format!("{}/{}", text(&u["state"]), text(&u["substate"]));
-            // Given up is worse than looping: the unit is down and nothing will bring it back.
-            let looping = if u["gave_up"].as_bool().unwrap_or(false) {
-                "GAVE UP".to_owned()
-            } else {
-                match u["crashlooping"].as_bool() {
-                    Some(true) => "LOOPING".to_owned(),
-                    Some(false) => "no".to_owned(),
-                    None => MISSING.to_owned(),
-                }
-            };
-            let window = format!(
-                "{}/{} in {}",
-                number(&u["restarts_in_window"]),
-                number(&u["threshold"]),
-                u["window_seconds"]
-                    .as_f64()
-                    .filter(|s| s.is_finite() && *s >= 0.0)
-                    .map_or_else(|| MISSING.to_owned(), format_duration)
-            );
-            // Indexing a `Value` yields null for a missing key or a non-object; a `Map` would
-            // panic, so the crash is read as a `Value` too.
-            let crash = &u["last_crash"];
-            let last_crash = if crash.is_object() {
-                let mut cause = text(&crash["reason"]);
-                if let (Some(code), Some(status)) =
-                    (crash["exit_code"].as_str(), crash["exit_status"].as_i64())
-                {
-                    cause.push_str(&format!(" ({} {status})", printable(code)));
-                }
-                format!("{} {cause}", text(&crash["time"]))
-            } else {
-                MISSING.to_owned()
-            };
-            [
-                text(&u["unit"]),
-                text(&u["source"]),
-                state,
-                looping,
-                window,
-                last_crash,
-            ]
-        })
-        .collect();
-    let header = [
-        "UNIT",
-        "SOURCE",
-        "STATE",
-        "LOOPING",
-        "RESTARTS",
-        "LAST CRASH",
-    ];
-    let mut out = columns(header, &rows, [Align::Left; 6]);
-    out.push_str(&format!(
-        "\n{} units watched, {} crash-looping",
-        rows.len(),
-        number(&document["crashlooping"])
-    ));
-    match document["gave_up"].as_u64() {
-        Some(0) | None => out.push_str(".\n"),
-        Some(gave_up) => out.push_str(&format!(", {gave_up} given up.\n")),
-    }
+    let mut out = columns(HEADER, &cells, [Align::Left; 6]);
+    out.push_str(&format!("\n{}\n", summary(document, cells.len())));
     out
 }
 
@@ -317,19 +242,9 @@ pub fn crash_block(summary: &Value) -> String {
     out
 }
 
-/// What a missing, null or mistyped field prints as.
-const MISSING: &str = "-";
-
 /// A text field, its control characters escaped; `-` if it is not a string.
 fn text(value: &Value) -> String {
     value.as_str().map_or_else(|| MISSING.to_owned(), printable)
-}
-
-/// A count; `-` if it is not a whole number that fits in 64 bits.
-fn number(value: &Value) -> String {
-    value
-        .as_u64()
-        .map_or_else(|| MISSING.to_owned(), |n| n.to_string())
 }
 
 #[cfg(test)]

@@ -4,7 +4,10 @@
 //! its last crash and last transition. `GET /api/units/{unit}` gives one unit the same way, its
 //! last crash with the crashed run's last lines (`context`). `GET /api/units/{unit}/events` gives one unit's recent
 //! transitions (at most [`RECENT_TRANSITIONS`](crate::engine::units::RECENT_TRANSITIONS)). Times are
-//! given twice: microseconds since the epoch for programs, RFC 3339 for people.
+//! given twice: microseconds since the epoch for programs, RFC 3339 for people. [`table`] reads
+//! the units document as the rows `crashwatch status` prints and the landing page shows.
+
+pub mod table;
 
 use serde_json::{json, Value};
 

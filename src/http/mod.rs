@@ -6,6 +6,7 @@
 //! serves needs more than a request line.
 
 pub mod api;
+pub mod landing;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -148,9 +149,7 @@ fn route(path: &str, routes: &Routes) -> Answer {
         "/" => Answer::new(
             "200 OK",
             "text/html; charset=utf-8",
-            "<html><head><title>crashwatch</title></head><body><h1>crashwatch</h1>\
-             <p><a href=\"/metrics\">Metrics</a></p><p><a href=\"/api/units\">Units</a></p>\
-             </body></html>\n",
+            landing::page(&routes.units.lock(), true),
         ),
         "/api/units" | "/api/units/" => {
             let document = api::units_document(&routes.units.lock());
