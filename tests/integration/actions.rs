@@ -639,26 +639,96 @@ retries = 0
     drop(black_hole);
 }
 
-#[test]
-fn check_config_refuses_https_with_one_line_pointing_at_curl() {
-    let dir = TempDir::new("cw-actions");
-    let config = write_config(
-        &dir,
-        "[[action]]\nwebhook = \"https://hooks.example.org/crash\"\n",
-    );
+/// `crashwatch check-config FILE` with `env`: its exit code and its stderr.
+fn check_config(config: &str, env: &[(&str, &str)]) -> (Option<i32>, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_crashwatch"))
         .arg("check-config")
-        .arg(&config)
+        .arg(config)
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .envs(env.iter().copied())
         .output()
         .expect("running crashwatch check-config");
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "{stderr}");
-    assert!(
-        lines[0].contains("action[1]: webhook")
-            && lines[0].contains("https:// is not supported")
-            && lines[0].contains("curl"),
-        "{stderr}"
-    );
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_names_the_key_and_never_shows_a_secret() {
+    let dir = TempDir::new("cw-actions");
+    let secret = "inline-s3cr3t-value";
+    let credentials = dir.path().join("credentials");
+    std::fs::create_dir_all(&credentials).expect("creating the credentials directory");
+    std::fs::write(credentials.join("am-password"), format!("{secret}\n")).expect("writing");
+    let cases = [
+        (
+            format!(
+                "[[action]]\nwebhook = \"https://127.0.0.1:9/hook\"\n\
+                 basic_auth = {{ username = \"cw\", password = \"{secret}\" }}\n\
+                 tls_config = {{ ca_file = \"/nonexistent/ca.pem\" }}\n"
+            ),
+            "action[1]: tls_config.ca_file: reading /nonexistent/ca.pem: ",
+        ),
+        (
+            format!(
+                "[[action]]\nwebhook = \"http://127.0.0.1:9/hook\"\n\
+                 headers = {{ Authorization = \"Bearer {secret}\" }}\n\
+                 authorization = {{ credentials_file = \"/nonexistent/token\" }}\n"
+            ),
+            "action[1]: authorization.credentials_file: reading /nonexistent/token: ",
+        ),
+        (
+            format!(
+                "[[action]]\nalertmanager = \"http://127.0.0.1:9093\"\n\
+                 headers = {{ Authorization = \"Bearer {secret}\" }}\n\
+                 basic_auth = {{ username = \"cw\", password_file = \"{}\" }}\n",
+                credentials.join("am-password").display()
+            ),
+            "action[1]: a header Authorization cannot be given with basic_auth",
+        ),
+        (
+            "[[action]]\nwebhook = \"http://a/\"\nbasic_auth = { password_file = \"x\" }\n"
+                .to_owned(),
+            "action[1]: basic_auth needs username or username_file",
+        ),
+        (
+            "[[action]]\nwebhook = \"https://a/\"\ntls_config = { cert_file = \"/etc/hostname\" }\n"
+                .to_owned(),
+            "action[1]: tls_config.cert_file and tls_config.key_file go together",
+        ),
+        (
+            "[[action]]\nwebhook = \"https://a/\"\ntls_config = { ca = \"x\" }\n".to_owned(),
+            "unknown field `ca`",
+        ),
+        (
+            // A systemd credential outside its unit: looked up here, and the line says where.
+            "[[action]]\nwebhook = \"http://a/\"\n\
+             basic_auth = { username = \"cw\", password_file = \"am-password\" }\n"
+                .to_owned(),
+            "basic_auth.password_file: reading am-password: ",
+        ),
+    ];
+    for (text, expected) in &cases {
+        let config = write_config(&dir, text);
+        let (code, stdout, stderr) = check_config(&config, &[]);
+        assert_eq!(code, Some(2), "{text}\n{stdout}{stderr}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{stderr}");
+        assert!(lines[0].contains(expected), "{expected:?} not in {stderr}");
+        assert!(
+            !stderr.contains("s3cr3t") && !stdout.contains("s3cr3t"),
+            "a secret was shown: {stdout}{stderr}"
+        );
+    }
+    // With the unit's credentials directory, the same configuration is good, and says nothing
+    // of the password it read.
+    let config = write_config(&dir, &cases.last().expect("cases").0);
+    let credentials_dir = credentials.display().to_string();
+    let (code, stdout, stderr) =
+        check_config(&config, &[("CREDENTIALS_DIRECTORY", &credentials_dir)]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.ends_with(": ok\n"), "{stdout}");
+    assert!(!stdout.contains("s3cr3t") && !stderr.contains("s3cr3t"));
 }
