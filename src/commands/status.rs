@@ -83,9 +83,13 @@ fn daemon_endpoint(args: &StatusArgs) -> Result<Endpoint, ExitCode> {
                     ))
                 })?,
                 None => {
+                    // The packaged file may hold secrets, so only root and the service's group
+                    // read it; anyone else looks at the default address.
                     let path = args.config.clone().or_else(|| {
                         let packaged = Path::new(PACKAGED_CONFIG);
-                        packaged.exists().then(|| packaged.to_path_buf())
+                        std::fs::File::open(packaged)
+                            .is_ok()
+                            .then(|| packaged.to_path_buf())
                     });
                     resolve_config(path.as_deref(), Overrides::default())?.listen
                 }
