@@ -57,6 +57,11 @@ missing_packages() {
   # The web tests: certificates made at test time, bcrypt hashes as operators make them.
   have openssl || pkgs+=(openssl)
   have htpasswd || pkgs+=(apache2-utils)
+  # The actions' tests: an HTTPS receiver and a proxy in Python, curl to read a TLS Alertmanager,
+  # and the system CA bundle the client trusts by default.
+  have python3 || pkgs+=(python3)
+  have curl || pkgs+=(curl)
+  [ -f /etc/ssl/certs/ca-certificates.crt ] || pkgs+=(ca-certificates)
   echo "${pkgs[@]}"
 }
 
