@@ -108,11 +108,11 @@ pub struct StatusArgs {
     pub tls_ca_file: Option<String>,
 
     /// Present this PEM client certificate to the daemon; needs --tls.key-file.
-    #[arg(long = "tls.cert-file", value_name = "FILE", requires = "tls_key_file")]
+    #[arg(long = "tls.cert-file", value_name = "FILE")]
     pub tls_cert_file: Option<String>,
 
     /// The private key of --tls.cert-file, in a PEM file.
-    #[arg(long = "tls.key-file", value_name = "FILE", requires = "tls_cert_file")]
+    #[arg(long = "tls.key-file", value_name = "FILE")]
     pub tls_key_file: Option<String>,
 
     /// The name the daemon's certificate must carry [default: the address's host].
@@ -124,20 +124,12 @@ pub struct StatusArgs {
     pub tls_insecure_skip_verify: bool,
 
     /// The user name for the daemon's basic authentication; needs --basic-auth.password-file.
-    #[arg(
-        long = "basic-auth.username",
-        value_name = "NAME",
-        requires = "basic_auth_password_file"
-    )]
+    #[arg(long = "basic-auth.username", value_name = "NAME")]
     pub basic_auth_username: Option<String>,
 
     /// A file holding the password for --basic-auth.username (a relative path is looked up in
     /// $CREDENTIALS_DIRECTORY when systemd sets it).
-    #[arg(
-        long = "basic-auth.password-file",
-        value_name = "FILE",
-        requires = "basic_auth_username"
-    )]
+    #[arg(long = "basic-auth.password-file", value_name = "FILE")]
     pub basic_auth_password_file: Option<String>,
 
     /// The daemon's configuration file, to find its listen address [default:

@@ -63,6 +63,7 @@ fn daemon_endpoint(args: &StatusArgs) -> Result<Endpoint, ExitCode> {
     };
     let tls_flags = args.tls_ca_file.is_some()
         || args.tls_cert_file.is_some()
+        || args.tls_key_file.is_some()
         || args.tls_server_name.is_some()
         || args.tls_insecure_skip_verify;
     let url = match &args.address {
@@ -129,7 +130,12 @@ fn daemon_endpoint(args: &StatusArgs) -> Result<Endpoint, ExitCode> {
             };
             Auth::resolve(Some(&section), None).map_err(|e| usage(flag_names(&e)))?
         }
-        _ => None,
+        (None, None) => None,
+        _ => {
+            return Err(usage(
+                "--basic-auth.username and --basic-auth.password-file go together".to_owned(),
+            ))
+        }
     };
     Ok(Endpoint {
         url,

@@ -317,6 +317,27 @@ fn the_status_command_reads_a_daemon_behind_tls_and_basic_auth() {
         "someone-else.example",
     ]));
     one_line(code, &stderr, "invalid peer certificate", 1);
+    // Told to, it takes any certificate.
+    let (code, _, stderr) = run(with(&[
+        "--address",
+        &url,
+        "--tls.ca-file",
+        &other_ca,
+        "--tls.insecure-skip-verify",
+    ]));
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, _, stderr) = run(vec![
+        "--address".into(),
+        url.clone(),
+        "--basic-auth.username".into(),
+        "crashwatch".into(),
+    ]);
+    one_line(
+        code,
+        &stderr,
+        "--basic-auth.username and --basic-auth.password-file go together",
+        2,
+    );
     let (code, _, stderr) = run(with(&[
         "--address",
         &format!("http://localhost:{}", server.port()),

@@ -243,3 +243,84 @@ pub(super) fn duration(
     }
     Ok(value)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn section(text: &str) -> ActionSection {
+        toml::from_str(text).expect("valid TOML")
+    }
+
+    #[test]
+    fn inline_secrets_are_read_and_never_shown() {
+        let section = section(
+            r#"
+            webhook = "http://127.0.0.1:9/hook"
+            headers = { X-Api-Key = "key-s3cr3t" }
+            basic_auth = { username = "cw", password = "password-s3cr3t" }
+            "#,
+        );
+        let action = section.resolve().expect("valid");
+        let shown = format!("{section:?} {action:?}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        let ActionKind::Webhook(webhook) = &action.kind else {
+            panic!("a webhook")
+        };
+        assert_eq!(
+            webhook.endpoint.headers[0]
+                .1
+                .read()
+                .expect("inline")
+                .expose(),
+            "key-s3cr3t"
+        );
+        let bearer = self::section(
+            r#"
+            alertmanager = "https://127.0.0.1:9093"
+            authorization = { credentials = "token-s3cr3t" }
+            tls_config = { insecure_skip_verify = true }
+            "#,
+        );
+        let action = bearer.resolve().expect("valid");
+        assert!(!format!("{bearer:?} {action:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn request_keys_belong_to_http_actions_and_name_themselves() {
+        let cases = [
+            (
+                "command = [\"/bin/true\"]\nbasic_auth = { username = \"a\" }",
+                "basic_auth applies to webhook and alertmanager actions, not command",
+            ),
+            (
+                "command = [\"/bin/true\"]\ntls_config = {}",
+                "tls_config applies to webhook and alertmanager actions, not command",
+            ),
+            (
+                "webhook = \"http://a/\"\nheader_files = { X = \"/nonexistent/x\" }",
+                "header_files.X: reading /nonexistent/x: ",
+            ),
+            (
+                "webhook = \"http://a/\"\nheaders = { X = \"1\" }\nheader_files = { X = \"/x\" }",
+                "X is in both headers and header_files",
+            ),
+            (
+                "webhook = \"http://a/\"\nheader_files = { Host = \"/x\" }",
+                "header_files: Host is set by crashwatch and cannot be given",
+            ),
+            (
+                "webhook = \"http://a/\"\nauthorization = { type = \"Bad Type\", credentials = \"x\" }",
+                "authorization.type: \"Bad Type\" is not a scheme name",
+            ),
+            (
+                "webhook = \"https://a/\"\ntls_config = { server_name = \"-\" }",
+                "tls_config.server_name: \"-\" is not a host name",
+            ),
+        ];
+        for (text, expected) in cases {
+            let error = section(text).resolve().expect_err(text);
+            assert!(error.starts_with(expected), "{expected:?}: {error}");
+        }
+    }
+}
