@@ -1,6 +1,10 @@
 //! Actions on a real crash loop: a webhook received by a listener in the test, an alert in a real
 //! Alertmanager, a command that writes down the environment it was given, and the failures
-//! (a closed port, a receiver that never answers, a command that overruns) counted.
+//! (a closed port, a receiver that never answers, a command that overruns) counted. Over HTTPS:
+//! a Python receiver (OpenSSL's side of the handshake) and an Alertmanager with its own web
+//! configuration take crashwatch's requests with certificates made at test time and credentials
+//! from files, through a CONNECT proxy named in the environment, and with redirects and answers
+//! that must be bounded.
 //!
 //! Every test runs the crashing unit against a short `--window`, so a loop starts within a
 //! second of `systemctl start`; it is ended with `systemctl stop` (outcome `stopped`), which the
