@@ -192,9 +192,8 @@ fn ca_file_roots(file: &SecretFile) -> Result<RootCertStore, String> {
 }
 
 /// rustls with *ring*, which builds with a C compiler alone, unlike aws-lc-rs (cmake, and a
-/// larger binary). rustls marks it deprecated because *ring* has no post-quantum key exchange;
-/// the classical groups it offers are the ones Go's and curl's defaults negotiate with most
-/// servers today.
+/// larger binary). rustls marks this provider deprecated because *ring* offers no post-quantum
+/// key exchange; X25519 and the NIST curves it does offer are what every receiver here accepts.
 #[allow(deprecated)]
 fn ring_provider() -> CryptoProvider {
     rustls::crypto::ring::default_provider()
