@@ -13,7 +13,8 @@
 #   /usr/bin/crashwatch                         stripped, as dh_strip would
 #   /lib/systemd/system/crashwatch.service      packaging/crashwatch.service
 #   /usr/lib/sysusers.d/crashwatch.conf         the service's system user
-#   /etc/crashwatch/crashwatch.toml             the configuration, a conffile
+#   /etc/crashwatch/crashwatch.toml             the configuration, a conffile, 0640 (the postinst
+#                                               gives it group crashwatch: it may hold secrets)
 #   /etc/logrotate.d/crashwatch                 monthly archives of the event record, a conffile
 #   /usr/share/crashwatch/{alerts,dashboards}/  Prometheus rules and their tests, Grafana dashboard
 #   /usr/share/man/man1/crashwatch*.1.gz        rendered by the binary from its own --help
@@ -98,7 +99,7 @@ install -D -m 0755 "$binary" "$root/usr/bin/crashwatch"
 strip --remove-section=.comment --remove-section=.note --strip-unneeded "$root/usr/bin/crashwatch"
 install -D -m 0644 "$REPO/packaging/crashwatch.service" "$root/lib/systemd/system/$UNIT"
 install -D -m 0644 "$REPO/packaging/crashwatch.sysusers.conf" "$root/usr/lib/sysusers.d/crashwatch.conf"
-install -D -m 0644 "$REPO/packaging/crashwatch.toml" "$root/etc/crashwatch/crashwatch.toml"
+install -D -m 0640 "$REPO/packaging/crashwatch.toml" "$root/etc/crashwatch/crashwatch.toml"
 install -D -m 0644 "$REPO/packaging/crashwatch.logrotate" "$root/etc/logrotate.d/crashwatch"
 install -D -m 0644 -t "$root/usr/share/crashwatch/alerts" \
   "$REPO/alerts/crashwatch.rules.yml" "$REPO/alerts/crashwatch.tests.yml"

@@ -60,6 +60,11 @@ missing_packages() {
   have htpasswd || pkgs+=(apache2-utils)
   # The landing page test opens the page in a real headless Chromium.
   [ -x /usr/bin/chromium ] || pkgs+=(chromium)
+  # The actions' tests: an HTTPS receiver and a proxy in Python, curl to read a TLS Alertmanager,
+  # and the system CA bundle the client trusts by default.
+  have python3 || pkgs+=(python3)
+  have curl || pkgs+=(curl)
+  [ -f /etc/ssl/certs/ca-certificates.crt ] || pkgs+=(ca-certificates)
   echo "${pkgs[@]}"
 }
 

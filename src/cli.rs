@@ -96,9 +96,41 @@ pub struct StatusArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// The daemon's listen address [default: the configuration file's, else 127.0.0.1:9863].
-    #[arg(long, value_name = "ADDR")]
+    /// The daemon's address: IP:PORT, or a URL such as https://host:9863 [default: the
+    /// configuration file's listen address, else 127.0.0.1:9863]. IP:PORT is spoken to over
+    /// HTTPS when a --tls.* flag is given.
+    #[arg(long, value_name = "ADDR|URL")]
     pub address: Option<String>,
+
+    /// Trust the CA certificates in this PEM file, instead of the system's, for the daemon's
+    /// certificate.
+    #[arg(long = "tls.ca-file", value_name = "FILE")]
+    pub tls_ca_file: Option<String>,
+
+    /// Present this PEM client certificate to the daemon; needs --tls.key-file.
+    #[arg(long = "tls.cert-file", value_name = "FILE")]
+    pub tls_cert_file: Option<String>,
+
+    /// The private key of --tls.cert-file, in a PEM file.
+    #[arg(long = "tls.key-file", value_name = "FILE")]
+    pub tls_key_file: Option<String>,
+
+    /// The name the daemon's certificate must carry [default: the address's host].
+    #[arg(long = "tls.server-name", value_name = "NAME")]
+    pub tls_server_name: Option<String>,
+
+    /// Accept any certificate from the daemon.
+    #[arg(long = "tls.insecure-skip-verify")]
+    pub tls_insecure_skip_verify: bool,
+
+    /// The user name for the daemon's basic authentication; needs --basic-auth.password-file.
+    #[arg(long = "basic-auth.username", value_name = "NAME")]
+    pub basic_auth_username: Option<String>,
+
+    /// A file holding the password for --basic-auth.username (a relative path is looked up in
+    /// $CREDENTIALS_DIRECTORY when systemd sets it).
+    #[arg(long = "basic-auth.password-file", value_name = "FILE")]
+    pub basic_auth_password_file: Option<String>,
 
     /// The daemon's configuration file, to find its listen address [default:
     /// /etc/crashwatch/crashwatch.toml when it exists].

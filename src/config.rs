@@ -1062,11 +1062,12 @@ mod tests {
         }
         match &webhook.kind {
             ActionKind::Webhook(w) => {
-                assert_eq!(w.url.to_string(), "http://127.0.0.1:8080/hook");
-                assert_eq!(
-                    w.headers,
-                    [("Authorization".to_owned(), "Bearer x".to_owned())]
-                );
+                assert_eq!(w.endpoint.url.to_string(), "http://127.0.0.1:8080/hook");
+                let [(name, value)] = &w.endpoint.headers[..] else {
+                    panic!("one header")
+                };
+                assert_eq!(name, "Authorization");
+                assert_eq!(value.read().expect("inline").expose(), "Bearer x");
                 assert_eq!(
                     w.retry,
                     Retry {
@@ -1081,7 +1082,10 @@ mod tests {
         }
         match &alerts.kind {
             ActionKind::Alertmanager(a) => {
-                assert_eq!(a.url.to_string(), "http://127.0.0.1:9093/api/v2/alerts");
+                assert_eq!(
+                    a.endpoint.url.to_string(),
+                    "http://127.0.0.1:9093/api/v2/alerts"
+                );
                 assert_eq!(a.alertname, "CrashwatchUnitCrashLooping");
                 assert_eq!(a.severity, "page");
                 assert_eq!(a.labels.get("team").map(String::as_str), Some("web"));
@@ -1105,12 +1109,12 @@ mod tests {
                 "has command and webhook",
             ),
             (
-                "[[action]]\nwebhook = \"https://example.org/hook\"\n",
-                "action[1]: webhook: \"https://example.org/hook\": https:// is not supported",
+                "[[action]]\nwebhook = \"http://a/\"\ntls_config = { insecure_skip_verify = true }\n",
+                "action[1]: tls_config applies to an https:// webhook URL",
             ),
             (
                 "[[action]]\nwebhook = \"example.org\"\n",
-                "webhook: \"example.org\" is not an http:// URL",
+                "webhook: \"example.org\" is not an http:// or https:// URL",
             ),
             (
                 "[[action]]\nalertmanager = \"http://am:99999\"\n",

@@ -1,7 +1,6 @@
 //! `crashwatch status`: reads the status API of a running daemon and prints it as tables.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -13,47 +12,24 @@ use super::{resolve_config, write_stdout, PACKAGED_CONFIG};
 use crate::cli::StatusArgs;
 use crate::config::Overrides;
 use crate::http::api::table::{rows, summary, HEADER, MISSING};
+use crate::sink::actions::http::{
+    exchange, Auth, BasicAuthSection, Endpoint, HttpError, HttpUrl, Method,
+};
+use crate::sink::actions::tls::{TlsSection, TlsSettings};
 
 use crate::event::printable;
 
 /// `crashwatch status`: the daemon's units as a table (or JSON), or one unit's transitions.
 pub fn run(args: StatusArgs) -> ExitCode {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-
-    let address = match &args.address {
-        Some(text) => match text.parse::<SocketAddr>() {
-            Ok(address) => address,
-            Err(_) => {
-                crate::logging::fatal(&format_args!("--address {text:?} is not IP:PORT"));
-                return ExitCode::from(2);
-            }
-        },
-        None => {
-            let path = args.config.clone().or_else(|| {
-                let packaged = Path::new(PACKAGED_CONFIG);
-                packaged.exists().then(|| packaged.to_path_buf())
-            });
-            match resolve_config(path.as_deref(), Overrides::default()) {
-                Ok(config) => config.listen,
-                Err(code) => return code,
-            }
-        }
-    };
-    // A daemon listening on every address answers on loopback too.
-    let address = match address.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => {
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), address.port())
-        }
-        IpAddr::V6(ip) if ip.is_unspecified() => {
-            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), address.port())
-        }
-        _ => address,
+    let daemon = match daemon_endpoint(&args) {
+        Ok(daemon) => daemon,
+        Err(code) => return code,
     };
     let path = match &args.unit {
         Some(unit) => format!("/api/units/{}/events", crate::http::percent_encode(unit)),
         None => "/api/units".to_owned(),
     };
-    let document = match crate::commands::status::fetch(address, &path) {
+    let document = match crate::commands::status::fetch(&daemon, &path) {
         Ok(document) => document,
         Err(e) => {
             crate::logging::fatal(&e);
@@ -64,7 +40,7 @@ pub fn run(args: StatusArgs) -> ExitCode {
         format!("{document:#}\n")
     } else if let Some(unit) = &args.unit {
         let path = format!("/api/units/{}", crate::http::percent_encode(unit));
-        let crash = match crate::commands::status::fetch(address, &path) {
+        let crash = match crate::commands::status::fetch(&daemon, &path) {
             Ok(summary) => crash_block(&summary),
             Err(e) => {
                 crate::logging::fatal(&e);
@@ -78,6 +54,113 @@ pub fn run(args: StatusArgs) -> ExitCode {
     write_stdout(text.as_bytes())
 }
 
+/// Where the daemon is and how to reach it, from `--address` (else the configuration's listen
+/// address) and the TLS and basic authentication flags. A bad flag is one line and exit 2.
+fn daemon_endpoint(args: &StatusArgs) -> Result<Endpoint, ExitCode> {
+    let usage = |message: String| {
+        crate::logging::fatal(&message);
+        ExitCode::from(2)
+    };
+    let tls_flags = args.tls_ca_file.is_some()
+        || args.tls_cert_file.is_some()
+        || args.tls_key_file.is_some()
+        || args.tls_server_name.is_some()
+        || args.tls_insecure_skip_verify;
+    let url = match &args.address {
+        Some(text) if text.contains("://") => {
+            let url = HttpUrl::parse(text).map_err(|e| usage(format!("--address {e}")))?;
+            if tls_flags && !url.is_https() {
+                return Err(usage(format!(
+                    "--address {text:?}: the --tls.* flags need an https:// address"
+                )));
+            }
+            url
+        }
+        given => {
+            let address = match given {
+                Some(text) => text.parse::<SocketAddr>().map_err(|_| {
+                    usage(format!(
+                        "--address {text:?} is not IP:PORT or an http(s):// URL"
+                    ))
+                })?,
+                None => {
+                    // The packaged file may hold secrets, so only root and the service's group
+                    // read it; anyone else looks at the default address.
+                    let path = args.config.clone().or_else(|| {
+                        let packaged = Path::new(PACKAGED_CONFIG);
+                        std::fs::File::open(packaged)
+                            .is_ok()
+                            .then(|| packaged.to_path_buf())
+                    });
+                    resolve_config(path.as_deref(), Overrides::default())?.listen
+                }
+            };
+            // A daemon listening on every address answers on loopback too.
+            let ip = match address.ip() {
+                IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+                ip => ip,
+            };
+            let scheme = if tls_flags { "https" } else { "http" };
+            HttpUrl::parse(&format!(
+                "{scheme}://{}",
+                SocketAddr::new(ip, address.port())
+            ))
+            .map_err(|e| usage(format!("--address {e}")))?
+        }
+    };
+    let tls = if url.is_https() {
+        let section = TlsSection {
+            ca_file: args.tls_ca_file.clone(),
+            cert_file: args.tls_cert_file.clone(),
+            key_file: args.tls_key_file.clone(),
+            server_name: args.tls_server_name.clone(),
+            insecure_skip_verify: Some(args.tls_insecure_skip_verify),
+        };
+        TlsSettings::resolve(&section, "--tls").map_err(|e| usage(flag_names(&e)))?
+    } else {
+        TlsSettings::default()
+    };
+    let auth = match (&args.basic_auth_username, &args.basic_auth_password_file) {
+        (Some(username), Some(password_file)) => {
+            let section = BasicAuthSection {
+                username: Some(username.clone()),
+                password_file: Some(password_file.clone()),
+                ..BasicAuthSection::default()
+            };
+            Auth::resolve(Some(&section), None).map_err(|e| usage(flag_names(&e)))?
+        }
+        (None, None) => None,
+        _ => {
+            return Err(usage(
+                "--basic-auth.username and --basic-auth.password-file go together".to_owned(),
+            ))
+        }
+    };
+    Ok(Endpoint {
+        url,
+        headers: Vec::new(),
+        auth,
+        tls,
+    })
+}
+
+/// A message about configuration keys, with the flags' names instead.
+fn flag_names(message: &str) -> String {
+    [
+        ("--tls.ca_file", "--tls.ca-file"),
+        ("--tls.cert_file", "--tls.cert-file"),
+        ("--tls.key_file", "--tls.key-file"),
+        ("--tls.server_name", "--tls.server-name"),
+        ("basic_auth.username", "--basic-auth.username"),
+        ("basic_auth.password_file", "--basic-auth.password-file"),
+    ]
+    .iter()
+    .fold(message.to_owned(), |text, (key, flag)| {
+        text.replace(key, flag)
+    })
+}
+
 /// Why the daemon's status could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
@@ -85,15 +168,34 @@ pub enum StatusError {
     #[error("no crashwatch daemon answers on {address} ({reason}); is it running, and is that its listen address?")]
     NotRunning {
         /// Where it was asked.
-        address: SocketAddr,
+        address: String,
         /// What the connection attempt said.
         reason: String,
     },
+    /// TLS with the daemon failed.
+    #[error("TLS with {address} failed: {reason}; see --tls.ca-file and --tls.server-name")]
+    Tls {
+        /// Where it was asked.
+        address: String,
+        /// What TLS said.
+        reason: String,
+    },
+    /// The daemon wants credentials, or refused the ones given.
+    #[error("{address} refused the request (HTTP {status}); give --basic-auth.username and --basic-auth.password-file")]
+    Unauthorized {
+        /// Where it was asked.
+        address: String,
+        /// 401 or 403.
+        status: u16,
+    },
+    /// A file named by a flag could not be used, or a proxy variable not understood.
+    #[error("{0}")]
+    Setup(String),
     /// Something answered, but not with the status API.
     #[error("{address} did not answer like crashwatch: {reason}")]
     BadAnswer {
         /// Where it was asked.
-        address: SocketAddr,
+        address: String,
         /// What was wrong.
         reason: String,
     },
@@ -101,38 +203,63 @@ pub enum StatusError {
 
 /// How long `crashwatch status` waits for the daemon.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest document read: the unit list of a node at the largest `max_units`.
+const MAX_DOCUMENT: usize = 64 * 1024 * 1024;
 
-/// Reads `path` of the daemon's API at `address` as JSON.
-pub fn fetch(address: SocketAddr, path: &str) -> Result<Value, StatusError> {
-    let not_running = |e: std::io::Error| StatusError::NotRunning {
-        address,
-        reason: e.to_string(),
+/// Reads `path` of the daemon's API as JSON.
+pub fn fetch(daemon: &Endpoint, path: &str) -> Result<Value, StatusError> {
+    // The address as given: IP:PORT for a plain daemon, as the listen address is written.
+    let address = match daemon.url.is_https() {
+        false => daemon
+            .url
+            .to_string()
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned(),
+        true => daemon.url.to_string().trim_end_matches('/').to_owned(),
     };
-    let bad = |reason: String| StatusError::BadAnswer { address, reason };
-    let mut stream = TcpStream::connect_timeout(&address, CLIENT_TIMEOUT).map_err(not_running)?;
-    stream
-        .set_read_timeout(Some(CLIENT_TIMEOUT))
-        .and_then(|()| stream.set_write_timeout(Some(CLIENT_TIMEOUT)))
-        .map_err(|e| bad(e.to_string()))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| bad(format!("sending the request: {e}")))?;
-    let mut reply = Vec::new();
-    stream
-        .read_to_end(&mut reply)
-        .map_err(|e| bad(format!("reading the answer: {e}")))?;
-    let reply = String::from_utf8_lossy(&reply);
-    let (head, body) = reply
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| bad("no HTTP answer".to_owned()))?;
-    let status = head.lines().next().unwrap_or("");
-    let document: Value = serde_json::from_str(body)
-        .map_err(|_| bad(format!("{path} answered {status:?}, not JSON")))?;
-    if !status.contains(" 200 ") {
-        let error = document["error"].as_str().unwrap_or(status);
-        return Err(bad(format!("{path}: {error}")));
+    let endpoint = Endpoint {
+        url: daemon.url.join(path),
+        ..daemon.clone()
+    };
+    let bad = |reason: String| StatusError::BadAnswer {
+        address: address.clone(),
+        reason,
+    };
+    let answer = exchange(&endpoint, Method::Get, &[], CLIENT_TIMEOUT, MAX_DOCUMENT).map_err(
+        |e| match e {
+            HttpError::Connect(reason) => StatusError::NotRunning {
+                address: address.clone(),
+                reason,
+            },
+            HttpError::Tls(reason) => StatusError::Tls {
+                address: address.clone(),
+                reason,
+            },
+            HttpError::Setup(reason) => StatusError::Setup(reason),
+            other => bad(other.to_string()),
+        },
+    )?;
+    if matches!(answer.status, 401 | 403) {
+        return Err(StatusError::Unauthorized {
+            address,
+            status: answer.status,
+        });
+    }
+    if !answer.complete {
+        return Err(bad(format!(
+            "{path}: the answer is cut short or larger than {} MiB",
+            MAX_DOCUMENT >> 20
+        )));
+    }
+    let status = answer.status;
+    let document: Value = serde_json::from_slice(&answer.body)
+        .map_err(|_| bad(format!("{path} answered HTTP {status}, not JSON")))?;
+    if status != 200 {
+        let error = document["error"]
+            .as_str()
+            .map_or_else(|| format!("HTTP {status}"), str::to_owned);
+        return Err(bad(format!("{path}: {}", printable(&error))));
     }
     Ok(document)
 }
@@ -643,7 +770,8 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap();
         drop(listener);
-        let error = fetch(address, "/api/units").unwrap_err();
+        let daemon = Endpoint::plain(HttpUrl::parse(&format!("http://{address}")).unwrap());
+        let error = fetch(&daemon, "/api/units").unwrap_err();
         assert!(matches!(error, StatusError::NotRunning { .. }), "{error}");
         assert!(error
             .to_string()

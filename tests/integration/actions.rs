@@ -1,6 +1,10 @@
 //! Actions on a real crash loop: a webhook received by a listener in the test, an alert in a real
 //! Alertmanager, a command that writes down the environment it was given, and the failures
-//! (a closed port, a receiver that never answers, a command that overruns) counted.
+//! (a closed port, a receiver that never answers, a command that overruns) counted. Over HTTPS:
+//! a Python receiver (OpenSSL's side of the handshake) and an Alertmanager with its own web
+//! configuration take crashwatch's requests with certificates made at test time and credentials
+//! from files, through a CONNECT proxy named in the environment, and with redirects and answers
+//! that must be bounded.
 //!
 //! Every test runs the crashing unit against a short `--window`, so a loop starts within a
 //! second of `systemctl start`; it is ended with `systemctl stop` (outcome `stopped`), which the
@@ -639,26 +643,586 @@ retries = 0
     drop(black_hole);
 }
 
-#[test]
-fn check_config_refuses_https_with_one_line_pointing_at_curl() {
-    let dir = TempDir::new("cw-actions");
-    let config = write_config(
-        &dir,
-        "[[action]]\nwebhook = \"https://hooks.example.org/crash\"\n",
-    );
+/// `crashwatch check-config FILE` with `env`: its exit code and its stderr.
+fn check_config(config: &str, env: &[(&str, &str)]) -> (Option<i32>, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_crashwatch"))
         .arg("check-config")
-        .arg(&config)
+        .arg(config)
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .envs(env.iter().copied())
         .output()
         .expect("running crashwatch check-config");
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "{stderr}");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_names_the_key_and_never_shows_a_secret() {
+    let dir = TempDir::new("cw-actions");
+    let secret = "inline-s3cr3t-value";
+    let credentials = dir.path().join("credentials");
+    std::fs::create_dir_all(&credentials).expect("creating the credentials directory");
+    std::fs::write(credentials.join("am-password"), format!("{secret}\n")).expect("writing");
+    let cases = [
+        (
+            format!(
+                "[[action]]\nwebhook = \"https://127.0.0.1:9/hook\"\n\
+                 basic_auth = {{ username = \"cw\", password = \"{secret}\" }}\n\
+                 tls_config = {{ ca_file = \"/nonexistent/ca.pem\" }}\n"
+            ),
+            "action[1]: tls_config.ca_file: reading /nonexistent/ca.pem: ",
+        ),
+        (
+            format!(
+                "[[action]]\nwebhook = \"http://127.0.0.1:9/hook\"\n\
+                 headers = {{ Authorization = \"Bearer {secret}\" }}\n\
+                 authorization = {{ credentials_file = \"/nonexistent/token\" }}\n"
+            ),
+            "action[1]: authorization.credentials_file: reading /nonexistent/token: ",
+        ),
+        (
+            format!(
+                "[[action]]\nalertmanager = \"http://127.0.0.1:9093\"\n\
+                 headers = {{ Authorization = \"Bearer {secret}\" }}\n\
+                 basic_auth = {{ username = \"cw\", password_file = \"{}\" }}\n",
+                credentials.join("am-password").display()
+            ),
+            "action[1]: a header Authorization cannot be given with basic_auth",
+        ),
+        (
+            "[[action]]\nwebhook = \"http://a/\"\nbasic_auth = { password_file = \"x\" }\n"
+                .to_owned(),
+            "action[1]: basic_auth needs username or username_file",
+        ),
+        (
+            "[[action]]\nwebhook = \"https://a/\"\ntls_config = { cert_file = \"/etc/hostname\" }\n"
+                .to_owned(),
+            "action[1]: tls_config.cert_file and tls_config.key_file go together",
+        ),
+        (
+            "[[action]]\nwebhook = \"https://a/\"\ntls_config = { ca = \"x\" }\n".to_owned(),
+            "unknown field `ca`",
+        ),
+        (
+            // A systemd credential outside its unit: looked up here, and the line says where.
+            "[[action]]\nwebhook = \"http://a/\"\n\
+             basic_auth = { username = \"cw\", password_file = \"am-password\" }\n"
+                .to_owned(),
+            "basic_auth.password_file: reading am-password: ",
+        ),
+    ];
+    for (text, expected) in &cases {
+        let config = write_config(&dir, text);
+        let (code, stdout, stderr) = check_config(&config, &[]);
+        assert_eq!(code, Some(2), "{text}\n{stdout}{stderr}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{stderr}");
+        assert!(lines[0].contains(expected), "{expected:?} not in {stderr}");
+        assert!(
+            !stderr.contains("s3cr3t") && !stdout.contains("s3cr3t"),
+            "a secret was shown: {stdout}{stderr}"
+        );
+    }
+    // With the unit's credentials directory, the same configuration is good, and says nothing
+    // of the password it read.
+    let config = write_config(&dir, &cases.last().expect("cases").0);
+    let credentials_dir = credentials.display().to_string();
+    let (code, stdout, stderr) =
+        check_config(&config, &[("CREDENTIALS_DIRECTORY", &credentials_dir)]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.ends_with(": ok\n"), "{stdout}");
+    assert!(!stdout.contains("s3cr3t") && !stderr.contains("s3cr3t"));
+}
+
+// ------------------------------------------------------------------------------------------------
+// HTTPS, credentials, proxies and bounds, against real servers
+// ------------------------------------------------------------------------------------------------
+
+/// Skips (or fails under CI=true) unless the Python test servers can run.
+macro_rules! require_python3 {
+    () => {
+        if let Err(reason) = python3_prerequisites() {
+            skip(&reason);
+            return;
+        }
+    };
+}
+
+/// The records of `server` for `path` whose body's `event` is `event`.
+fn recorded(server: &ScriptServer, path: &str, event: &str) -> Vec<Value> {
+    server
+        .records()
+        .into_iter()
+        .filter(|r| {
+            r["path"] == path
+                && serde_json::from_str::<Value>(r["body"].as_str().unwrap_or("null"))
+                    .is_ok_and(|body| body["event"] == event)
+        })
+        .collect()
+}
+
+/// crashwatch with `config`, a short window and `env`.
+fn spawn_crashwatch_with_env(sb: &Sandbox, config: &str, env: &[(&str, &str)]) -> Crashwatch {
+    Crashwatch::spawn_with_env(
+        sb.bus_address(),
+        None,
+        &["--config", config, "--window", "3s"],
+        env,
+    )
+}
+
+fn path_text(path: &Path) -> String {
+    path.display().to_string()
+}
+
+#[test]
+fn https_webhooks_carry_credentials_from_files_and_refuse_a_stranger() {
+    require_sandbox!();
+    require_tls_tools!();
+    require_python3!();
+    let dir = TempDir::new("cw-actions-tls");
+    let certs = crate::support::tls::make_certificates(dir.path());
+    // The bearer token is a systemd credential: a relative path, found through
+    // $CREDENTIALS_DIRECTORY. The password is a file named by its absolute path.
+    let credentials = dir.path().join("credentials");
+    std::fs::create_dir_all(&credentials).expect("creating the credentials directory");
+    let token_file = credentials.join("webhook-token");
+    std::fs::write(&token_file, "token-s3cr3t-first\n").expect("writing the token");
+    let password_file = dir.path().join("webhook-password");
+    std::fs::write(&password_file, "password-s3cr3t\n").expect("writing the password");
+
+    let tls_args = |extra: &[String]| -> Vec<String> {
+        let mut args = vec![
+            "--cert".to_owned(),
+            path_text(&certs.server_cert),
+            "--key".to_owned(),
+            path_text(&certs.server_key),
+        ];
+        args.extend_from_slice(extra);
+        args
+    };
+    // Wants a client certificate signed by the test CA.
+    let mutual = ScriptServer::start(
+        "https_receiver.py",
+        &tls_args(&["--client-ca".to_owned(), path_text(&certs.ca)]),
+    );
+    // On an address the server certificate does not name, behind basic authentication.
+    let elsewhere = ScriptServer::start(
+        "https_receiver.py",
+        &tls_args(&[
+            "--bind".to_owned(),
+            "127.0.0.2".to_owned(),
+            "--basic-auth".to_owned(),
+            format!("crashwatch:{}", password_file.display()),
+        ]),
+    );
+    let config = write_config(
+        &dir,
+        &format!(
+            r#"
+[[action]]
+units = ["crashy.service"]
+webhook = "https://localhost:{mutual}/bearer?tenant=a"
+retries = 0
+tls_config = {{ ca_file = "{ca}", cert_file = "{cert}", key_file = "{key}" }}
+authorization = {{ credentials_file = "webhook-token" }}
+
+[[action]]
+units = ["crashy.service"]
+webhook = "https://127.0.0.2:{elsewhere}/basic"
+retries = 0
+tls_config = {{ ca_file = "{ca}", server_name = "localhost" }}
+basic_auth = {{ username = "crashwatch", password_file = "{password}" }}
+
+[[action]]
+units = ["crashy.service"]
+webhook = "https://localhost:{mutual}/stranger"
+retries = 0
+tls_config = {{ ca_file = "{other_ca}", cert_file = "{cert}", key_file = "{key}" }}
+
+[[action]]
+units = ["crashy.service"]
+webhook = "https://localhost:{mutual}/without-certificate"
+retries = 0
+tls_config = {{ ca_file = "{ca}" }}
+"#,
+            mutual = mutual.port(),
+            elsewhere = elsewhere.port(),
+            ca = certs.ca.display(),
+            other_ca = certs.other_ca.display(),
+            cert = certs.client_cert.display(),
+            key = certs.client_key.display(),
+            password = password_file.display(),
+        ),
+    );
+    let credentials_dir = path_text(&credentials);
+    let sb = sandbox_with_crashy();
+    let cw = spawn_crashwatch_with_env(
+        &sb,
+        &config,
+        &[("CREDENTIALS_DIRECTORY", credentials_dir.as_str())],
+    );
+
+    start_loop(&sb, &cw);
+    let delivered = wait_until(Duration::from_secs(15), || {
+        recorded(&mutual, "/bearer?tenant=a", "loop_started").len() == 1
+            && recorded(&elsewhere, "/basic", "loop_started").len() == 1
+            && actions_total(&cw, "webhook", "loop_started", "failed") == 2.0
+    });
     assert!(
-        lines[0].contains("action[1]: webhook")
-            && lines[0].contains("https:// is not supported")
-            && lines[0].contains("curl"),
+        delivered,
+        "mutual: {:#?}\nelsewhere: {:#?}\n{}\n{}",
+        mutual.records(),
+        elsewhere.records(),
+        cw.stderr(),
+        mutual.log_tail(20)
+    );
+    // The token is read at each request: a rotated one goes with the loop's end.
+    std::fs::write(&token_file, "token-s3cr3t-second\n").expect("rotating the token");
+    stop_loop(&sb, &cw);
+    let ended = wait_until(Duration::from_secs(15), || {
+        recorded(&mutual, "/bearer?tenant=a", "loop_ended").len() == 1
+            && recorded(&elsewhere, "/basic", "loop_ended").len() == 1
+    });
+    assert!(ended, "{:#?}\n{}", mutual.records(), cw.stderr());
+
+    let start = &recorded(&mutual, "/bearer?tenant=a", "loop_started")[0];
+    assert_eq!(
+        start["headers"]["authorization"],
+        "Bearer token-s3cr3t-first"
+    );
+    assert_eq!(start["client_cn"], "crashwatch-test-client");
+    assert_eq!(start["headers"]["content-type"], "application/json");
+    let end = &recorded(&mutual, "/bearer?tenant=a", "loop_ended")[0];
+    assert_eq!(
+        end["headers"]["authorization"],
+        "Bearer token-s3cr3t-second"
+    );
+    // The receiver answers 401 to any other credentials, which would count as failed.
+    let basic = &recorded(&elsewhere, "/basic", "loop_started")[0];
+    assert!(
+        basic["headers"]["authorization"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("Basic ")),
+        "{basic}"
+    );
+    assert_eq!(basic["client_cn"], Value::Null);
+    // Neither refused handshake got as far as a request.
+    let paths: Vec<String> = mutual
+        .records()
+        .iter()
+        .map(|r| r["path"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(
+        paths.iter().all(|p| p == "/bearer?tenant=a"),
+        "a request got through a refused handshake: {paths:?}"
+    );
+
+    assert_eq!(actions_total(&cw, "webhook", "loop_started", "ok"), 2.0);
+    let counted = wait_until(Duration::from_secs(10), || {
+        actions_total(&cw, "webhook", "loop_ended", "ok") == 2.0
+            && actions_total(&cw, "webhook", "loop_ended", "failed") == 2.0
+    });
+    assert!(counted, "{}", cw.scrape());
+    assert_eq!(action_errors(&cw, "http_failed"), 4.0);
+    let stderr = cw.stderr();
+    // The first failure is logged (the next are rate-limited): one line naming the action, its
+    // URL without the query, and what TLS said.
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("An action failed."))
+        .unwrap_or_else(|| panic!("no failure logged:\n{stderr}"));
+    let named = [
+        format!(
+            "action[3] https://localhost:{}/stranger: TLS: ",
+            mutual.port()
+        ),
+        format!(
+            "action[4] https://localhost:{}/without-certificate: ",
+            mutual.port()
+        ),
+    ];
+    assert!(named.iter().any(|n| line.contains(n)), "{line}");
+    assert!(!stderr.contains("s3cr3t"), "a secret was logged:\n{stderr}");
+    assert!(
+        !stderr.contains("tenant=a"),
+        "a query was logged:\n{stderr}"
+    );
+}
+
+#[test]
+fn an_alertmanager_behind_tls_client_certificates_and_basic_auth_takes_the_alert() {
+    require_sandbox!();
+    require_prometheus!();
+    require_tls_tools!();
+    if let Err(reason) = curl_prerequisites() {
+        skip(&reason);
+        return;
+    }
+    let dir = TempDir::new("cw-actions-am-tls");
+    let certs = crate::support::tls::make_certificates(dir.path());
+    let password = "am-s3cr3t-password";
+    let hash = crate::support::tls::bcrypt_hash(password);
+    let am = AlertmanagerTls::start(&AlertmanagerTlsSetup {
+        ca: &certs.ca,
+        server_cert: &certs.server_cert,
+        server_key: &certs.server_key,
+        client_cert: &certs.client_cert,
+        client_key: &certs.client_key,
+        user: "crashwatch",
+        password,
+        password_hash: &hash,
+    });
+    let credentials = dir.path().join("credentials");
+    std::fs::create_dir_all(&credentials).expect("creating the credentials directory");
+    std::fs::write(credentials.join("am-password"), format!("{password}\n"))
+        .expect("writing the password");
+    std::fs::write(credentials.join("wrong-password"), "not-the-s3cr3t\n")
+        .expect("writing the password");
+    let config = write_config(
+        &dir,
+        &format!(
+            r#"
+[[action]]
+alertmanager = "https://localhost:{port}"
+tls_config = {{ ca_file = "{ca}", cert_file = "{cert}", key_file = "{key}" }}
+basic_auth = {{ username = "crashwatch", password_file = "am-password" }}
+
+[[action]]
+alertmanager = "https://localhost:{port}"
+alertname = "CrashwatchWrongPassword"
+retries = 0
+tls_config = {{ ca_file = "{ca}", cert_file = "{cert}", key_file = "{key}" }}
+basic_auth = {{ username = "crashwatch", password_file = "wrong-password" }}
+"#,
+            port = am.port(),
+            ca = certs.ca.display(),
+            cert = certs.client_cert.display(),
+            key = certs.client_key.display(),
+        ),
+    );
+    let credentials_dir = path_text(&credentials);
+    let sb = sandbox_with_crashy();
+    let cw = spawn_crashwatch_with_env(
+        &sb,
+        &config,
+        &[("CREDENTIALS_DIRECTORY", credentials_dir.as_str())],
+    );
+    let named = |name: &str| -> Vec<Value> {
+        am.alerts()
+            .unwrap_or_else(|e| panic!("{e}\n{}", am.log_tail(20)))
+            .into_iter()
+            .filter(|a| a["labels"]["alertname"] == name && a["labels"]["unit"] == CRASHY)
+            .collect()
+    };
+    start_loop(&sb, &cw);
+    let firing = wait_until(Duration::from_secs(15), || {
+        named(ALERTNAME).len() == 1
+            && actions_total(&cw, "alertmanager", "loop_started", "failed") == 1.0
+    });
+    assert!(
+        firing,
+        "{:#?}\n{}\n{}",
+        am.alerts(),
+        cw.stderr(),
+        am.log_tail(20)
+    );
+    assert_eq!(named(ALERTNAME)[0]["status"]["state"], "active");
+    assert!(named("CrashwatchWrongPassword").is_empty());
+    assert_eq!(action_errors(&cw, "http_rejected"), 1.0);
+    let stderr = cw.stderr();
+    assert!(
+        stderr.contains(&format!(
+            "action[2] https://localhost:{}/api/v2/alerts: HTTP 401",
+            am.port()
+        )),
         "{stderr}"
+    );
+
+    stop_loop(&sb, &cw);
+    let resolved = wait_until(Duration::from_secs(20), || named(ALERTNAME).is_empty());
+    assert!(resolved, "{:#?}\n{}", am.alerts(), cw.stderr());
+    assert_eq!(actions_total(&cw, "alertmanager", "loop_ended", "ok"), 1.0);
+    assert!(!cw.stderr().contains("s3cr3t"), "{}", cw.stderr());
+}
+
+#[test]
+fn webhooks_go_through_the_proxy_the_environment_names() {
+    require_sandbox!();
+    require_tls_tools!();
+    require_python3!();
+    let dir = TempDir::new("cw-actions-proxy");
+    let certs = crate::support::tls::make_certificates(dir.path());
+    let proxy = ScriptServer::start("connect_proxy.py", &[]);
+    let secure = ScriptServer::start(
+        "https_receiver.py",
+        &[
+            "--cert".to_owned(),
+            path_text(&certs.server_cert),
+            "--key".to_owned(),
+            path_text(&certs.server_key),
+        ],
+    );
+    let plain = ScriptServer::start("https_receiver.py", &[]);
+    let config = write_config(
+        &dir,
+        &format!(
+            r#"
+[[action]]
+units = ["crashy.service"]
+webhook = "https://localhost:{secure}/through-the-proxy"
+tls_config = {{ ca_file = "{ca}" }}
+
+[[action]]
+units = ["crashy.service"]
+webhook = "http://127.0.0.1:{plain}/direct"
+"#,
+            secure = secure.port(),
+            plain = plain.port(),
+            ca = certs.ca.display(),
+        ),
+    );
+    let https_proxy = format!("http://proxyuser:proxy-s3cr3t@127.0.0.1:{}", proxy.port());
+    let http_proxy = format!("http://127.0.0.1:{}", proxy.port());
+    let sb = sandbox_with_crashy();
+    let cw = spawn_crashwatch_with_env(
+        &sb,
+        &config,
+        &[
+            ("HTTPS_PROXY", https_proxy.as_str()),
+            ("http_proxy", http_proxy.as_str()),
+            ("no_proxy", "localhost.invalid, 127.0.0.1"),
+        ],
+    );
+    start_loop(&sb, &cw);
+    let delivered = wait_until(Duration::from_secs(15), || {
+        recorded(&secure, "/through-the-proxy", "loop_started").len() == 1
+            && recorded(&plain, "/direct", "loop_started").len() == 1
+    });
+    assert!(
+        delivered,
+        "{:#?}\n{:#?}\n{}\n{}",
+        proxy.records(),
+        secure.records(),
+        cw.stderr(),
+        proxy.log_tail(20)
+    );
+    let tunnels = proxy.records();
+    assert_eq!(tunnels.len(), 1, "{tunnels:#?}");
+    assert_eq!(tunnels[0]["method"], "CONNECT");
+    assert_eq!(
+        tunnels[0]["target"],
+        format!("localhost:{}", secure.port()).as_str()
+    );
+    // user:password from $HTTPS_PROXY, as Basic credentials for the proxy.
+    assert!(
+        tunnels[0]["proxy_authorization"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("Basic ")),
+        "{tunnels:#?}"
+    );
+    assert_eq!(actions_total(&cw, "webhook", "loop_started", "failed"), 0.0);
+    assert!(!cw.stderr().contains("s3cr3t"), "{}", cw.stderr());
+}
+
+#[test]
+fn redirect_loops_downgrades_and_huge_answers_are_bounded() {
+    require_sandbox!();
+    require_tls_tools!();
+    require_python3!();
+    let dir = TempDir::new("cw-actions-bounds");
+    let certs = crate::support::tls::make_certificates(dir.path());
+    let looping = ScriptServer::start(
+        "https_receiver.py",
+        &["--redirect-to".to_owned(), "self".to_owned()],
+    );
+    let downgrading = ScriptServer::start(
+        "https_receiver.py",
+        &[
+            "--cert".to_owned(),
+            path_text(&certs.server_cert),
+            "--key".to_owned(),
+            path_text(&certs.server_key),
+            "--redirect-to".to_owned(),
+            format!("http://127.0.0.1:{}/downgraded", looping.port()),
+        ],
+    );
+    // 64 MiB of answer to every request, with a status not worth retrying.
+    let huge = ScriptServer::start(
+        "https_receiver.py",
+        &[
+            "--status".to_owned(),
+            "400".to_owned(),
+            "--answer-bytes".to_owned(),
+            (64 << 20).to_string(),
+        ],
+    );
+    let config = write_config(
+        &dir,
+        &format!(
+            r#"
+[[action]]
+units = ["crashy.service"]
+webhook = "http://127.0.0.1:{looping}/loop"
+retries = 0
+
+[[action]]
+units = ["crashy.service"]
+webhook = "https://localhost:{downgrading}/secure"
+retries = 0
+tls_config = {{ ca_file = "{ca}" }}
+
+[[action]]
+units = ["crashy.service"]
+webhook = "http://127.0.0.1:{huge}/huge"
+retries = 0
+"#,
+            looping = looping.port(),
+            downgrading = downgrading.port(),
+            huge = huge.port(),
+            ca = certs.ca.display(),
+        ),
+    );
+    let sb = sandbox_with_crashy();
+    let cw = spawn_crashwatch(&sb, &config);
+    let rss_before = cw.rss_kib();
+    start_loop(&sb, &cw);
+    let counted = wait_until(Duration::from_secs(20), || {
+        actions_total(&cw, "webhook", "loop_started", "failed") == 3.0
+    });
+    assert!(counted, "{}\n{}", cw.scrape(), cw.stderr());
+    assert_eq!(action_errors(&cw, "http_failed"), 2.0);
+    assert_eq!(action_errors(&cw, "http_rejected"), 1.0);
+
+    // The first request and five redirects, each the same POST with its body; then it stops.
+    let loops = looping.records();
+    let to_loop: Vec<&Value> = loops.iter().filter(|r| r["path"] == "/loop").collect();
+    assert_eq!(to_loop.len(), 6, "{loops:#?}");
+    assert!(to_loop.iter().all(|r| r["method"] == "POST"
+        && r["body"]
+            .as_str()
+            .is_some_and(|b| b.contains("loop_started"))));
+    assert!(
+        loops.iter().all(|r| r["path"] != "/downgraded"),
+        "followed a redirect from https:// to http://: {loops:#?}"
+    );
+    assert_eq!(downgrading.records().len(), 1);
+
+    // The answer's start is in the log line, cut; the rest was never read.
+    let stderr = cw.stderr();
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("/huge: HTTP 400: "))
+        .unwrap_or_else(|| panic!("the rejection was not logged:\n{stderr}"));
+    let excerpt = line.split("HTTP 400: ").nth(1).unwrap_or_default();
+    let run = excerpt.chars().take_while(|&c| c == 'x').count();
+    assert_eq!(run, 200, "{line}");
+    let rss_after = cw.rss_kib();
+    assert!(
+        rss_after < rss_before + 16 * 1024,
+        "resident memory went from {rss_before} KiB to {rss_after} KiB"
     );
 }

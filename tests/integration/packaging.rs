@@ -460,6 +460,29 @@ fn package_installs_starts_and_purges_in_a_sandbox_without_touching_the_host() {
         "the daemon's uid is not crashwatch's"
     );
 
+    // The configuration may hold secrets: the daemon's group reads it, nobody else does, and
+    // `crashwatch status` run by anyone else still finds the daemon at the packaged address.
+    let config_mode = sb.run_inside_ok(
+        30,
+        &["stat", "-c", "%a %U:%G", "/etc/crashwatch/crashwatch.toml"],
+    );
+    assert_eq!(config_mode.trim(), "640 root:crashwatch");
+    let by_someone_else = sb.run_inside(
+        30,
+        &[
+            "setpriv",
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "cat",
+            "/etc/crashwatch/crashwatch.toml",
+        ],
+    );
+    assert!(
+        !by_someone_else.status.success(),
+        "an unprivileged user read the configuration"
+    );
+
     // Serving on the packaged address, subscribed to the sandbox's systemd.
     let mut last = String::new();
     let up = wait_until(Duration::from_secs(15), || {
@@ -476,6 +499,24 @@ fn package_installs_starts_and_purges_in_a_sandbox_without_touching_the_host() {
         exists_inside("/var/log/crashwatch/events.jsonl"),
         "no event record"
     );
+    // In the network namespace of the sandbox's PID 1, where the daemon listens.
+    let status = sb.run_inside_ok(
+        30,
+        &[
+            "nsenter",
+            "--target=1",
+            "--net",
+            "--",
+            "setpriv",
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "/usr/bin/crashwatch",
+            "status",
+            "--json",
+        ],
+    );
+    assert!(status.contains("\"units\""), "{status}");
 
     // The installed logrotate configuration, forced as if a month had passed: the record goes
     // to a dated archive, and crashwatch, signalled, writes on in a fresh file at its path.

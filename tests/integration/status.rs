@@ -180,3 +180,188 @@ fn the_status_command_lists_loops_first_and_says_when_no_daemon_runs() {
     assert_eq!(said.lines().count(), 1, "{said}");
     assert!(out.stdout.is_empty());
 }
+
+/// `crashwatch status` with `args` only: no address or configuration but what they give.
+fn status_with(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("status")
+        .args(args)
+        .env_remove("CRASHWATCH_CONFIG")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .expect("running crashwatch status")
+}
+
+#[test]
+fn the_status_command_reads_a_daemon_behind_tls_and_basic_auth() {
+    require_sandbox!();
+    require_tls_tools!();
+    if let Err(reason) = crate::support::servers::python3_prerequisites() {
+        skip(&reason);
+        return;
+    }
+    // A real daemon's document, served again by a TLS server that wants basic authentication.
+    let sb = Sandbox::start().unwrap_or_else(|e| panic!("{e}"));
+    sb.write_unit(CRASHY, CRASHY_UNIT);
+    sb.pin_loaded(&[CRASHY]);
+    let cw = Crashwatch::spawn(&sb, &["--threshold", "3", "--window", "60s"]);
+    sb.systemctl_ok(&["start", CRASHY]);
+    cw.expect_flagged(CRASHY, 20);
+    let recorded = http_get(cw.port(), "/api/units").expect("the daemon's /api/units");
+    let dir = TempDir::new("cw-status-tls");
+    let document_file = dir.path().join("units.json");
+    std::fs::write(&document_file, &recorded).expect("writing the document");
+    let certs = crate::support::tls::make_certificates(dir.path());
+    let password = "status-s3cr3t-password";
+    let password_file = dir.path().join("password");
+    std::fs::write(&password_file, format!("{password}\n")).expect("writing the password");
+    let server = crate::support::servers::ScriptServer::start(
+        "https_receiver.py",
+        &[
+            "--cert".to_owned(),
+            certs.server_cert.display().to_string(),
+            "--key".to_owned(),
+            certs.server_key.display().to_string(),
+            "--basic-auth".to_owned(),
+            format!("crashwatch:{}", password_file.display()),
+            "--document".to_owned(),
+            document_file.display().to_string(),
+        ],
+    );
+    let url = format!("https://localhost:{}", server.port());
+    let ca = certs.ca.display().to_string();
+    let other_ca = certs.other_ca.display().to_string();
+    let password_path = password_file.display().to_string();
+    let credentials = [
+        "--basic-auth.username",
+        "crashwatch",
+        "--basic-auth.password-file",
+        password_path.as_str(),
+    ];
+    let with = |extra: &[&str]| -> Vec<String> {
+        credentials
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let run = |args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = status_with(&args);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert!(
+            !stdout.contains("s3cr3t") && !stderr.contains("s3cr3t"),
+            "{stdout}{stderr}"
+        );
+        (out.status.code(), stdout, stderr)
+    };
+
+    let (code, table, stderr) = run(with(&["--address", &url, "--tls.ca-file", &ca]));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(CRASHY) && l.contains("LOOPING")),
+        "{table}"
+    );
+    let (code, json, stderr) = run(with(&["--address", &url, "--tls.ca-file", &ca, "--json"]));
+    assert_eq!(code, Some(0), "{stderr}");
+    let printed: Value = serde_json::from_str(&json).expect("--json prints JSON");
+    let served: Value = serde_json::from_str(&recorded).expect("the daemon's JSON");
+    assert_eq!(printed, served);
+    // IP:PORT with a --tls.* flag is spoken to over HTTPS; the server name is checked.
+    let by_address = format!("127.0.0.1:{}", server.port());
+    let (code, _, stderr) = run(with(&[
+        "--address",
+        &by_address,
+        "--tls.ca-file",
+        &ca,
+        "--tls.server-name",
+        "localhost",
+    ]));
+    assert_eq!(code, Some(0), "{stderr}");
+    let requests = server.records();
+    assert!(
+        requests.iter().all(|r| r["headers"]["authorization"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("Basic "))),
+        "{requests:#?}"
+    );
+
+    // Each failure is one line that says what to look at.
+    let one_line = |code: Option<i32>, stderr: &str, expected: &str, exit: i32| {
+        assert_eq!(code, Some(exit), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(expected), "{expected:?} not in {stderr}");
+    };
+    let (code, _, stderr) = run(vec![
+        "--address".into(),
+        url.clone(),
+        "--tls.ca-file".into(),
+        ca.clone(),
+    ]);
+    one_line(code, &stderr, "refused the request (HTTP 401)", 1);
+    let (code, _, stderr) = run(with(&["--address", &url, "--tls.ca-file", &other_ca]));
+    one_line(
+        code,
+        &stderr,
+        &format!("TLS with {url} failed: invalid peer certificate"),
+        1,
+    );
+    let (code, _, stderr) = run(with(&[
+        "--address",
+        &url,
+        "--tls.ca-file",
+        &ca,
+        "--tls.server-name",
+        "someone-else.example",
+    ]));
+    one_line(code, &stderr, "invalid peer certificate", 1);
+    // Told to, it takes any certificate.
+    let (code, _, stderr) = run(with(&[
+        "--address",
+        &url,
+        "--tls.ca-file",
+        &other_ca,
+        "--tls.insecure-skip-verify",
+    ]));
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, _, stderr) = run(vec![
+        "--address".into(),
+        url.clone(),
+        "--basic-auth.username".into(),
+        "crashwatch".into(),
+    ]);
+    one_line(
+        code,
+        &stderr,
+        "--basic-auth.username and --basic-auth.password-file go together",
+        2,
+    );
+    let (code, _, stderr) = run(with(&[
+        "--address",
+        &format!("http://localhost:{}", server.port()),
+        "--tls.ca-file",
+        &ca,
+    ]));
+    one_line(
+        code,
+        &stderr,
+        "the --tls.* flags need an https:// address",
+        2,
+    );
+    let (code, _, stderr) = run(vec![
+        "--address".into(),
+        url.clone(),
+        "--basic-auth.username".into(),
+        "crashwatch".into(),
+        "--basic-auth.password-file".into(),
+        "/nonexistent/password".into(),
+    ]);
+    one_line(
+        code,
+        &stderr,
+        "--basic-auth.password-file: reading /nonexistent/password: ",
+        2,
+    );
+}

@@ -829,10 +829,21 @@ impl Crashwatch {
         events: Option<&Path>,
         extra_args: &[&str],
     ) -> Crashwatch {
+        Self::spawn_with_env(bus_address, events, extra_args, &[])
+    }
+
+    /// Like [`Crashwatch::spawn_with_events`], with `env` added to crashwatch's environment
+    /// (systemd's `CREDENTIALS_DIRECTORY`, proxies).
+    pub fn spawn_with_env(
+        bus_address: &str,
+        events: Option<&Path>,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Crashwatch {
         // The port may be taken between probing and binding (parallel tests); retry then.
         let mut last_err = String::new();
         for _ in 0..3 {
-            match Self::try_spawn(bus_address, events, extra_args) {
+            match Self::try_spawn(bus_address, events, extra_args, env) {
                 Ok(cw) => return cw,
                 Err((err, retry)) => {
                     if !retry {
@@ -849,6 +860,7 @@ impl Crashwatch {
         bus_address: &str,
         events: Option<&Path>,
         extra_args: &[&str],
+        env: &[(&str, &str)],
     ) -> Result<Crashwatch, (String, bool)> {
         let dir = TempDir::new("cw-run");
         let port = free_port();
@@ -862,6 +874,7 @@ impl Crashwatch {
             .arg(&events)
             .args(extra_args)
             .env("DBUS_SYSTEM_BUS_ADDRESS", bus_address)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

@@ -711,3 +711,251 @@ pub fn substitute_variables(expr: &str) -> String {
     out.push_str(rest);
     out
 }
+
+// ------------------------------------------------------------------------------------------------
+// Small servers of the tests' own: an HTTP(S) receiver and a CONNECT proxy, in Python
+// ------------------------------------------------------------------------------------------------
+
+/// Why the Python servers (tests/support/https_receiver.py, connect_proxy.py) cannot run, or Ok.
+pub fn python3_prerequisites() -> Result<(), String> {
+    if find_in_path("python3").is_some() {
+        Ok(())
+    } else {
+        Err("needs python3 (Debian package python3) for the test receivers".to_owned())
+    }
+}
+
+/// Why curl cannot be run to read a server behind TLS and basic authentication, or Ok.
+pub fn curl_prerequisites() -> Result<(), String> {
+    if find_in_path("curl").is_some() {
+        Ok(())
+    } else {
+        Err("needs curl (Debian package curl) to read a server behind TLS".to_owned())
+    }
+}
+
+/// One of the Python servers beside this file, on a loopback port it picked and wrote down, with
+/// the JSON lines it records.
+pub struct ScriptServer {
+    server: ServerProcess,
+    port: u16,
+    record: PathBuf,
+}
+
+impl ScriptServer {
+    /// Runs tests/support/`script` with `args`, plus `--port-file` and `--record` in its own
+    /// directory, and waits until it listens.
+    pub fn start(script: &'static str, args: &[String]) -> ScriptServer {
+        let dir = TempDir::new("cw-script");
+        let port_file = dir.path().join("port");
+        let record = dir.path().join("record.jsonl");
+        let mut cmd = Command::new(find_in_path("python3").expect("python3"));
+        cmd.arg(repo_file(&format!("tests/support/{script}")))
+            .arg("--port-file")
+            .arg(&port_file)
+            .arg("--record")
+            .arg(&record)
+            .args(args);
+        let ready_file = port_file.clone();
+        let server =
+            ServerProcess::spawn(script_name(script), dir, cmd, move || ready_file.is_file())
+                .unwrap_or_else(|e| panic!("{}", e.message));
+        let port = std::fs::read_to_string(&port_file)
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{script} wrote no port"));
+        ScriptServer {
+            server,
+            port,
+            record,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Every complete line recorded so far.
+    pub fn records(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(&self.record).unwrap_or_default();
+        text.lines()
+            .filter(|l| !l.is_empty())
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.server.log_tail(lines)
+    }
+}
+
+fn script_name(script: &'static str) -> &'static str {
+    script.trim_end_matches(".py")
+}
+
+/// A real Alertmanager that serves its API only over TLS, to clients with a certificate signed
+/// by `client_ca` and the basic authentication of `user` (bcrypt hash in its web configuration,
+/// exporter-toolkit's `--web.config.file`). Read through curl with the same credentials.
+pub struct AlertmanagerTls {
+    server: ServerProcess,
+    port: u16,
+    ca: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+    user: String,
+    password: String,
+}
+
+/// What [`AlertmanagerTls::start`] needs: the server's certificate and key, the CA that signs
+/// the certificates of its clients and its own, and one client's certificate and credentials.
+pub struct AlertmanagerTlsSetup<'a> {
+    pub ca: &'a Path,
+    pub server_cert: &'a Path,
+    pub server_key: &'a Path,
+    pub client_cert: &'a Path,
+    pub client_key: &'a Path,
+    pub user: &'a str,
+    pub password: &'a str,
+    /// `bcrypt_hash(password)`.
+    pub password_hash: &'a str,
+}
+
+impl AlertmanagerTls {
+    pub fn start(setup: &AlertmanagerTlsSetup) -> AlertmanagerTls {
+        start_with_retries(|| Self::try_start(setup))
+    }
+
+    fn try_start(setup: &AlertmanagerTlsSetup) -> Result<AlertmanagerTls, StartError> {
+        let dir = TempDir::new("cw-am-tls");
+        let port = free_port();
+        let write = |name: &str, text: String| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).map_err(|e| StartError {
+                message: format!("writing {}: {e}", path.display()),
+                retry: false,
+            })?;
+            Ok(path)
+        };
+        let config = write(
+            "alertmanager.yml",
+            "route:\n  receiver: discard\n  group_wait: 0s\n  group_interval: 1s\n  \
+             repeat_interval: 1h\nreceivers:\n  - name: discard\n"
+                .to_owned(),
+        )?;
+        let web = write(
+            "web.yml",
+            format!(
+                "tls_server_config:\n  cert_file: {}\n  key_file: {}\n  \
+                 client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {}\n\
+                 basic_auth_users:\n  {}: {}\n",
+                setup.server_cert.display(),
+                setup.server_key.display(),
+                setup.ca.display(),
+                setup.user,
+                setup.password_hash
+            ),
+        )?;
+        let mut cmd = Command::new(find_in_path("prometheus-alertmanager").unwrap());
+        cmd.arg(format!("--config.file={}", config.display()))
+            .arg(format!("--web.config.file={}", web.display()))
+            .arg(format!(
+                "--storage.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--cluster.listen-address=");
+        let probe = AlertmanagerTlsProbe {
+            port,
+            ca: setup.ca.to_owned(),
+            client_cert: setup.client_cert.to_owned(),
+            client_key: setup.client_key.to_owned(),
+            user: setup.user.to_owned(),
+            password: setup.password.to_owned(),
+        };
+        let server = ServerProcess::spawn("alertmanager-tls", dir, cmd, || {
+            probe.get("/-/ready").is_ok()
+        })?;
+        Ok(AlertmanagerTls {
+            server,
+            port,
+            ca: probe.ca,
+            client_cert: probe.client_cert,
+            client_key: probe.client_key,
+            user: probe.user,
+            password: probe.password,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `GET /api/v2/alerts` through curl: the alerts Alertmanager holds that have not resolved.
+    pub fn alerts(&self) -> Result<Vec<Value>, String> {
+        let probe = AlertmanagerTlsProbe {
+            port: self.port,
+            ca: self.ca.clone(),
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
+            user: self.user.clone(),
+            password: self.password.clone(),
+        };
+        let body = probe.get("/api/v2/alerts")?;
+        match serde_json::from_str(&body) {
+            Ok(Value::Array(a)) => Ok(a),
+            _ => Err(format!("/api/v2/alerts returned no array: {body}")),
+        }
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.server.log_tail(lines)
+    }
+}
+
+/// curl with a client's certificate and credentials against an [`AlertmanagerTls`].
+struct AlertmanagerTlsProbe {
+    port: u16,
+    ca: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+    user: String,
+    password: String,
+}
+
+impl AlertmanagerTlsProbe {
+    /// The body of a 2xx answer to `GET path`.
+    fn get(&self, path: &str) -> Result<String, String> {
+        // The password goes through a config on standard input, not the command line.
+        let mut child = Command::new(find_in_path("curl").expect("curl"))
+            .args(["--silent", "--show-error", "--fail", "--max-time", "5"])
+            .arg("--cacert")
+            .arg(&self.ca)
+            .arg("--cert")
+            .arg(&self.client_cert)
+            .arg("--key")
+            .arg(&self.client_key)
+            .args(["--config", "-"])
+            .arg(format!("https://localhost:{}{path}", self.port))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("running curl: {e}"))?;
+        let config = format!("user = \"{}:{}\"\n", self.user, self.password);
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(config.as_bytes())
+                .map_err(|e| format!("writing to curl: {e}"))?;
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| format!("running curl: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "curl GET {path}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        String::from_utf8(out.stdout).map_err(|e| format!("curl GET {path}: {e}"))
+    }
+}

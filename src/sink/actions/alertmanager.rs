@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::http::{post_with_retries, HttpUrl, Retry};
+use super::http::{post_with_retries, Endpoint, Retry};
 use super::{count, failure_of, ActionRequest, EVENT_ENDED, EVENT_REFRESH, EVENT_STARTED};
 use crate::event::Micros;
 use crate::internal_events::{ActionDropped, ActionFailed};
@@ -46,10 +46,8 @@ const KIND: &str = "alertmanager";
 /// A configured Alertmanager.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AlertmanagerAction {
-    /// `{url}/api/v2/alerts`.
-    pub url: HttpUrl,
-    /// Extra headers, e.g. `Authorization` for a proxy in front of Alertmanager.
-    pub headers: Vec<(String, String)>,
+    /// `{url}/api/v2/alerts`, with its headers, credentials and TLS settings.
+    pub endpoint: Endpoint,
     /// The `alertname` label.
     pub alertname: String,
     /// The `severity` label.
@@ -176,6 +174,7 @@ impl Pusher {
     /// Starts the pusher task for `action` on the current runtime.
     pub fn spawn(
         action: AlertmanagerAction,
+        name: String,
         stop: CancellationToken,
         tasks: &mut tokio::task::JoinSet<()>,
     ) -> Pusher {
@@ -183,6 +182,7 @@ impl Pusher {
         let wake = Arc::new(Notify::new());
         let task = PushTask {
             action,
+            name,
             book: Arc::clone(&book),
             wake: Arc::clone(&wake),
         };
@@ -283,6 +283,8 @@ fn lock(book: &Mutex<Book>) -> MutexGuard<'_, Book> {
 
 struct PushTask {
     action: AlertmanagerAction,
+    /// `action[N]`, as the configuration counts, for the log.
+    name: String,
     book: Arc<Mutex<Book>>,
     wake: Arc<Notify>,
 }
@@ -323,18 +325,15 @@ impl PushTask {
     async fn push(&self, refresh: bool) {
         let Some(batch) = self.batch() else { return };
         let body = batch.body.to_string().into_bytes();
-        let delivered = post_with_retries(
-            &self.action.url,
-            &self.action.headers,
-            &body,
-            self.action.retry,
-        )
-        .await;
-        let failure = failure_of(&delivered);
+        let delivered = post_with_retries(&self.action.endpoint, &body, self.action.retry).await;
+        let failure = failure_of(&delivered).map(|(error_type, detail)| {
+            let detail = format!("{} {}: {detail}", self.name, self.action.endpoint.url);
+            (error_type, detail)
+        });
         let settle = |event: &'static str, unit: &str| match &failure {
             None => {
                 if event != EVENT_REFRESH {
-                    tracing::info!(unit, event, url = %self.action.url, "Alertmanager took an alert.");
+                    tracing::info!(unit, event, url = %self.action.endpoint.url, "Alertmanager took an alert.");
                 }
                 count(KIND, event, "ok")
             }
@@ -443,8 +442,7 @@ async fn sleep_until(at: Option<Instant>) {
 /// Checks the Alertmanager keys of an `[[action]]`.
 pub(super) fn resolve(
     section: &super::ActionSection,
-    url: HttpUrl,
-    headers: Vec<(String, String)>,
+    endpoint: Endpoint,
     retry: Retry,
 ) -> Result<AlertmanagerAction, String> {
     let non_empty = |key: &str, value: &Option<String>, default: &str| match value.as_deref() {
@@ -469,8 +467,7 @@ pub(super) fn resolve(
         }
     }
     Ok(AlertmanagerAction {
-        url: url.join("/api/v2/alerts"),
-        headers,
+        endpoint,
         alertname: non_empty("alertname", &section.alertname, DEFAULT_ALERTNAME)?,
         severity: non_empty("severity", &section.severity, DEFAULT_SEVERITY)?,
         labels,
@@ -493,10 +490,11 @@ mod tests {
         let mut labels = BTreeMap::new();
         labels.insert("team".to_owned(), "web".to_owned());
         AlertmanagerAction {
-            url: HttpUrl::parse("http://127.0.0.1:9093")
-                .expect("url")
-                .join("/api/v2/alerts"),
-            headers: Vec::new(),
+            endpoint: Endpoint::plain(
+                crate::sink::actions::http::HttpUrl::parse("http://127.0.0.1:9093")
+                    .expect("url")
+                    .join("/api/v2/alerts"),
+            ),
             alertname: DEFAULT_ALERTNAME.to_owned(),
             severity: DEFAULT_SEVERITY.to_owned(),
             labels,
@@ -568,6 +566,7 @@ mod tests {
         };
         let task = PushTask {
             action: action.clone(),
+            name: "action[1]".to_owned(),
             book: Arc::clone(&pusher.book),
             wake: Arc::clone(&pusher.wake),
         };

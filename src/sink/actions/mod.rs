@@ -20,7 +20,10 @@
 pub mod alertmanager;
 pub mod command;
 pub mod http;
+pub mod proxy;
+pub mod secret;
 pub mod section;
+pub mod tls;
 pub mod webhook;
 
 pub use section::ActionSection;
@@ -321,6 +324,7 @@ impl Runner {
                     let pusher = self.pushers[index].get_or_insert_with(|| {
                         Pusher::spawn(
                             am.clone(),
+                            format!("action[{}]", index + 1),
                             self.stop_pushers.clone(),
                             &mut self.pusher_tasks,
                         )
@@ -383,14 +387,10 @@ impl Runner {
                         return;
                     };
                     let body = webhook::body(&request, &hostname).to_string();
-                    let delivered = http::post_with_retries(
-                        &action.url,
-                        &action.headers,
-                        body.as_bytes(),
-                        action.retry,
-                    )
-                    .await;
-                    report_webhook(action, &request, &delivered);
+                    let delivered =
+                        http::post_with_retries(&action.endpoint, body.as_bytes(), action.retry)
+                            .await;
+                    report_webhook(index, action, &request, &delivered);
                 }
                 ActionKind::Alertmanager(_) => {}
             }
@@ -506,12 +506,18 @@ fn report_command(action: &CommandAction, request: &ActionRequest, ran: Ran) {
     }
 }
 
-fn report_webhook(action: &WebhookAction, request: &ActionRequest, delivered: &Delivered) {
+/// Logs and counts a webhook's delivery; `index` counts from 0, the configuration from 1.
+fn report_webhook(
+    index: usize,
+    action: &WebhookAction,
+    request: &ActionRequest,
+    delivered: &Delivered,
+) {
     let event = request.event_name();
     let unit = request.event.unit.as_str();
     match failure_of(delivered) {
         None => {
-            tracing::info!(unit, event, url = %action.url, "Delivered a webhook.");
+            tracing::info!(unit, event, url = %action.endpoint.url, "Delivered a webhook.");
             count("webhook", event, "ok");
         }
         Some((error_type, detail)) => ActionFailed {
@@ -519,7 +525,7 @@ fn report_webhook(action: &WebhookAction, request: &ActionRequest, delivered: &D
             event,
             error_type,
             unit,
-            detail: &format!("{}: {detail}", action.url),
+            detail: &format!("action[{}] {}: {detail}", index + 1, action.endpoint.url),
         }
         .emit(),
     }
@@ -595,8 +601,7 @@ pub(super) mod tests {
         let sink = ActionsSink::spawn(vec![Action {
             units: vec![Glob::new("web*.service").expect("glob")],
             kind: ActionKind::Webhook(WebhookAction {
-                url,
-                headers: Vec::new(),
+                endpoint: http::Endpoint::plain(url),
                 retry: http::Retry {
                     timeout: Duration::from_secs(5),
                     retries: 0,

@@ -8,7 +8,9 @@ use serde::Deserialize;
 
 use super::alertmanager;
 use super::command::{self, CommandAction};
-use super::http::{self, HttpUrl, Retry};
+use super::http::{self, Auth, AuthorizationSection, BasicAuthSection, Endpoint, HttpUrl, Retry};
+use super::secret::{Credential, Secret, SecretFile};
+use super::tls::{TlsSection, TlsSettings};
 use super::webhook::WebhookAction;
 use super::{Action, ActionKind};
 use crate::glob::Glob;
@@ -24,15 +26,24 @@ pub struct ActionSection {
     /// A program and its arguments, run without a shell; the loop is described in its
     /// environment (`CRASHWATCH_UNIT`, ...).
     pub command: Option<Vec<String>>,
-    /// An `http://` URL to POST a JSON object to.
+    /// An `http://` or `https://` URL to POST a JSON object to.
     pub webhook: Option<String>,
-    /// The `http://` URL of an Alertmanager; alerts go to `{url}/api/v2/alerts`.
+    /// The `http://` or `https://` URL of an Alertmanager; alerts go to `{url}/api/v2/alerts`.
     pub alertmanager: Option<String>,
     /// How long a command may run, or one HTTP attempt may take. Default 30s for a command, 10s
     /// for a request.
     pub timeout: Option<String>,
-    /// Extra HTTP headers, e.g. `{ Authorization = "Bearer ..." }`. Webhook and Alertmanager.
-    pub headers: Option<BTreeMap<String, String>>,
+    /// Extra HTTP headers, e.g. `{ X-Team = "web" }`. Webhook and Alertmanager.
+    pub headers: Option<BTreeMap<String, Secret>>,
+    /// Extra HTTP headers whose values are read from files at each request, e.g.
+    /// `{ X-Api-Key = "api-key" }`; a relative path names a systemd credential.
+    pub header_files: Option<BTreeMap<String, String>>,
+    /// `{ username, password_file }` (or `username_file`, `password`), as Prometheus has it.
+    pub basic_auth: Option<BasicAuthSection>,
+    /// `{ type = "Bearer", credentials_file }` (or `credentials`), as Prometheus has it.
+    pub authorization: Option<AuthorizationSection>,
+    /// `{ ca_file, cert_file, key_file, server_name, insecure_skip_verify }` for `https://`.
+    pub tls_config: Option<TlsSection>,
     /// Attempts after a failed one (5xx, 408, 429, no connection, timeout). Default 3.
     pub retries: Option<u32>,
     /// The wait before the first retry; it doubles for each next one. Default 1s.
@@ -93,6 +104,14 @@ impl ActionSection {
         };
         let http_kinds = ["webhook", "alertmanager"];
         only_for("headers", section.headers.is_some(), &http_kinds)?;
+        only_for("header_files", section.header_files.is_some(), &http_kinds)?;
+        only_for("basic_auth", section.basic_auth.is_some(), &http_kinds)?;
+        only_for(
+            "authorization",
+            section.authorization.is_some(),
+            &http_kinds,
+        )?;
+        only_for("tls_config", section.tls_config.is_some(), &http_kinds)?;
         only_for("retries", section.retries.is_some(), &http_kinds)?;
         only_for("backoff", section.backoff.is_some(), &http_kinds)?;
         only_for("max_backoff", section.max_backoff.is_some(), &http_kinds)?;
@@ -118,11 +137,6 @@ impl ActionSection {
                 })
             }
             _ => {
-                let mut headers = Vec::new();
-                for (name, value) in section.headers.iter().flatten() {
-                    http::check_header(name, value).map_err(|e| format!("headers: {e}"))?;
-                    headers.push((name.clone(), value.clone()));
-                }
                 let retries = section.retries.unwrap_or(3);
                 if retries > 100 {
                     return Err(format!("retries must be at most 100, not {retries}"));
@@ -148,19 +162,69 @@ impl ActionSection {
                     max_backoff,
                 };
                 if let Some(url) = &section.webhook {
+                    let url = HttpUrl::parse(url).map_err(|e| format!("webhook: {e}"))?;
                     ActionKind::Webhook(WebhookAction {
-                        url: HttpUrl::parse(url).map_err(|e| format!("webhook: {e}"))?,
-                        headers,
+                        endpoint: section.endpoint("webhook", url)?,
                         retry,
                     })
                 } else {
                     let url = section.alertmanager.as_deref().unwrap_or_default();
                     let url = HttpUrl::parse(url).map_err(|e| format!("alertmanager: {e}"))?;
-                    ActionKind::Alertmanager(alertmanager::resolve(section, url, headers, retry)?)
+                    let endpoint = section.endpoint("alertmanager", url.join("/api/v2/alerts"))?;
+                    ActionKind::Alertmanager(alertmanager::resolve(section, endpoint, retry)?)
                 }
             }
         };
         Ok(Action { units, kind })
+    }
+}
+
+impl ActionSection {
+    /// The request settings of a webhook or Alertmanager action whose URL is under `key`.
+    fn endpoint(&self, key: &str, url: HttpUrl) -> Result<Endpoint, String> {
+        let mut headers = Vec::new();
+        for (name, value) in self.headers.iter().flatten() {
+            http::check_header(name, value.expose()).map_err(|e| format!("headers: {e}"))?;
+            headers.push((name.clone(), Credential::Inline(value.clone())));
+        }
+        for (name, path) in self.header_files.iter().flatten() {
+            if self.headers.as_ref().is_some_and(|h| h.contains_key(name)) {
+                return Err(format!("{name} is in both headers and header_files"));
+            }
+            http::check_header(name, "").map_err(|e| format!("header_files: {e}"))?;
+            let file = SecretFile::open(&format!("header_files.{name}"), path)?;
+            http::check_header(name, file.read()?.expose())
+                .map_err(|e| format!("header_files: {e}"))?;
+            headers.push((name.clone(), Credential::File(file)));
+        }
+        let auth = Auth::resolve(self.basic_auth.as_ref(), self.authorization.as_ref())?;
+        if auth.is_some() {
+            if let Some((name, _)) = headers
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case("authorization"))
+            {
+                let with = if self.basic_auth.is_some() {
+                    "basic_auth"
+                } else {
+                    "authorization"
+                };
+                return Err(format!("a header {name} cannot be given with {with}"));
+            }
+        }
+        let tls = match &self.tls_config {
+            Some(_) if !url.is_https() => {
+                return Err(format!("tls_config applies to an https:// {key} URL"))
+            }
+            Some(section) => TlsSettings::resolve(section, "tls_config")?,
+            None if url.is_https() => TlsSettings::resolve(&TlsSection::default(), "tls_config")?,
+            None => TlsSettings::default(),
+        };
+        Ok(Endpoint {
+            url,
+            headers,
+            auth,
+            tls,
+        })
     }
 }
 
@@ -178,4 +242,85 @@ pub(super) fn duration(
         return Err(format!("{key} must be longer than zero"));
     }
     Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn section(text: &str) -> ActionSection {
+        toml::from_str(text).expect("valid TOML")
+    }
+
+    #[test]
+    fn inline_secrets_are_read_and_never_shown() {
+        let section = section(
+            r#"
+            webhook = "http://127.0.0.1:9/hook"
+            headers = { X-Api-Key = "key-s3cr3t" }
+            basic_auth = { username = "cw", password = "password-s3cr3t" }
+            "#,
+        );
+        let action = section.resolve().expect("valid");
+        let shown = format!("{section:?} {action:?}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        let ActionKind::Webhook(webhook) = &action.kind else {
+            panic!("a webhook")
+        };
+        assert_eq!(
+            webhook.endpoint.headers[0]
+                .1
+                .read()
+                .expect("inline")
+                .expose(),
+            "key-s3cr3t"
+        );
+        let bearer = self::section(
+            r#"
+            alertmanager = "https://127.0.0.1:9093"
+            authorization = { credentials = "token-s3cr3t" }
+            tls_config = { insecure_skip_verify = true }
+            "#,
+        );
+        let action = bearer.resolve().expect("valid");
+        assert!(!format!("{bearer:?} {action:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn request_keys_belong_to_http_actions_and_name_themselves() {
+        let cases = [
+            (
+                "command = [\"/bin/true\"]\nbasic_auth = { username = \"a\" }",
+                "basic_auth applies to webhook and alertmanager actions, not command",
+            ),
+            (
+                "command = [\"/bin/true\"]\ntls_config = {}",
+                "tls_config applies to webhook and alertmanager actions, not command",
+            ),
+            (
+                "webhook = \"http://a/\"\nheader_files = { X = \"/nonexistent/x\" }",
+                "header_files.X: reading /nonexistent/x: ",
+            ),
+            (
+                "webhook = \"http://a/\"\nheaders = { X = \"1\" }\nheader_files = { X = \"/x\" }",
+                "X is in both headers and header_files",
+            ),
+            (
+                "webhook = \"http://a/\"\nheader_files = { Host = \"/x\" }",
+                "header_files: Host is set by crashwatch and cannot be given",
+            ),
+            (
+                "webhook = \"http://a/\"\nauthorization = { type = \"Bad Type\", credentials = \"x\" }",
+                "authorization.type: \"Bad Type\" is not a scheme name",
+            ),
+            (
+                "webhook = \"https://a/\"\ntls_config = { server_name = \"-\" }",
+                "tls_config.server_name: \"-\" is not a host name",
+            ),
+        ];
+        for (text, expected) in cases {
+            let error = section(text).resolve().expect_err(text);
+            assert!(error.starts_with(expected), "{expected:?}: {error}");
+        }
+    }
 }

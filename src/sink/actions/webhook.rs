@@ -2,17 +2,15 @@
 
 use serde_json::{json, Value};
 
-use super::http::{HttpUrl, Retry};
+use super::http::{Endpoint, Retry};
 use super::ActionRequest;
 use crate::time::format_timestamp;
 
 /// A configured webhook.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WebhookAction {
-    /// Where to POST.
-    pub url: HttpUrl,
-    /// Extra headers, e.g. `Authorization`.
-    pub headers: Vec<(String, String)>,
+    /// Where to POST, with which headers, credentials and TLS settings.
+    pub endpoint: Endpoint,
     /// Timeout and retries.
     pub retry: Retry,
 }
