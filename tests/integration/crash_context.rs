@@ -249,8 +249,13 @@ fn a_crash_before_crashwatch_started_shows_with_its_lines() {
         sb.n_restarts(unit),
         sb.active_state(unit)
     );
-    // journald may still be writing the last crash's lines.
-    std::thread::sleep(Duration::from_secs(1));
+    // journald may still be writing the last crash's lines: the journal itself says when it has
+    // them.
+    let written = wait_until(Duration::from_secs(30), || {
+        let out = sb.journalctl(&["-u", unit, "-o", "cat"]);
+        String::from_utf8_lossy(&out.stdout).contains("run 2: cannot open the database")
+    });
+    assert!(written, "journald never wrote the second run's line");
 
     let config = sb.dir().join("crashwatch.toml");
     std::fs::write(
