@@ -29,7 +29,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
@@ -294,15 +294,7 @@ async fn tls_handshake(
         // Closed before saying anything: nothing to serve, nothing to count.
         Ok(Ok(0)) => return Err(Ended::Quiet),
         Ok(Ok(_)) if first[0].is_ascii_uppercase() => {
-            let mut stream = stream;
-            let _ = tokio::time::timeout(
-                WRITE_TIMEOUT,
-                stream.write_all(
-                    b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n\
-                      Connection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n",
-                ),
-            )
-            .await;
+            answer_plain_http(stream, deadline).await;
             return Err(Ended::Failed(
                 HttpFailure::TlsHandshake,
                 "a plain HTTP request on the TLS port".to_owned(),
@@ -322,6 +314,26 @@ async fn tls_handshake(
         Ok(Err(error)) => Err(Ended::Failed(HttpFailure::TlsHandshake, error.to_string())),
         Ok(Ok(stream)) => Ok(stream),
     }
+}
+
+/// Tells a plain HTTP client on the TLS port what went wrong. Its request head is read first:
+/// closing a socket with unread data resets the connection, and the client would see no answer.
+async fn answer_plain_http(mut stream: TcpStream, deadline: Instant) {
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while head.len() < MAX_REQUEST_HEAD && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => head.extend_from_slice(&chunk[..n]),
+            _ => break,
+        }
+    }
+    let answer = b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n\
+                   Connection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n";
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
+        stream.write_all(answer).await?;
+        stream.shutdown().await
+    })
+    .await;
 }
 
 async fn serve_http<I>(
