@@ -635,7 +635,7 @@ fn resolve_web(
     for text in &texts {
         let address = parse_listen(text).ok_or_else(|| {
             invalid(format!(
-                "{key}: listen address {text:?} is not IP:PORT or :PORT (e.g. {DEFAULT_LISTEN})"
+                "listen address {text:?} ({key}) is not IP:PORT or :PORT (e.g. {DEFAULT_LISTEN})"
             ))
         })?;
         if listen_addresses.contains(&address) {
@@ -993,6 +993,104 @@ mod tests {
             assert!(message.contains(expected), "{text:?}: {message}");
             assert!(!message.contains('\n'), "{message}");
         }
+    }
+
+    #[test]
+    fn the_web_section_is_read() {
+        let config = resolve("").expect("defaults");
+        let default: SocketAddr = DEFAULT_LISTEN.parse().unwrap();
+        assert_eq!(
+            config.web,
+            WebSettings {
+                listen_addresses: vec![default],
+                config_file: None,
+                tls: false,
+                systemd_socket: false,
+                api: true,
+            }
+        );
+        assert_eq!(config.listen, default);
+        let config = resolve(
+            "[web]\nlisten_addresses = [\"127.0.0.1:9100\", \":9101\", \"[::1]:9102\"]\n\
+             systemd_socket = true\ndisable_api = true\nconfig_file = \"\"\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            config.web.listen_addresses,
+            [
+                "127.0.0.1:9100".parse::<SocketAddr>().unwrap(),
+                "[::]:9101".parse().unwrap(),
+                "[::1]:9102".parse().unwrap(),
+            ]
+        );
+        assert_eq!(config.listen, config.web.listen_addresses[0]);
+        assert!(config.web.systemd_socket && !config.web.api);
+        assert_eq!(config.web.config_file, None, "an empty name is no file");
+        let old = resolve("[sink.prometheus]\nlisten = \"127.0.0.1:9200\"\n").expect("valid");
+        assert_eq!(
+            old.web.listen_addresses,
+            ["127.0.0.1:9200".parse::<SocketAddr>().unwrap()]
+        );
+        let flags = Config::resolve(
+            parse_file(
+                "[web]\nlisten_addresses = [\"127.0.0.1:9100\"]\n",
+                Path::new("crashwatch.toml"),
+            )
+            .expect("valid"),
+            Overrides {
+                listen: vec!["127.0.0.1:1".to_owned(), "127.0.0.1:2".to_owned()],
+                web_systemd_socket: true,
+                web_disable_api: true,
+                ..Overrides::default()
+            },
+            "crashwatch.toml",
+        )
+        .expect("valid");
+        assert_eq!(
+            flags.web.listen_addresses.len(),
+            2,
+            "flags replace the file's"
+        );
+        assert!(flags.web.systemd_socket && !flags.web.api);
+        for (text, expected) in [
+            (
+                "[web]\nlisten_addresses = [\"127.0.0.1:1\"]\n[sink.prometheus]\nlisten = \"127.0.0.1:2\"\n",
+                "set web.listen_addresses or sink.prometheus.listen, not both",
+            ),
+            ("[web]\nlisten_addresses = []\n", "web.listen_addresses must not be empty"),
+            (
+                "[web]\nlisten_addresses = [\"localhost:1\"]\n",
+                "listen address \"localhost:1\" (web.listen_addresses) is not IP:PORT",
+            ),
+            (
+                "[web]\nlisten_addresses = [\":1\", \"[::]:1\"]\n",
+                "web.listen_addresses: [::]:1 is given twice",
+            ),
+            (
+                "[web]\nconfig_file = \"/nonexistent/web.yml\"\n",
+                "web.config_file: /nonexistent/web.yml: cannot read it",
+            ),
+            ("[web]\nlisten = \"127.0.0.1:1\"\n", "unknown field `listen`"),
+        ] {
+            let message = resolve(text).expect_err(text).to_string();
+            assert!(message.starts_with("crashwatch.toml"), "{message}");
+            assert!(message.contains(expected), "{text:?}: {message}");
+            assert!(!message.contains('\n'), "{message}");
+        }
+        let flag = Config::resolve(
+            FileConfig::default(),
+            Overrides {
+                web_config_file: Some(PathBuf::from("/nonexistent/web.yml")),
+                ..Overrides::default()
+            },
+            "command line",
+        )
+        .expect_err("a missing file");
+        assert!(
+            flag.to_string()
+                .starts_with("command line: --web.config.file: /nonexistent/web.yml"),
+            "{flag}"
+        );
     }
 
     #[test]
