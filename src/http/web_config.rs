@@ -782,6 +782,16 @@ rate_limit:
     }
 
     #[test]
+    fn the_shipped_example_checks_out() {
+        let text = include_str!("../../examples/web-config.yml");
+        let config = parse(text).expect("examples/web-config.yml");
+        let tls = config.tls.expect("TLS");
+        assert_eq!(tls.client_auth, ClientAuth::RequireAndVerify);
+        assert!(tls.cert == Pem::File(PathBuf::from("/etc/crashwatch/tls/server.pem")));
+        assert_eq!(config.headers.len(), 2);
+    }
+
+    #[test]
     fn the_read_error_names_the_file() {
         let error = WebConfig::read(Path::new("/nonexistent/web.yml")).expect_err("missing");
         let message = error.to_string();
