@@ -34,6 +34,7 @@ pub mod internals {
     pub use crate::event::{
         Event, LoopEvent, SourceEvent, SourceKind, Transition, TransitionKind, UnitState,
     };
+    pub use crate::http::{subject_alt_names, WebConfig};
     pub use crate::sink::prometheus::ChangeTracking;
     pub use crate::sink::{events, statsd, ThreadedSink};
     pub use crate::source::journal::Parser;

@@ -33,6 +33,7 @@ use crate::sink::prometheus::Exposition;
 pub use listen::{bind, systemd_sockets};
 pub use live::LiveConfig;
 pub use routes::percent_encode;
+pub use tls::subject_alt_names;
 pub use web_config::{WebConfig, WebConfigError};
 
 /// What the server answers from.

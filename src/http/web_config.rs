@@ -114,10 +114,27 @@ impl Pem {
     /// The document's bytes.
     pub fn read(&self) -> std::io::Result<Vec<u8>> {
         match self {
-            Pem::File(path) => std::fs::read(path),
+            Pem::File(path) => read_capped(path),
             Pem::Inline(text) => Ok(text.clone().into_bytes()),
         }
     }
+}
+
+/// The largest web configuration, certificate or key file read: far above any real one, and
+/// small enough that a name like `/dev/zero` cannot exhaust memory.
+const MAX_FILE: u64 = 1 << 20;
+
+/// The file at `path`, refused when over [`MAX_FILE`].
+fn read_capped(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_FILE + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE {
+        return Err(std::io::Error::other("larger than 1 MiB"));
+    }
+    Ok(bytes)
 }
 
 /// `client_auth_type`, with Go's names.
@@ -316,9 +333,13 @@ impl WebConfig {
     /// Reads and checks the file at `path` (not the certificates it names: see
     /// [`super::tls::server_config`]).
     pub fn read(path: &Path) -> Result<WebConfig, WebConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| WebConfigError {
+        let bytes = read_capped(path).map_err(|e| WebConfigError {
             path: path.display().to_string(),
             message: format!("cannot read it: {e}"),
+        })?;
+        let text = String::from_utf8(bytes).map_err(|_| WebConfigError {
+            path: path.display().to_string(),
+            message: "is not UTF-8 text".to_owned(),
         })?;
         let directory = path.parent().unwrap_or(Path::new(""));
         WebConfig::parse(&text, directory).map_err(|message| WebConfigError {
@@ -798,6 +819,11 @@ rate_limit:
         assert!(
             message.starts_with("/nonexistent/web.yml: cannot read it"),
             "{message}"
+        );
+        let endless = WebConfig::read(Path::new("/dev/zero")).expect_err("endless");
+        assert_eq!(
+            endless.to_string(),
+            "/dev/zero: cannot read it: larger than 1 MiB"
         );
     }
 }
