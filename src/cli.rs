@@ -193,9 +193,32 @@ pub struct RunArgs {
     #[arg(long, short = 'c', value_name = "FILE", env = "CRASHWATCH_CONFIG")]
     pub config: Option<PathBuf>,
 
-    /// Address to serve /metrics on [default: 127.0.0.1:9863].
-    #[arg(long, value_name = "IP:PORT")]
-    pub listen: Option<String>,
+    /// Address to serve /metrics, the landing page and the status API on: IP:PORT, or :PORT
+    /// for every address; repeatable, replaces the file's addresses ([web] listen_addresses).
+    /// --listen is the same flag under its older name [default: 127.0.0.1:9863].
+    #[arg(
+        long = "web.listen-address",
+        visible_alias = "listen",
+        value_name = "IP:PORT"
+    )]
+    pub web_listen_address: Vec<String>,
+
+    /// The web configuration file, as Prometheus exporters read it (exporter-toolkit's format):
+    /// TLS with tls_server_config, client certificates, basic_auth_users with bcrypt hashes,
+    /// http_server_config headers. Read again whenever it or a certificate it names changes;
+    /// a version that does not check out leaves the last good one serving ([web] config_file).
+    #[arg(long = "web.config.file", value_name = "FILE")]
+    pub web_config_file: Option<PathBuf>,
+
+    /// Serve on the listening sockets systemd passes (socket activation from a .socket unit)
+    /// instead of --web.listen-address ([web] systemd_socket = true).
+    #[arg(long = "web.systemd-socket")]
+    pub web_systemd_socket: bool,
+
+    /// Serve /metrics and the landing page only: /api/* answers 404, and `crashwatch status`
+    /// cannot ask this daemon ([web] disable_api = true).
+    #[arg(long = "web.disable-api")]
+    pub web_disable_api: bool,
 
     /// Send StatsD metrics to this UDP address.
     #[arg(long, value_name = "HOST:PORT")]

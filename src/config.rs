@@ -92,6 +92,9 @@ pub struct FileConfig {
     /// `[crash_context]`.
     #[serde(default)]
     pub crash_context: CrashContextSection,
+    /// `[web]`.
+    #[serde(default)]
+    pub web: WebSection,
 }
 
 /// `[crash_context]`: the last lines of each crashed run, as shown in the status API, status,
@@ -108,6 +111,26 @@ pub struct CrashContextSection {
     /// Whether the default patterns (passwords, tokens, keys, credentials in URLs) are masked
     /// too. Default true.
     pub mask_defaults: Option<bool>,
+}
+
+/// `[web]`: how the HTTP server listens, and what it asks of its clients.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSection {
+    /// Addresses to serve on, each `IP:PORT` (`[::1]:9863` for IPv6) or `:PORT` for every
+    /// address. Default `["127.0.0.1:9863"]`; `[sink.prometheus] listen` is the older,
+    /// single-address form of the same setting (set one or the other).
+    pub listen_addresses: Option<Vec<String>>,
+    /// The web configuration file, in the Prometheus exporter-toolkit format (TLS, client
+    /// certificates, basic authentication, headers), as node_exporter's `--web.config.file`.
+    /// Read again when it or a certificate it names changes. Default: none (plain HTTP, no
+    /// authentication).
+    pub config_file: Option<String>,
+    /// Serve on the sockets systemd passes (socket activation, a `.socket` unit) instead of
+    /// `listen_addresses`. Default false.
+    pub systemd_socket: Option<bool>,
+    /// Serve `/metrics` and `/` only; `/api/*` answers 404. Default false.
+    pub disable_api: Option<bool>,
 }
 
 /// `[log]`: crashwatch's own log lines.
@@ -225,7 +248,8 @@ pub struct SinkSection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PrometheusSection {
-    /// Address to serve `/metrics` on. Default `127.0.0.1:9863`.
+    /// Address to serve `/metrics` on. Default `127.0.0.1:9863`. `[web] listen_addresses` takes
+    /// several.
     pub listen: Option<String>,
 }
 
@@ -298,8 +322,14 @@ pub struct LimitsSection {
 /// Values given on the command line; each replaces its file counterpart.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
-    /// `--listen`.
-    pub listen: Option<String>,
+    /// `--web.listen-address` (or `--listen`), each given; replaces the file's addresses.
+    pub listen: Vec<String>,
+    /// `--web.config.file`.
+    pub web_config_file: Option<PathBuf>,
+    /// `--web.systemd-socket` (only turns it on).
+    pub web_systemd_socket: bool,
+    /// `--web.disable-api` (only turns the API off).
+    pub web_disable_api: bool,
     /// `--statsd`.
     pub statsd: Option<String>,
     /// `--statsd-prefix`.
@@ -387,6 +417,21 @@ pub struct StatsdTarget {
     pub tags: bool,
 }
 
+/// How the HTTP server listens and what it asks of its clients.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebSettings {
+    /// Where to serve, in order; unused with `systemd_socket`.
+    pub listen_addresses: Vec<SocketAddr>,
+    /// The exporter-toolkit web configuration file, if any (checked when resolved).
+    pub config_file: Option<PathBuf>,
+    /// Whether the web configuration file sets up TLS, as it read when resolved.
+    pub tls: bool,
+    /// Whether to serve on the sockets systemd passes instead.
+    pub systemd_socket: bool,
+    /// Whether `/api/*` is served.
+    pub api: bool,
+}
+
 /// A checked configuration, ready to run.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -398,8 +443,10 @@ pub struct Config {
     pub policy: Policy,
     /// Per-unit policies, first match wins.
     pub overrides: Vec<(Glob, Policy)>,
-    /// Where `/metrics` is served.
+    /// The first address `/metrics` is served on (where `crashwatch status` asks).
     pub listen: SocketAddr,
+    /// All the HTTP server's settings.
+    pub web: WebSettings,
     /// StatsD output, if any.
     pub statsd: Option<StatsdTarget>,
     /// The event record, if any.
@@ -445,6 +492,12 @@ impl Config {
             message,
         };
         let upstart = resolve_upstart(&file.source.upstart, &cli, &invalid)?;
+        let web = resolve_web(
+            &file.web,
+            file.sink.prometheus.listen.as_deref(),
+            &cli,
+            &invalid,
+        )?;
         let source = match cli.source.as_deref().or(file.source.kind.as_deref()) {
             Some(text) => {
                 SourceChoice::parse(text).map_err(|e| invalid(format!("source.kind: {e}")))?
@@ -493,15 +546,7 @@ impl Config {
             overrides.push((glob, p));
         }
 
-        let listen_text = cli
-            .listen
-            .or(file.sink.prometheus.listen)
-            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
-        let listen: SocketAddr = listen_text.parse().map_err(|_| {
-            invalid(format!(
-                "listen address {listen_text:?} is not IP:PORT (e.g. {DEFAULT_LISTEN})"
-            ))
-        })?;
+        let listen = web.listen_addresses[0];
 
         let statsd = match cli.statsd.or(file.sink.statsd.address) {
             Some(address) => {
@@ -599,6 +644,7 @@ impl Config {
             policy,
             overrides,
             listen,
+            web,
             statsd,
             events,
             events_rotation,
@@ -615,6 +661,77 @@ impl Config {
             log_level,
         })
     }
+}
+
+/// Checks `[web]` (and the older `[sink.prometheus] listen`) plus the command line. The web
+/// configuration file is read and checked here, certificates and keys included, so that a bad
+/// one stops the start-up (and `check-config`) with its problem.
+fn resolve_web(
+    section: &WebSection,
+    prometheus_listen: Option<&str>,
+    cli: &Overrides,
+    invalid: &dyn Fn(String) -> ConfigError,
+) -> Result<WebSettings, ConfigError> {
+    let (texts, key) = if !cli.listen.is_empty() {
+        (cli.listen.clone(), "--web.listen-address")
+    } else {
+        match (&section.listen_addresses, prometheus_listen) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "set web.listen_addresses or sink.prometheus.listen, not both".to_owned(),
+                ))
+            }
+            (Some(list), None) => (list.clone(), "web.listen_addresses"),
+            (None, Some(one)) => (vec![one.to_owned()], "sink.prometheus.listen"),
+            (None, None) => (vec![DEFAULT_LISTEN.to_owned()], "web.listen_addresses"),
+        }
+    };
+    if texts.is_empty() {
+        return Err(invalid(format!("{key} must not be empty")));
+    }
+    let mut listen_addresses = Vec::with_capacity(texts.len());
+    for text in &texts {
+        let address = parse_listen(text).ok_or_else(|| {
+            invalid(format!(
+                "listen address {text:?} ({key}) is not IP:PORT or :PORT (e.g. {DEFAULT_LISTEN})"
+            ))
+        })?;
+        if listen_addresses.contains(&address) {
+            return Err(invalid(format!("{key}: {address} is given twice")));
+        }
+        listen_addresses.push(address);
+    }
+    let (config_file, file_key) = match (&cli.web_config_file, &section.config_file) {
+        (Some(path), _) => (Some(path.clone()), "--web.config.file"),
+        (None, Some(path)) => (Some(PathBuf::from(path)), "web.config_file"),
+        (None, None) => (None, "web.config_file"),
+    };
+    // An empty name means no file, as exporter-toolkit's empty flag does.
+    let config_file = config_file.filter(|path| !path.as_os_str().is_empty());
+    let tls = match &config_file {
+        Some(path) => crate::http::check_web_config(path)
+            .map_err(|e| invalid(format!("{file_key}: {e}")))?
+            .tls
+            .is_some(),
+        None => false,
+    };
+    Ok(WebSettings {
+        listen_addresses,
+        config_file,
+        tls,
+        systemd_socket: cli.web_systemd_socket || section.systemd_socket.unwrap_or(false),
+        api: !(cli.web_disable_api || section.disable_api.unwrap_or(false)),
+    })
+}
+
+/// A listen address: `IP:PORT`, or `:PORT` for every address (IPv6 and IPv4 alike, as Go's
+/// listeners take it).
+fn parse_listen(text: &str) -> Option<SocketAddr> {
+    if let Some(port) = text.strip_prefix(':') {
+        let port: u16 = port.parse().ok()?;
+        return Some(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)));
+    }
+    text.parse().ok()
 }
 
 /// Checks the event record's rotation: the command line's maximum size and files over
@@ -971,6 +1088,104 @@ mod tests {
             assert!(message.contains(expected), "{text:?}: {message}");
             assert!(!message.contains('\n'), "{message}");
         }
+    }
+
+    #[test]
+    fn the_web_section_is_read() {
+        let config = resolve("").expect("defaults");
+        let default: SocketAddr = DEFAULT_LISTEN.parse().unwrap();
+        assert_eq!(
+            config.web,
+            WebSettings {
+                listen_addresses: vec![default],
+                config_file: None,
+                tls: false,
+                systemd_socket: false,
+                api: true,
+            }
+        );
+        assert_eq!(config.listen, default);
+        let config = resolve(
+            "[web]\nlisten_addresses = [\"127.0.0.1:9100\", \":9101\", \"[::1]:9102\"]\n\
+             systemd_socket = true\ndisable_api = true\nconfig_file = \"\"\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            config.web.listen_addresses,
+            [
+                "127.0.0.1:9100".parse::<SocketAddr>().unwrap(),
+                "[::]:9101".parse().unwrap(),
+                "[::1]:9102".parse().unwrap(),
+            ]
+        );
+        assert_eq!(config.listen, config.web.listen_addresses[0]);
+        assert!(config.web.systemd_socket && !config.web.api);
+        assert_eq!(config.web.config_file, None, "an empty name is no file");
+        let old = resolve("[sink.prometheus]\nlisten = \"127.0.0.1:9200\"\n").expect("valid");
+        assert_eq!(
+            old.web.listen_addresses,
+            ["127.0.0.1:9200".parse::<SocketAddr>().unwrap()]
+        );
+        let flags = Config::resolve(
+            parse_file(
+                "[web]\nlisten_addresses = [\"127.0.0.1:9100\"]\n",
+                Path::new("crashwatch.toml"),
+            )
+            .expect("valid"),
+            Overrides {
+                listen: vec!["127.0.0.1:1".to_owned(), "127.0.0.1:2".to_owned()],
+                web_systemd_socket: true,
+                web_disable_api: true,
+                ..Overrides::default()
+            },
+            "crashwatch.toml",
+        )
+        .expect("valid");
+        assert_eq!(
+            flags.web.listen_addresses.len(),
+            2,
+            "flags replace the file's"
+        );
+        assert!(flags.web.systemd_socket && !flags.web.api);
+        for (text, expected) in [
+            (
+                "[web]\nlisten_addresses = [\"127.0.0.1:1\"]\n[sink.prometheus]\nlisten = \"127.0.0.1:2\"\n",
+                "set web.listen_addresses or sink.prometheus.listen, not both",
+            ),
+            ("[web]\nlisten_addresses = []\n", "web.listen_addresses must not be empty"),
+            (
+                "[web]\nlisten_addresses = [\"localhost:1\"]\n",
+                "listen address \"localhost:1\" (web.listen_addresses) is not IP:PORT",
+            ),
+            (
+                "[web]\nlisten_addresses = [\":1\", \"[::]:1\"]\n",
+                "web.listen_addresses: [::]:1 is given twice",
+            ),
+            (
+                "[web]\nconfig_file = \"/nonexistent/web.yml\"\n",
+                "web.config_file: /nonexistent/web.yml: cannot read it",
+            ),
+            ("[web]\nlisten = \"127.0.0.1:1\"\n", "unknown field `listen`"),
+        ] {
+            let message = resolve(text).expect_err(text).to_string();
+            assert!(message.starts_with("crashwatch.toml"), "{message}");
+            assert!(message.contains(expected), "{text:?}: {message}");
+            assert!(!message.contains('\n'), "{message}");
+        }
+        let flag = Config::resolve(
+            FileConfig::default(),
+            Overrides {
+                web_config_file: Some(PathBuf::from("/nonexistent/web.yml")),
+                ..Overrides::default()
+            },
+            "command line",
+        )
+        .expect_err("a missing file");
+        assert!(
+            flag.to_string()
+                .starts_with("command line: --web.config.file: /nonexistent/web.yml"),
+            "{flag}"
+        );
     }
 
     #[test]

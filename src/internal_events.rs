@@ -318,20 +318,102 @@ impl UnitOverflow<'_> {
     }
 }
 
-/// An HTTP client sent something that is not a request we serve, or was too slow.
+/// What went wrong with an HTTP connection or request: the `error_type` of
+/// `crashwatch_errors_total{component="http"}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HttpFailure {
+    /// The TLS handshake failed: no or a refused client certificate, no common version or
+    /// suite, or plain HTTP sent to the TLS port.
+    TlsHandshake,
+    /// Missing or wrong basic authentication (answered 401).
+    Unauthorized,
+    /// The TLS handshake, a request head or the taking of an answer did not end in time.
+    Timeout,
+    /// A method other than GET or HEAD (answered 405).
+    MethodNotAllowed,
+    /// A request head over the size cap (answered 431).
+    RequestTooLarge,
+    /// A request that is not HTTP/1.x, or one cut off before its head ended.
+    BadRequest,
+    /// More requests than the web configuration's `rate_limit` (answered 429).
+    RateLimited,
+    /// A connection dropped to make room for a newer one.
+    TooManyConnections,
+    /// The connection broke (reset by the client, say).
+    ConnectionError,
+    /// Accepting a connection failed (out of file descriptors, say).
+    AcceptFailed,
+}
+
+impl HttpFailure {
+    /// The `error_type` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            HttpFailure::TlsHandshake => "tls_handshake",
+            HttpFailure::Unauthorized => "unauthorized",
+            HttpFailure::Timeout => "timeout",
+            HttpFailure::MethodNotAllowed => "method_not_allowed",
+            HttpFailure::RequestTooLarge => "request_too_large",
+            HttpFailure::BadRequest => "bad_request",
+            HttpFailure::RateLimited => "rate_limited",
+            HttpFailure::TooManyConnections => "too_many_connections",
+            HttpFailure::ConnectionError => "connection_error",
+            HttpFailure::AcceptFailed => "accept_failed",
+        }
+    }
+
+    /// The key its log lines are rate-limited under.
+    fn log_key(self) -> &'static str {
+        match self {
+            HttpFailure::TlsHandshake => "http_tls_handshake",
+            HttpFailure::Unauthorized => "http_unauthorized",
+            HttpFailure::Timeout => "http_timeout",
+            HttpFailure::MethodNotAllowed => "http_method_not_allowed",
+            HttpFailure::RequestTooLarge => "http_request_too_large",
+            HttpFailure::BadRequest => "http_bad_request",
+            HttpFailure::RateLimited => "http_rate_limited",
+            HttpFailure::TooManyConnections => "http_too_many_connections",
+            HttpFailure::ConnectionError => "http_connection_error",
+            HttpFailure::AcceptFailed => "http_accept_failed",
+        }
+    }
+}
+
+/// An HTTP client was refused or dropped, or failed to finish its request.
 pub struct HttpRequestError<'a> {
     /// What went wrong.
+    pub failure: HttpFailure,
+    /// The detail, for the log: never a credential.
     pub reason: &'a str,
 }
 
 impl HttpRequestError<'_> {
     /// Counts and logs it.
     pub fn emit(self) {
-        count("http", "bad_request");
+        count("http", self.failure.label());
         warn_limited!(
-            "http_bad_request",
+            self.failure.log_key(),
+            error_type = self.failure.label(),
             reason = self.reason,
-            "Dropped an HTTP connection."
+            "Refused an HTTP request or dropped a connection."
+        );
+    }
+}
+
+/// The web configuration file (or a certificate, key or CA file it names) changed and no longer
+/// checks out; the server goes on with the last good configuration.
+pub struct WebConfigReloadError<'a> {
+    /// Why, as one line naming the file.
+    pub error: &'a str,
+}
+
+impl WebConfigReloadError<'_> {
+    /// Counts and logs it. Once per change of the files, so not rate-limited.
+    pub fn emit(self) {
+        count("http", "web_config_reload_failed");
+        tracing::error!(
+            error = self.error,
+            "Refused the changed web configuration; the last good one stays."
         );
     }
 }

@@ -34,6 +34,7 @@ pub mod internals {
     pub use crate::event::{
         Event, LoopEvent, SourceEvent, SourceKind, Transition, TransitionKind, UnitState,
     };
+    pub use crate::http::{subject_alt_names, WebConfig};
     pub use crate::sink::prometheus::ChangeTracking;
     pub use crate::sink::{events, statsd, ThreadedSink};
     pub use crate::source::journal::Parser;
@@ -63,14 +64,17 @@ const TRANSITION_QUEUE: usize = 65_536;
 /// Why crashwatch could not start. After start-up nothing is fatal.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// The metrics address could not be bound.
-    #[error("cannot listen on {address}: {source}")]
+    /// A listen address could not be bound, or systemd passed no usable socket.
+    #[error("cannot listen on {address}: {message}")]
     Listen {
-        /// The address.
-        address: std::net::SocketAddr,
+        /// The address, or `the sockets systemd passed`.
+        address: String,
         /// Why.
-        source: std::io::Error,
+        message: String,
     },
+    /// The web configuration file (or a file it names) does not check out.
+    #[error("{0}")]
+    WebConfig(String),
     /// The event record could not be opened.
     #[error("cannot open the event record {path}: {source}")]
     Events {
@@ -137,16 +141,9 @@ pub async fn run(
     sink::prometheus::describe();
     exclude_self(&mut config);
 
-    let listener = match &metrics {
-        Some(_) => Some(
-            http::bind(config.listen)
-                .await
-                .map_err(|source| RunError::Listen {
-                    address: config.listen,
-                    source,
-                })?,
-        ),
-        None => None,
+    let (listeners, web_config) = match &metrics {
+        Some(_) => web_listeners(&config.web).await?,
+        None => (Vec::new(), None),
     };
     let mut sinks = Sinks::default();
     if let Some(target) = &config.events {
@@ -205,12 +202,18 @@ pub async fn run(
         }
     }
     let units = engine::units::SharedUnits::new();
-    if let (Some(listener), Some(handle)) = (listener, metrics) {
+    if let Some(handle) = metrics {
         let routes = http::Routes {
             exposition: sink::prometheus::Exposition::new(handle, units.clone()),
             units: units.clone(),
+            api: config.web.api,
         };
-        tasks.spawn(http::serve(listener, routes, shutdown.child_token()));
+        tasks.spawn(http::serve(
+            listeners,
+            routes,
+            web_config,
+            shutdown.child_token(),
+        ));
     }
     let (reconfigure, reconfigured) = mpsc::channel(4);
     tasks.spawn(reload(
@@ -241,6 +244,30 @@ pub async fn run(
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
     Ok(())
+}
+
+/// The server's listening sockets (bound here, so a busy port fails at start-up) and its web
+/// configuration file, read and checked.
+async fn web_listeners(
+    web: &config::WebSettings,
+) -> Result<(Vec<tokio::net::TcpListener>, Option<http::LiveConfig>), RunError> {
+    let listeners = if web.systemd_socket {
+        http::systemd_sockets().map_err(|message| RunError::Listen {
+            address: "the sockets systemd passed".to_owned(),
+            message,
+        })?
+    } else {
+        http::bind(&web.listen_addresses)
+            .await
+            .map_err(|(address, message)| RunError::Listen { address, message })?
+    };
+    let live = match &web.config_file {
+        Some(path) => {
+            Some(http::LiveConfig::open(path).map_err(|e| RunError::WebConfig(e.to_string()))?)
+        }
+        None => None,
+    };
+    Ok((listeners, live))
 }
 
 /// Where the engine asks for crash contexts under systemd: the journal worker when journald
@@ -362,7 +389,7 @@ fn actions_sink(actions: &[sink::actions::Action]) -> Result<Option<Box<dyn Loop
 
 /// Applies each configuration from `reloads` to the running parts: the engine gets the new
 /// policies and filter and the sinks that changed, the source the new filter. What cannot change
-/// without a restart (listen address, event record, source, unit cap, folding, history) is said.
+/// without a restart (the web server settings, event record, source, unit cap, folding, history) is said.
 async fn reload(
     mut current: Config,
     kind: event::SourceKind,
@@ -405,7 +432,7 @@ async fn reload(
             }
         };
         for (what, changed) in [
-            ("listen", config.listen != current.listen),
+            ("web", config.web != current.web),
             ("events", config.events != current.events),
             (
                 "events_crash_context",

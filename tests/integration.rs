@@ -48,3 +48,5 @@ mod status;
 mod systemd_loops;
 #[path = "integration/upstart.rs"]
 mod upstart;
+#[path = "integration/web.rs"]
+mod web;

@@ -174,7 +174,10 @@ mod tests {
             .filter_map(|a| a.get_long())
             .map(|long| format!("--{long}"))
             .collect();
-        assert!(flags.contains(&"--listen".to_owned()), "{flags:?}");
+        assert!(
+            flags.contains(&"--web.listen-address".to_owned()),
+            "{flags:?}"
+        );
         assert!(flags.contains(&"--log-level".to_owned()), "{flags:?}");
         for flag in &flags {
             // A flag's own entry, not just a mention of it in another flag's text.

@@ -18,7 +18,10 @@ use crate::ReopenFlag;
 
 pub fn run(args: RunArgs) -> ExitCode {
     let overrides = Overrides {
-        listen: args.listen,
+        listen: args.web_listen_address,
+        web_config_file: args.web_config_file,
+        web_systemd_socket: args.web_systemd_socket,
+        web_disable_api: args.web_disable_api,
         statsd: args.statsd,
         statsd_prefix: args.statsd_prefix,
         statsd_tags: args.statsd_tags,
@@ -62,7 +65,7 @@ pub fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let listen = config.listen;
+    let serving = serving_on(&config.web);
     let notifier = Notifier::from_env();
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
@@ -75,15 +78,26 @@ pub fn run(args: RunArgs) -> ExitCode {
             reloads,
             reopen.clone(),
         ));
-        let result = crate::run(config, Some(handle), shutdown.clone(), reopen, reloaded, |units| {
-            tracing::info!(units, %listen, "Watching {units} units; metrics on http://{listen}/metrics.");
-            if let Some(notifier) = &notifier {
-                notifier.send(&format!("READY=1\nSTATUS=Watching {units} units"));
-                if let Some(interval) = Notifier::watchdog_interval() {
-                    tokio::spawn(ping_watchdog(Notifier::from_env(), interval, shutdown.clone()));
+        let result = crate::run(
+            config,
+            Some(handle),
+            shutdown.clone(),
+            reopen,
+            reloaded,
+            |units| {
+                tracing::info!(units, "Watching {units} units; metrics on {serving}.");
+                if let Some(notifier) = &notifier {
+                    notifier.send(&format!("READY=1\nSTATUS=Watching {units} units"));
+                    if let Some(interval) = Notifier::watchdog_interval() {
+                        tokio::spawn(ping_watchdog(
+                            Notifier::from_env(),
+                            interval,
+                            shutdown.clone(),
+                        ));
+                    }
                 }
-            }
-        })
+            },
+        )
         .await;
         if let Some(notifier) = &notifier {
             notifier.send("STOPPING=1");
@@ -100,6 +114,19 @@ pub fn run(args: RunArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Where /metrics is served, for the start-up line: each URL, or the sockets systemd passed.
+fn serving_on(web: &crate::config::WebSettings) -> String {
+    let scheme = if web.tls { "https" } else { "http" };
+    if web.systemd_socket {
+        return format!("the sockets systemd passed ({scheme})");
+    }
+    web.listen_addresses
+        .iter()
+        .map(|address| format!("{scheme}://{address}/metrics"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Tells systemd's watchdog that the runtime is alive, until shutdown.

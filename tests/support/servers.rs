@@ -452,6 +452,98 @@ impl Prometheus {
 }
 
 // ------------------------------------------------------------------------------------------------
+// Prometheus scraping over TLS, with a client certificate or basic authentication
+// ------------------------------------------------------------------------------------------------
+
+/// How a Prometheus scrapes a crashwatch that serves TLS: the CA it trusts, and the client
+/// certificate and basic authentication it shows, if any.
+pub struct SecureScrape<'a> {
+    /// crashwatch's port on 127.0.0.1.
+    pub port: u16,
+    /// The CA that signed crashwatch's server certificate (`tls_config.ca_file`).
+    pub ca: &'a Path,
+    /// A client certificate and its key (`tls_config.cert_file`, `key_file`).
+    pub client_cert: Option<(&'a Path, &'a Path)>,
+    /// User and password (`basic_auth`).
+    pub basic_auth: Option<(&'a str, &'a str)>,
+}
+
+impl Prometheus {
+    /// A real Prometheus scraping crashwatch every second over HTTPS (job `crashwatch`), as
+    /// `scrape` says; no rules, no Alertmanager.
+    pub fn start_secure(scrape: &SecureScrape) -> Prometheus {
+        start_with_retries(|| Self::try_start_secure(scrape))
+    }
+
+    fn try_start_secure(scrape: &SecureScrape) -> Result<Prometheus, StartError> {
+        let dir = TempDir::new("cw-prom-tls");
+        let port = free_port();
+        let config = dir.path().join("prometheus.yml");
+        let mut job = format!(
+            "scrape_configs:\n  - job_name: crashwatch\n    scheme: https\n    tls_config:\n      \
+             ca_file: {}\n",
+            scrape.ca.display()
+        );
+        if let Some((cert, key)) = scrape.client_cert {
+            job.push_str(&format!(
+                "      cert_file: {}\n      key_file: {}\n",
+                cert.display(),
+                key.display()
+            ));
+        }
+        if let Some((user, password)) = scrape.basic_auth {
+            // The password from a file, as operators keep it; serde_json quoting is valid YAML.
+            let password_file = dir.path().join("password");
+            std::fs::write(&password_file, password).map_err(|e| StartError {
+                message: format!("writing {}: {e}", password_file.display()),
+                retry: false,
+            })?;
+            job.push_str(&format!(
+                "    basic_auth:\n      username: {}\n      password_file: {}\n",
+                json!(user),
+                password_file.display()
+            ));
+        }
+        job.push_str(&format!(
+            "    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
+            scrape.port
+        ));
+        let text = format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n{job}"
+        );
+        std::fs::write(&config, text).map_err(|e| StartError {
+            message: format!("writing {}: {e}", config.display()),
+            retry: false,
+        })?;
+        let mut cmd = Command::new(find_in_path("prometheus").unwrap());
+        cmd.arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"));
+        let server = ServerProcess::spawn("prometheus", dir, cmd, || {
+            http_get(port, "/-/ready").is_ok()
+        })?;
+        Ok(Prometheus { server, port })
+    }
+
+    /// The health (`up`, `down`, `unknown`) and last scrape error of the job `crashwatch`'s
+    /// only target, from `/api/v1/targets`.
+    pub fn target_health(&self) -> Result<(String, String), String> {
+        let data = self.api("/api/v1/targets")?;
+        let target = data["activeTargets"]
+            .as_array()
+            .and_then(|targets| targets.iter().find(|t| t["labels"]["job"] == "crashwatch"))
+            .ok_or_else(|| format!("no crashwatch target in {data}"))?;
+        Ok((
+            target["health"].as_str().unwrap_or_default().to_owned(),
+            target["lastError"].as_str().unwrap_or_default().to_owned(),
+        ))
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
 // The reference StatsD server
 // ------------------------------------------------------------------------------------------------
 
