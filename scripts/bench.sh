@@ -81,6 +81,10 @@ T0=$SECONDS
 missing_packages() {
   local pkgs=() sandbox
   have prometheus-node-exporter || pkgs+=(prometheus-node-exporter)
+  # The scrapes over TLS: certificates, a bcrypt hash and a client that keeps its connection.
+  have openssl || pkgs+=(openssl)
+  have htpasswd || pkgs+=(apache2-utils)
+  have curl || pkgs+=(curl)
   read -r -a sandbox <<<"$(sandbox_missing_packages)"
   pkgs+=("${sandbox[@]}")
   echo "${pkgs[@]}"
@@ -213,6 +217,7 @@ printf '[Unit]\nDescription=bench load %%i\n[Service]\nExecStart=/bin/sleep infi
 # No process at all: a oneshot that stays active, for the 10,000-unit footprint.
 printf '[Unit]\nDescription=idle %%i\n[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStop=/bin/true\n' >"$UNIT_DIR/idle@.service"
 printf '[Unit]\nDescription=crash loop %%i for detection latency\nStartLimitIntervalSec=0\n[Service]\nExecStart=/bin/false\nRestart=always\nRestartSec=100ms\n' >"$UNIT_DIR/latency@.service"
+cp "$UNIT_DIR/latency@.service" "$UNIT_DIR/latencyctx@.service"
 for r in $(seq "$MISSED_RUNS"); do
   printf '[Unit]\nStartLimitIntervalSec=0\n[Service]\nExecStart=/bin/sh /run/cwbench/fail-first.sh %%n 10\nRestart=on-failure\nRestartSec=100ms\n' >"$UNIT_DIR/auto-$r.service"
   printf '[Unit]\nStartLimitIntervalSec=0\n[Service]\nExecStart=/bin/sh /run/cwbench/fail-first.sh %%n 3\nRestart=on-failure\nRestartSec=100ms\n' >"$UNIT_DIR/flap-$r.service"
@@ -305,24 +310,146 @@ for r in $(seq "$MISSED_RUNS"); do
 done
 
 # ------------------------------------------------------------------------------------ detection latency
-say "detection latency: $LOOPS crash loops"
+say "detection latency: $LOOPS crash loops, then $LOOPS with crash context on"
+# A second crashwatch with crash context on (a journal directory to read each crash's lines from)
+# runs through both halves, so each half has the same two watchers on the bus; the first half is
+# measured on the main crashwatch (no journal, context off), the second on this one. Its journal
+# directory is empty: each lookup runs journalctl and finds nothing, which measures that lookups
+# stay off the event path, not how fast journald reads.
+mkdir -p "$WORK/journal"
+printf '[history]\njournal_directory = "%s"\n' "$WORK/journal" >"$WORK/context.toml"
+"$BT" statsd-listen --out "$WORK/statsd-ctx.log" >"$WORK/statsd-ctx.port" &
+PIDS+=($!)
+wait_until 10 has port= "$WORK/statsd-ctx.port" || die "the second StatsD listener did not start"
+CWX_PORT=$("$BT" free-port)
+DBUS_SYSTEM_BUS_ADDRESS=$ADDR "$CW_BIN" run --listen "127.0.0.1:$CWX_PORT" \
+  --config "$WORK/context.toml" --statsd "127.0.0.1:$(kv port <"$WORK/statsd-ctx.port")" \
+  --events "$WORK/events-ctx.jsonl" --max-units 12000 2>"$WORK/crashwatch-ctx.log" &
+CWXP=$!
+PIDS+=("$CWXP")
+wait_until 20 has Watching "$WORK/crashwatch-ctx.log" || die "crashwatch with context did not start: $(cat "$WORK/crashwatch-ctx.log")"
 # One unit per loop, so every loop starts from a clean slate whatever the previous stop left.
-flagged() { grep -qF "unit.latency_$1_service.crashlooping:1|g" "$WORK/statsd.log"; }
+flagged() { grep -qF "unit.$1_service.crashlooping:1|g" "$2"; }
 # A subscriber next to crashwatch stamps when systemd's signals reach the bus's clients, to split
 # each latency into systemd and the bus, then crashwatch.
-"$BT" stamp --address "$ADDR" --units latency@ --out "$WORK/stamps.txt" >"$WORK/stamp.out" &
+latency_loops() { # template, StatsD log
+  local i
+  for i in $(seq "$LOOPS"); do
+    sd start --no-block "$1@$i.service"
+    wait_until 30 flagged "$1_$i" "$2" || die "the loop of $1@$i.service was not flagged"
+    sd stop "$1@$i.service"
+  done
+}
+"$BT" stamp --address "$ADDR" --units latency --out "$WORK/stamps.txt" >"$WORK/stamp.out" &
 STAMP=$!
 PIDS+=("$STAMP")
 wait_until 10 has ready "$WORK/stamp.out" || die "the stamping subscriber did not start"
-for i in $(seq "$LOOPS"); do
-  sd start --no-block "latency@$i.service"
-  wait_until 30 flagged "$i" || die "the loop of latency@$i.service was not flagged"
-  sd stop "latency@$i.service"
-done
+latency_loops latency "$WORK/statsd.log"
+latency_loops latencyctx "$WORK/statsd-ctx.log"
 sleep 1
 stop_pid "$STAMP"
+CTX_LOOKUPS=$("$BT" metric --url "http://127.0.0.1:$CWX_PORT/metrics" \
+  --name crashwatch_crash_context_lookups_total --label result=empty 2>/dev/null || echo 0)
+stop_pid "$CWXP"
 "$BT" latency --events "$WORK/events.jsonl" --statsd "$WORK/statsd.log" --stamps "$WORK/stamps.txt" \
   --units latency@ >"$WORK/latency.txt"
+"$BT" latency --events "$WORK/events-ctx.jsonl" --statsd "$WORK/statsd-ctx.log" --stamps "$WORK/stamps.txt" \
+  --units latencyctx@ >"$WORK/latency-ctx.txt"
+
+# ------------------------------------------------------------------------------------ scrapes over TLS
+# The same exporters again, each with the same web configuration file (TLS and basic auth, as
+# exporter-toolkit reads it), scraped by curl over one kept-alive connection as Prometheus does,
+# once with gzip and once without. The first GET of each run (the handshake and the one bcrypt
+# check) is left out of the latency, as a long-lived scrape connection pays them once.
+TLS_UNITS=1000
+tls_scrapes() {
+  say "scrapes over TLS with basic auth at $TLS_UNITS units: certificates and a second pair of exporters"
+  TLS=$WORK/tls
+  mkdir -p "$TLS"
+  (
+    cd "$TLS"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=bench CA" \
+      -keyout ca-key.pem -out ca.pem -addext basicConstraints=critical,CA:TRUE 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >server.ext
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=127.0.0.1 \
+      -keyout server-key.pem -out server.csr 2>/dev/null
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 2 \
+      -extfile server.ext -out server.pem 2>/dev/null
+  )
+  printf 'bench-password' >"$TLS/password"
+  HASH=$(htpasswd -nbBC 10 prometheus bench-password | cut -d: -f2-)
+  cat >"$TLS/web-config.yml" <<WEB
+tls_server_config:
+  cert_file: $TLS/server.pem
+  key_file: $TLS/server-key.pem
+basic_auth_users:
+  prometheus: '$HASH'
+WEB
+  CWT_PORT=$("$BT" free-port)
+  DBUS_SYSTEM_BUS_ADDRESS=$ADDR "$CW_BIN" run --web.listen-address "127.0.0.1:$CWT_PORT" \
+    --web.config.file "$TLS/web-config.yml" --max-units 12000 2>"$WORK/crashwatch-tls.log" &
+  CWTP=$!
+  PIDS+=("$CWTP")
+  NET_PORT=$("$BT" free-port)
+  DBUS_SYSTEM_BUS_ADDRESS=$ADDR "$NODE_EXPORTER" --web.listen-address="127.0.0.1:$NET_PORT" \
+    --web.config.file="$TLS/web-config.yml" \
+    --collector.disable-defaults --collector.systemd --collector.systemd.enable-restarts-metrics \
+    >"$WORK/node_exporter-tls.log" 2>&1 &
+  NETP=$!
+  PIDS+=("$NETP")
+  tls_get() { # url, then curl's own options; the body on stdout
+    local url=$1
+    shift
+    curl -sf --cacert "$TLS/ca.pem" -u "prometheus:$(cat "$TLS/password")" "$@" "$url"
+  }
+  tls_up() { tls_get "$1" >/dev/null; }
+  wait_until 30 tls_up "https://127.0.0.1:$CWT_PORT/metrics" ||
+    die "crashwatch did not answer over TLS: $(cat "$WORK/crashwatch-tls.log")"
+  wait_until 30 tls_up "https://127.0.0.1:$NET_PORT/metrics" ||
+    die "node_exporter did not answer over TLS: $(cat "$WORK/node_exporter-tls.log")"
+  # The TLS crashwatch has the sandbox's running units from its start-up snapshot.
+  tls_units() { [ "$(tls_get "https://127.0.0.1:$CWT_PORT/metrics" | grep -c '^crashwatch_unit_active{unit="bench@')" -ge "$TLS_UNITS" ]; }
+  wait_until 60 tls_units || die "the TLS crashwatch does not show $TLS_UNITS units"
+  cpu_ns() { # the summed on-CPU time of every thread of the given PIDs
+    local p
+    for p in "$@"; do cat /proc/"$p"/task/*/schedstat; done 2>/dev/null | awk '{s += $1} END {printf "%.0f", s}'
+  }
+  tls_scrape() { # url, GETs, PIDs (comma-separated), then curl's own options
+    local url=$1 count=$2 pids c0 c1 urls=() times
+    IFS=, read -r -a pids <<<"$3"
+    shift 3
+    for _ in $(seq "$count"); do urls+=(-o /dev/null "$url"); done
+    # A first connection checks the password once: both exporters cache the bcrypt result.
+    tls_get "$url" "$@" >/dev/null
+    c0=$(cpu_ns "${pids[@]}")
+    # One curl, one connection: --write-out prints each transfer's time, size and new connects.
+    times=$(curl -s --cacert "$TLS/ca.pem" -u "prometheus:$(cat "$TLS/password")" "$@" \
+      -w '%{time_total} %{size_download} %{num_connects}\n' "${urls[@]}" 2>/dev/null) || true
+    c1=$(cpu_ns "${pids[@]}")
+    # The first GET's time holds the handshake: left out of the latency, kept in the CPU.
+    sed 1d <<<"$times" | awk -v c0="$c0" -v c1="$c1" -v n="$count" '
+      {t[NR] = $1 * 1000; bytes = $2}
+      END {
+        asort(t); m = (NR % 2) ? t[(NR + 1) / 2] : (t[NR / 2] + t[NR / 2 + 1]) / 2
+        printf "lat_median_ms=%.3f cpu_ms=%.3f bytes=%d\n", m, (c1 - c0) / 1e6 / n, bytes
+      }'
+    printf 'connects=%s\n' "$(awk '{c += $3} END {print c}' <<<"$times")" >>"$WORK/tls-connects.txt"
+  }
+  for run in $(seq "$RUNS"); do
+    order=(cw ne cwz nez)
+    if [ $((run % 2)) = 0 ]; then order=(nez cwz ne cw); fi
+    for who in "${order[@]}"; do
+      case $who in
+        cw) tls_scrape "https://127.0.0.1:$CWT_PORT/metrics" 51 "$CWTP,$SD_DBUS,$PID1" ;;
+        cwz) tls_scrape "https://127.0.0.1:$CWT_PORT/metrics" 51 "$CWTP,$SD_DBUS,$PID1" --compressed ;;
+        ne) tls_scrape "https://127.0.0.1:$NET_PORT/metrics" 4 "$NETP,$SD_DBUS,$PID1" ;;
+        nez) tls_scrape "https://127.0.0.1:$NET_PORT/metrics" 4 "$NETP,$SD_DBUS,$PID1" --compressed ;;
+      esac >>"$WORK/tls-$who.txt"
+    done
+  done
+  stop_pid "$CWTP"
+  stop_pid "$NETP"
+}
 
 # ------------------------------------------------------------------------------------ scrapes
 declare -A SCR
@@ -367,6 +494,7 @@ for n in "${SIZES[@]}"; do
   SCR[$n,ne_msgs]=$(awk -v a="$l1" -v b="$l2" 'BEGIN {printf "%.0f", (b - a) / 2}')
   SCR[$n,cw_rss]=$("$BT" proc --pids "$CWP" --seconds 0 | kv rss_kib)
   SCR[$n,ne_rss]=$("$BT" proc --pids "$NEP" --seconds 0 | kv rss_kib)
+  if [ "$n" = "$TLS_UNITS" ]; then tls_scrapes; fi
 done
 
 # ------------------------------------------------------------------------------------ footprint at 10,000
@@ -504,13 +632,14 @@ tp_crashwatch() { # extra crashwatch flags
   fi
 }
 for run in $(seq "$TP_RUNS"); do
-  order=(sub cw cwall)
-  if [ $((run % 2)) = 0 ]; then order=(cwall cw sub); fi
+  order=(sub cw cwall cwctx)
+  if [ $((run % 2)) = 0 ]; then order=(cwctx cwall cw sub); fi
   for who in "${order[@]}"; do
     case $who in
       sub) tp_subscriber ;;
       cw) tp_crashwatch ;;
       cwall) tp_crashwatch --statsd "127.0.0.1:$HOLE_PORT" --events "$WORK/tp-events.jsonl" ;;
+      cwctx) tp_crashwatch --config "$WORK/context.toml" ;;
     esac >>"$WORK/tp-$who.txt"
     rm -f "$WORK/tp-events.jsonl"
   done
@@ -548,7 +677,27 @@ for n in "${SIZES[@]}"; do
   md "| $n | $(ratio "$(scrm lat_median_ms "$n" ne)" "$(scrm lat_median_ms "$n" cwc)")× | $(ratio "$(scrm cpu_ms "$n" ne)" "$(scrm cpu_ms "$n" cwc)")× | $(ratio "$(scrm lat_median_ms "$n" ne)" "$(scrm lat_median_ms "$n" cw)")× | $(ratio "$(scrm cpu_ms "$n" ne)" "$(scrm cpu_ms "$n" cw)")× |"
 done
 md ""
-md "How: \`N\` instances of \`bench@.service\` (\`ExecStart=/bin/sleep infinity\`) running in the sandbox, started while both exporters ran, so crashwatch holds the series of every unit. Each run times sequential HTTP GETs of \`/metrics\` (plain HTTP/1.1, no compression, one connection each; 50 for crashwatch unchanged, 10 after a change, $([ "${#SIZES[@]}" -gt 2 ] && echo "10/3/2" || echo "10/3") for node_exporter) after one untimed GET. *Latency* is the median GET time as the client sees it. *CPU* is on-CPU time per GET of the exporter **plus the sandbox's dbus-daemon and systemd**, from \`/proc/<pid>/task/*/schedstat\` before and after (nanosecond resolution; utime+stime agree to within their 10 ms ticks). *After a change*: before each GET a connection is opened and closed unused, which crashwatch counts in \`crashwatch_errors_total\`, so \`/metrics\` has changed since the previous GET and is rendered afresh; *unchanged*: nothing happened since the previous GET, as on a quiet node between two Prometheus scrapes. *D-Bus messages* are counted with \`dbus-monitor --profile\` on the sandbox bus during separate GETs. node_exporter runs with \`--collector.disable-defaults --collector.systemd --collector.systemd.enable-restarts-metrics\`."
+md "How: \`N\` instances of \`bench@.service\` (\`ExecStart=/bin/sleep infinity\`) running in the sandbox, started while both exporters ran, so crashwatch holds the series of every unit. Each run times sequential HTTP GETs of \`/metrics\` (plain HTTP/1.1, no compression, one connection each; 50 for crashwatch unchanged, 10 after a change, $([ "${#SIZES[@]}" -gt 2 ] && echo "10/3/2" || echo "10/3") for node_exporter) after one untimed GET. *Latency* is the median GET time as the client sees it. *CPU* is on-CPU time per GET of the exporter **plus the sandbox's dbus-daemon and systemd**, from \`/proc/<pid>/task/*/schedstat\` before and after (nanosecond resolution; utime+stime agree to within their 10 ms ticks). *After a change*: before each GET a malformed request is sent on a connection of its own, which crashwatch answers with 400 and counts in \`crashwatch_errors_total\`, so \`/metrics\` has changed since the previous GET and is rendered afresh; *unchanged*: nothing happened since the previous GET, as on a quiet node between two Prometheus scrapes. *D-Bus messages* are counted with \`dbus-monitor --profile\` on the sandbox bus during separate GETs. node_exporter runs with \`--collector.disable-defaults --collector.systemd --collector.systemd.enable-restarts-metrics\`."
+md ""
+
+tls() { col "$1" "$WORK/tls-$2.txt" | spread "${3:-2}"; }
+tlsm() { col "$1" "$WORK/tls-$2.txt" | median; }
+md "### Over TLS with basic auth, at $TLS_UNITS units"
+md ""
+md "| exporter | gzip | latency ms | CPU ms/scrape | bytes on the wire |"
+md "| --- | --- | ---: | ---: | ---: |"
+for who in ne nez cw cwz; do
+  case $who in ne | nez) name=node_exporter prec=1 ;; *) name=crashwatch prec=3 ;; esac
+  case $who in *z) z=yes ;; *) z=no ;; esac
+  md "| $name | $z | $(tls lat_median_ms "$who" "$prec") | $(tls cpu_ms "$who" "$prec") | $(tlsm bytes "$who") |"
+done
+md ""
+md "| node_exporter / crashwatch over TLS | latency | CPU |"
+md "| --- | ---: | ---: |"
+md "| without gzip | $(ratio "$(tlsm lat_median_ms ne)" "$(tlsm lat_median_ms cw)")× | $(ratio "$(tlsm cpu_ms ne)" "$(tlsm cpu_ms cw)")× |"
+md "| with gzip | $(ratio "$(tlsm lat_median_ms nez)" "$(tlsm lat_median_ms cwz)")× | $(ratio "$(tlsm cpu_ms nez)" "$(tlsm cpu_ms cwz)")× |"
+md ""
+md "How: a second crashwatch and a second node_exporter on the same sandbox bus, both started with the same \`--web.config.file\` (exporter-toolkit's format: TLS 1.3 with a P-256 certificate made for the run, and \`basic_auth_users\` with a bcrypt hash of cost 10 from \`htpasswd -nbBC 10\`). Each run is one curl process GETting \`/metrics\` over one kept-alive connection (51 times for crashwatch, 4 for node_exporter), with and without \`--compressed\` (\`Accept-Encoding: gzip\`, as Prometheus sends), after one GET on a connection of its own so that both exporters have checked and cached the password. *Latency* is curl's median \`time_total\` leaving out the first GET of the connection (the handshake); *CPU* is on-CPU time of the exporter plus the sandbox's dbus-daemon and systemd over the whole run, handshake included, per GET; *bytes* is what crossed the connection per GET (\`size_download\`). Nothing changes in the sandbox between GETs, so crashwatch's figure compares with *unchanged* above. New connections over all runs (one per curl, so the connection was kept): $(awk -F= '{c += $2; n++} END {printf "%d in %d curl runs", c, n}' "$WORK/tls-connects.txt")."
 md ""
 
 md "## Missed restarts"
@@ -580,6 +729,20 @@ lat_row bus_to_flag_datagram "… and: signal received" "datagram received (cras
 lat_row crash_to_flag_datagram "the last crash before the loop is flagged" "StatsD \`crashlooping:1\` received"
 if grep -q mismatch "$WORK/latency.txt"; then md "Warning: $(grep mismatch "$WORK/latency.txt")"; fi
 md ""
+md "With crash context on (a second crashwatch, each crash looked up through journalctl: $CTX_LOOKUPS lookups over both halves):"
+md ""
+md "| from | to | p50 ms | p99 ms | max ms | samples |"
+md "| --- | --- | ---: | ---: | ---: | ---: |"
+lat_ctx_row() {
+  local line
+  line=$(grep "^$1 " "$WORK/latency-ctx.txt")
+  md "| $2 | $3 | $(num "$(kv p50_ms <<<"$line")" 2) | $(num "$(kv p99_ms <<<"$line")" 2) | $(num "$(kv max_ms <<<"$line")" 2) | $(kv n <<<"$line") |"
+}
+lat_ctx_row crash_to_crash_datagram "crash" "its StatsD \`crashes\` datagram received"
+lat_ctx_row bus_to_crash_datagram "… of which: signal received" "datagram received (crashwatch's share)"
+lat_ctx_row restart_to_flag_datagram "the restart that completes the loop" "StatsD \`crashlooping:1\` received"
+if grep -q mismatch "$WORK/latency-ctx.txt"; then md "Warning: $(grep mismatch "$WORK/latency-ctx.txt")"; fi
+md ""
 md "How: $LOOPS times, an instance of \`latency@.service\` (\`ExecStart=/bin/false\`, \`Restart=always\`, \`RestartSec=100ms\`) is started, crashwatch flags the loop at its third restart (default threshold), and the unit is stopped. crashwatch sends StatsD to a UDP listener on 127.0.0.1 that stamps each datagram on arrival (\`CLOCK_REALTIME\`, the clock systemd's timestamps use); datagrams are paired in order with the crash and \`crashloop_started\` records of the event record, whose \`timestamp_us\` are systemd's own times. The gauge on \`/metrics\` is set just before the datagram is handed to the StatsD thread, so the datagram's arrival bounds the gauge's change from above. The split rows come from a second subscriber on the same bus that stamps the arrival of the unit's \`PropertiesChanged\` signals carrying the same systemd timestamp: before it is systemd (reaping, forking, queueing its signals) and dbus-daemon, after it crashwatch and its StatsD thread. The last row includes systemd's own \`RestartSec\` wait (100 ms plus timer slack) between that crash and the restart that completes the loop: no watcher can flag a loop before the restart that makes it one."
 md ""
 
@@ -591,9 +754,12 @@ tpm() { col rate "$WORK/tp-$1.txt" | median; }
 lost_sum() { col lost "$WORK/tp-$1.txt" | awk '{s += $1} END {print s + 0}'; }
 sub_rate=$(tpm sub)
 md "| bare zbus subscriber (the bus ceiling) | $(col rate "$WORK/tp-sub.txt" | spread 0) | 100% | $(lost_sum sub) | $(col cpu_us "$WORK/tp-sub.txt" | spread 1) |"
-for who in cw cwall; do
-  label="crashwatch (Prometheus only)"
-  if [ "$who" = cwall ]; then label="crashwatch with StatsD and the event record"; fi
+for who in cw cwall cwctx; do
+  case $who in
+    cw) label="crashwatch (Prometheus only)" ;;
+    cwall) label="crashwatch with StatsD and the event record" ;;
+    cwctx) label="crashwatch with crash context on (Prometheus only)" ;;
+  esac
   pct=$(paste -d' ' <(col rate "$WORK/tp-$who.txt") <(col rate "$WORK/tp-sub.txt") | awk '{printf "%.1f\n", 100 * $1 / $2}' | spread 1)
   md "| $label | $(col rate "$WORK/tp-$who.txt" | spread 0) | $pct% | $(lost_sum "$who") (dropped and resynced: $(col dropped "$WORK/tp-$who.txt" | awk '{s += $1} END {print s + 0}')) | $(col cpu_us "$WORK/tp-$who.txt" | spread 1) |"
 done

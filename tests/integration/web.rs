@@ -962,3 +962,53 @@ fn prometheus_scrapes_with_a_client_certificate() {
         stranger.log_tail(20)
     );
 }
+
+/// `crashwatch status` reads a daemon that serves TLS with basic authentication, with the flags
+/// that mirror the server's web configuration file; a wrong password or an untrusted certificate
+/// is one line on stderr and exit 1, and the password is never printed.
+#[test]
+fn status_reads_a_daemon_behind_tls_and_basic_auth() {
+    require_tls_tools!();
+    let dir = TempDir::new("cw-web");
+    let certs = make_certificates(dir.path());
+    let hash = bcrypt_hash("status-s3cret");
+    let cw = start_with_web_config(
+        dir.path(),
+        &tls_section(&certs, &format!("basic_auth_users:\n  operator: '{hash}'\n")),
+    );
+    let password = dir.path().join("password");
+    std::fs::write(&password, "status-s3cret\n").expect("the password file");
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, "not-it\n").expect("the wrong password file");
+    let status = |password: &Path, ca: &Path| {
+        Command::new(BIN)
+            .args(["status", "--address", &format!("https://localhost:{}", cw.port())])
+            .arg("--tls.ca-file")
+            .arg(ca)
+            .args(["--basic-auth.username", "operator"])
+            .arg("--basic-auth.password-file")
+            .arg(password)
+            .env_remove("CRASHWATCH_CONFIG")
+            .stdin(Stdio::null())
+            .output()
+            .expect("running crashwatch status")
+    };
+    let ok = status(&password, &certs.ca);
+    let printed = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "{ok:?}");
+    assert!(printed.contains("units watched"), "{printed}");
+
+    for (what, out) in [
+        ("a wrong password", status(&wrong, &certs.ca)),
+        ("a CA that signed nothing here", status(&password, &certs.other_ca)),
+    ] {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {out:?}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{what}: one line\n{stderr}");
+        for secret in ["status-s3cret", "not-it"] {
+            assert!(!stderr.contains(secret), "{what}: a password on stderr\n{stderr}");
+        }
+    }
+    let refused = String::from_utf8_lossy(&status(&wrong, &certs.ca).stderr).into_owned();
+    assert!(refused.contains("401"), "{refused}");
+}
