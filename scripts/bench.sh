@@ -427,12 +427,10 @@ WEB
       -w '%{time_total} %{size_download} %{num_connects}\n' "${urls[@]}" 2>/dev/null) || true
     c1=$(cpu_ns "${pids[@]}")
     # The first GET's time holds the handshake: left out of the latency, kept in the CPU.
-    sed 1d <<<"$times" | awk -v c0="$c0" -v c1="$c1" -v n="$count" '
-      {t[NR] = $1 * 1000; bytes = $2}
-      END {
-        asort(t); m = (NR % 2) ? t[(NR + 1) / 2] : (t[NR / 2] + t[NR / 2 + 1]) / 2
-        printf "lat_median_ms=%.3f cpu_ms=%.3f bytes=%d\n", m, (c1 - c0) / 1e6 / n, bytes
-      }'
+    printf 'lat_median_ms=%s cpu_ms=%s bytes=%s\n' \
+      "$(sed 1d <<<"$times" | awk '{printf "%.3f\n", $1 * 1000}' | median)" \
+      "$(awk -v c0="$c0" -v c1="$c1" -v n="$count" 'BEGIN {printf "%.3f", (c1 - c0) / 1e6 / n}')" \
+      "$(tail -1 <<<"$times" | awk '{print $2}')"
     printf 'connects=%s\n' "$(awk '{c += $3} END {print c}' <<<"$times")" >>"$WORK/tls-connects.txt"
   }
   for run in $(seq "$RUNS"); do

@@ -257,6 +257,8 @@ pub struct LoopEvent {
 /// How a unit's last crash ended its main process.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LastExit {
+    /// When the crash was, in microseconds since the Unix epoch: which crash it is.
+    pub crashed_at: Micros,
     /// The init system's verdict, e.g. `exit-code`, `signal`, `core-dump`.
     pub reason: String,
     /// The exit status, or the signal number for a signal.

@@ -145,6 +145,7 @@ pub async fn run(
         Some(_) => web_listeners(&config.web).await?,
         None => (Vec::new(), None),
     };
+    let units = engine::units::SharedUnits::new();
     let mut sinks = Sinks::default();
     if let Some(target) = &config.events {
         let out = sink::events::open(target, config.events_rotation, reopen).map_err(|source| {
@@ -159,7 +160,7 @@ pub async fn run(
         ));
     }
     sinks.statsd = statsd_sink(config.statsd.as_ref())?;
-    sinks.actions = actions_sink(&config.actions)?;
+    sinks.actions = actions_sink(&config.actions, &units)?;
 
     let kind = match config.source {
         source::SourceChoice::Systemd => event::SourceKind::Systemd,
@@ -201,7 +202,6 @@ pub async fn run(
             tasks.spawn(source.run(tx, shutdown.child_token()));
         }
     }
-    let units = engine::units::SharedUnits::new();
     if let Some(handle) = metrics {
         let routes = http::Routes {
             exposition: sink::prometheus::Exposition::new(handle, units.clone()),
@@ -222,6 +222,7 @@ pub async fn run(
         reloads,
         reconfigure,
         filters,
+        units.clone(),
         shutdown.child_token(),
     ));
     let detector = Detector::new(config.policy, config.overrides.clone());
@@ -379,11 +380,15 @@ fn statsd_sink(target: Option<&StatsdTarget>) -> Result<Option<Box<dyn EventSink
 }
 
 /// The actions sink, when any action is configured.
-fn actions_sink(actions: &[sink::actions::Action]) -> Result<Option<Box<dyn LoopSink>>, RunError> {
+fn actions_sink(
+    actions: &[sink::actions::Action],
+    units: &engine::units::SharedUnits,
+) -> Result<Option<Box<dyn LoopSink>>, RunError> {
     if actions.is_empty() {
         return Ok(None);
     }
-    let sink = sink::actions::ActionsSink::spawn(actions.to_vec()).map_err(RunError::Thread)?;
+    let sink = sink::actions::ActionsSink::spawn(actions.to_vec(), units.clone())
+        .map_err(RunError::Thread)?;
     Ok(Some(Box::new(sink)))
 }
 
@@ -396,6 +401,7 @@ async fn reload(
     mut reloads: mpsc::Receiver<Config>,
     engine: mpsc::Sender<engine::Reconfigure>,
     filters: watch::Sender<glob::UnitFilter>,
+    units: engine::units::SharedUnits,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -422,7 +428,7 @@ async fn reload(
         let actions = if config.actions == current.actions {
             None
         } else {
-            match actions_sink(&config.actions) {
+            match actions_sink(&config.actions, &units) {
                 Ok(sink) => Some(sink),
                 Err(error) => {
                     tracing::error!(%error, "Keeping the old actions.");

@@ -544,6 +544,7 @@ impl Dispatcher {
                     .get(&update.unit)
                     .and_then(|record| record.last_crash.as_ref())
                     .map(|crash| LastExit {
+                        crashed_at: crash.timestamp_us,
                         reason: crash.reason.to_owned(),
                         status: crash.exit.map(|exit| exit.exit_status),
                     });

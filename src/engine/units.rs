@@ -17,8 +17,8 @@ use serde::Serialize;
 
 use crate::detect::Policy;
 use crate::event::{
-    CrashContext, Event, ExitCause, LoopEvent, Micros, RestartCause, SourceKind, Transition,
-    TransitionKind, UnitState,
+    ContextStatus, CrashContext, Event, ExitCause, LoopEvent, Micros, RestartCause, SourceKind,
+    Transition, TransitionKind, UnitState,
 };
 
 /// Recent transitions kept per unit for `/api/units/{unit}/events`.
@@ -188,6 +188,10 @@ pub struct UnitRecord {
     pub restarts_in_window: u32,
     /// The last crash.
     pub last_crash: Option<LastCrash>,
+    /// The newest answered context of a crash before the last one, with that crash's time: in a
+    /// loop faster than a lookup, the last crash's lines are always still being read, and these
+    /// are the newest known.
+    pub earlier_context: Option<(Micros, CrashContext)>,
     /// The last transition: when, and what.
     pub last_transition: Option<(Micros, TransitionKind)>,
     /// When the init system unloaded the unit, if it has and has not loaded it since.
@@ -220,6 +224,7 @@ impl UnitRecord {
             crashlooping: false,
             restarts_in_window: 0,
             last_crash: None,
+            earlier_context: None,
             last_transition: None,
             unloaded_at: None,
             gave_up_at: None,
@@ -425,14 +430,20 @@ impl UnitTable {
         ended: Micros,
         context: CrashContext,
     ) -> bool {
-        let Some(crash) = self
-            .units
-            .get_mut(unit)
-            .and_then(|record| record.last_crash.as_mut())
-        else {
+        let Some(record) = self.units.get_mut(unit) else {
+            return false;
+        };
+        let Some(crash) = record.last_crash.as_mut() else {
             return false;
         };
         if crash.invocation_id.as_deref() != invocation || crash.timestamp_us != ended {
+            let newer = record
+                .earlier_context
+                .as_ref()
+                .is_none_or(|(at, _)| *at < ended);
+            if newer && ended < crash.timestamp_us && context.status != ContextStatus::Pending {
+                record.earlier_context = Some((ended, context));
+            }
             return false;
         }
         crash.context = Some(context);
@@ -812,6 +823,23 @@ mod tests {
         assert!(!table.attach_context(unit, Some(&older), 10_000_000, lines.clone()));
         // Nor, where runs have no name, one about an earlier crash of the same unit.
         assert!(!table.attach_context(unit, Some(&newer), 10_000_000, lines));
+        // It is kept as the newest known lines, for an action in a loop faster than the lookups.
+        assert_eq!(
+            table.get(unit).unwrap().earlier_context,
+            Some((10_000_000, CrashContext::found(vec!["old".into()])))
+        );
+        let pending = CrashContext::pending();
+        assert!(!table.attach_context(unit, Some(&older), 15_000_000, pending));
+        assert_eq!(
+            table
+                .get(unit)
+                .unwrap()
+                .earlier_context
+                .as_ref()
+                .map(|(at, _)| *at),
+            Some(10_000_000),
+            "a pending answer is no lines"
+        );
         assert!(table
             .get(unit)
             .unwrap()

@@ -1226,3 +1226,121 @@ retries = 0
         "resident memory went from {rss_before} KiB to {rss_after} KiB"
     );
 }
+
+/// Says why it fails, with a token in the line, and exits 3, restarted every half second. The
+/// start limit is off: the alert is read back from Alertmanager while it fires, and with the
+/// default (5 starts in 10 s) systemd would end the loop, and crashwatch resolve the alert, within
+/// seconds. The default start limit is covered by the conformance matrix.
+const REASONS_UNIT: &str = "[Unit]\n\
+StartLimitIntervalSec=0\n\
+\n\
+[Service]\n\
+ExecStart=/bin/sh -c 'echo starting; echo \"config error: missing key X, token=abc123def\" >&2; exit 3'\n\
+Restart=always\n\
+RestartSec=500ms\n";
+
+/// The page an operator gets says why the unit crashed: the crashed run's last lines (masked)
+/// reach a webhook and a real Alertmanager that ask for them, a command in a file, and nothing
+/// else.
+#[test]
+fn the_crashed_runs_last_lines_reach_the_actions_that_ask_for_them() {
+    require_sandbox!();
+    require_prometheus!();
+    let am = Alertmanager::start();
+    let hooks = HookReceiver::start(0);
+    let dir = TempDir::new("cw-actions");
+    let sb = Sandbox::start_with_journal().unwrap_or_else(|e| panic!("{e}"));
+    let unit = "reasons.service";
+    sb.write_unit(unit, REASONS_UNIT);
+    sb.pin_loaded(&[unit]);
+    let copied = dir.path().join("lines.txt");
+    let config = write_config(
+        &dir,
+        &format!(
+            r#"
+[history]
+journal_directory = {journal:?}
+
+[[action]]
+webhook = "{logs}"
+include_logs = true
+
+[[action]]
+webhook = "{plain}"
+
+[[action]]
+alertmanager = "http://127.0.0.1:{am}"
+include_logs = true
+
+[[action]]
+command = ["/bin/sh", "-c", 'cp "$CRASHWATCH_LAST_LINES_FILE" {copied}']
+"#,
+            journal = sb.journal_dir().display().to_string(),
+            logs = hooks.url("/logs"),
+            plain = hooks.url("/plain"),
+            am = am.port(),
+            copied = copied.display(),
+        ),
+    );
+    let cw = spawn_crashwatch(&sb, &config);
+    sb.systemctl_ok(&["start", "--no-block", unit]);
+    cw.expect_flagged(unit, 30);
+    let want = "config error: missing key X, token=[masked]";
+
+    let mut bodies = Vec::new();
+    let posted = wait_until(Duration::from_secs(20), || {
+        bodies = hooks.accepted("/logs", "loop_started");
+        !bodies.is_empty() && !hooks.accepted("/plain", "loop_started").is_empty()
+    });
+    assert!(
+        posted,
+        "no webhook: {:?}\n{}",
+        hooks.received().len(),
+        cw.diag(unit)
+    );
+    let body = &bodies[0];
+    let unit_document = || http_get(cw.port(), &format!("/api/units/{unit}")).unwrap_or_default();
+    assert_eq!(
+        body["last_lines_status"],
+        "ok",
+        "{body:#}\n{}",
+        unit_document()
+    );
+    let lines = body["last_lines"].as_array().cloned().unwrap_or_default();
+    assert_eq!(lines.last().and_then(Value::as_str), Some(want), "{body:#}");
+    let plain = &hooks.accepted("/plain", "loop_started")[0];
+    assert!(
+        plain.get("last_lines").is_none(),
+        "lines sent where not asked: {plain:#}"
+    );
+
+    let mut alerts = Vec::new();
+    let fired = wait_until(Duration::from_secs(20), || {
+        alerts = am
+            .alerts()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|a| a["labels"]["unit"] == unit)
+            .collect();
+        !alerts.is_empty()
+    });
+    assert!(fired, "no alert: {:#?}", am.alerts());
+    let annotation = alerts[0]["annotations"]["last_lines"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(annotation.ends_with(want), "{:#}", alerts[0]);
+    sb.systemctl_ok(&["stop", unit]);
+
+    let written = wait_until(Duration::from_secs(20), || copied.exists());
+    assert!(written, "the command did not run\n{}", cw.diag(unit));
+    let text = std::fs::read_to_string(&copied).expect("the copied lines");
+    assert_eq!(text.lines().last(), Some(want), "{text}");
+
+    for (place, text) in [
+        ("the webhook", body.to_string()),
+        ("the alert", alerts[0].to_string()),
+        ("the command's file", text),
+    ] {
+        assert!(!text.contains("abc123def"), "the token in {place}: {text}");
+    }
+}

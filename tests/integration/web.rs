@@ -974,7 +974,10 @@ fn status_reads_a_daemon_behind_tls_and_basic_auth() {
     let hash = bcrypt_hash("status-s3cret");
     let cw = start_with_web_config(
         dir.path(),
-        &tls_section(&certs, &format!("basic_auth_users:\n  operator: '{hash}'\n")),
+        &tls_section(
+            &certs,
+            &format!("basic_auth_users:\n  operator: '{hash}'\n"),
+        ),
     );
     let password = dir.path().join("password");
     std::fs::write(&password, "status-s3cret\n").expect("the password file");
@@ -982,7 +985,11 @@ fn status_reads_a_daemon_behind_tls_and_basic_auth() {
     std::fs::write(&wrong, "not-it\n").expect("the wrong password file");
     let status = |password: &Path, ca: &Path| {
         Command::new(BIN)
-            .args(["status", "--address", &format!("https://localhost:{}", cw.port())])
+            .args([
+                "status",
+                "--address",
+                &format!("https://localhost:{}", cw.port()),
+            ])
             .arg("--tls.ca-file")
             .arg(ca)
             .args(["--basic-auth.username", "operator"])
@@ -1000,13 +1007,23 @@ fn status_reads_a_daemon_behind_tls_and_basic_auth() {
 
     for (what, out) in [
         ("a wrong password", status(&wrong, &certs.ca)),
-        ("a CA that signed nothing here", status(&password, &certs.other_ca)),
+        (
+            "a CA that signed nothing here",
+            status(&password, &certs.other_ca),
+        ),
     ] {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{what}: {out:?}");
-        assert_eq!(stderr.trim().lines().count(), 1, "{what}: one line\n{stderr}");
+        assert_eq!(
+            stderr.trim().lines().count(),
+            1,
+            "{what}: one line\n{stderr}"
+        );
         for secret in ["status-s3cret", "not-it"] {
-            assert!(!stderr.contains(secret), "{what}: a password on stderr\n{stderr}");
+            assert!(
+                !stderr.contains(secret),
+                "{what}: a password on stderr\n{stderr}"
+            );
         }
     }
     let refused = String::from_utf8_lossy(&status(&wrong, &certs.ca).stderr).into_owned();

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::http::{post_with_retries, Endpoint, Retry};
 use super::{count, failure_of, ActionRequest, EVENT_ENDED, EVENT_REFRESH, EVENT_STARTED};
-use crate::event::Micros;
+use crate::event::{ContextStatus, CrashContext, Micros};
 use crate::internal_events::{ActionDropped, ActionFailed};
 use crate::time::format_timestamp;
 use crate::time::now_micros;
@@ -58,6 +58,8 @@ pub struct AlertmanagerAction {
     pub resend_interval: Duration,
     /// Timeout and retries of each push.
     pub retry: Retry,
+    /// Whether the alert carries the crashed run's last lines (annotation `last_lines`).
+    pub include_logs: bool,
 }
 
 /// Whether `name` is a label name every Alertmanager version accepts.
@@ -95,6 +97,9 @@ impl Alert {
             format!("{} is crash-looping on {hostname}", event.unit),
         );
         annotations.insert("description", description(request));
+        if let (true, Some(context)) = (action.include_logs, &request.context) {
+            annotations.insert("last_lines", last_lines(context));
+        }
         Alert {
             labels,
             annotations,
@@ -115,6 +120,19 @@ impl Alert {
             "startsAt": format_timestamp(self.starts_at.min(ends_at)),
             "endsAt": format_timestamp(ends_at),
         })
+    }
+}
+
+/// The crashed run's last lines as one annotation: a line each, or why there are none, so the
+/// page itself says why the unit crashed.
+fn last_lines(context: &CrashContext) -> String {
+    match context.status {
+        ContextStatus::Ok => context.lines.join("\n"),
+        ContextStatus::Empty => "(the run wrote nothing that was kept)".to_owned(),
+        ContextStatus::Unavailable | ContextStatus::Pending => format!(
+            "(no lines: {})",
+            context.reason.as_deref().unwrap_or("not read")
+        ),
     }
 }
 
@@ -477,6 +495,7 @@ pub(super) fn resolve(
             DEFAULT_RESEND_INTERVAL,
         )?,
         retry,
+        include_logs: section.include_logs.unwrap_or(false),
     })
 }
 
@@ -505,6 +524,7 @@ mod tests {
                 backoff: Duration::from_secs(1),
                 max_backoff: Duration::from_secs(1),
             },
+            include_logs: false,
         }
     }
 
@@ -520,9 +540,11 @@ mod tests {
                 window_seconds: 300.0,
             },
             last_exit: Some(LastExit {
+                crashed_at: 0,
                 reason: "signal".to_owned(),
                 status: Some(11),
             }),
+            context: None,
         }
     }
 
@@ -548,6 +570,30 @@ mod tests {
                 "startsAt": "2023-11-14T22:13:20.000Z",
                 "endsAt": "2023-11-14T22:17:20.000Z",
             })
+        );
+    }
+
+    #[test]
+    fn the_last_lines_are_an_annotation_only_where_the_action_asks() {
+        let mut request = request(None, 1_700_000_000_000_000);
+        request.context = Some(CrashContext::found(vec![
+            "starting".into(),
+            "config error: missing key X".into(),
+        ]));
+        let plain = Alert::new(&action(), &request, "node1");
+        assert!(!plain.annotations.contains_key("last_lines"));
+        let mut asking = action();
+        asking.include_logs = true;
+        let alert = Alert::new(&asking, &request, "node1");
+        assert_eq!(
+            alert.annotations.get("last_lines").map(String::as_str),
+            Some("starting\nconfig error: missing key X")
+        );
+        request.context = Some(CrashContext::unavailable("journald is not running"));
+        let alert = Alert::new(&asking, &request, "node1");
+        assert_eq!(
+            alert.annotations.get("last_lines").map(String::as_str),
+            Some("(no lines: journald is not running)")
         );
     }
 

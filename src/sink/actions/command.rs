@@ -14,6 +14,7 @@ use tokio::process::{Child, ChildStderr, ChildStdout};
 use tokio::time::Instant;
 
 use super::ActionRequest;
+use crate::event::CrashContext;
 use crate::time::format_timestamp;
 
 /// The most of each of stdout and stderr kept for the log.
@@ -93,7 +94,16 @@ pub async fn run(action: &CommandAction, request: &ActionRequest) -> Ran {
     let Some((program, args)) = action.argv.split_first() else {
         return Ran::SpawnFailed(std::io::Error::other("empty command"));
     };
+    // The crashed run's lines go in a file of their own, never on a command line or in a
+    // variable a shell would expand; the file goes when the command is done.
+    let lines = match request.context.as_ref().map(LinesFile::write).transpose() {
+        Ok(lines) => lines,
+        Err(e) => return Ran::SpawnFailed(e),
+    };
     let mut command = tokio::process::Command::new(program);
+    if let Some(lines) = &lines {
+        command.env("CRASHWATCH_LAST_LINES_FILE", &lines.0);
+    }
     command
         .args(args)
         .envs(environment(request))
@@ -121,6 +131,55 @@ pub async fn run(action: &CommandAction, request: &ActionRequest) -> Ran {
             let _ = group.0.wait().await;
             Ran::TimedOut { output }
         }
+    }
+}
+
+/// A file holding a crashed run's last lines, one per line (or, when there are none, why), made
+/// readable by crashwatch's user only and removed when dropped.
+struct LinesFile(std::path::PathBuf);
+
+impl LinesFile {
+    fn write(context: &CrashContext) -> std::io::Result<LinesFile> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let directory = std::env::var_os("RUNTIME_DIRECTORY")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let name = format!(
+            "crashwatch-last-lines-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = directory.join(name);
+        // create_new: never through a link or a file someone else left there.
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        let file_guard = LinesFile(path);
+        let mut text = String::new();
+        if context.lines.is_empty() {
+            let reason = context
+                .reason
+                .as_deref()
+                .unwrap_or("the run wrote nothing that was kept");
+            text.push_str(&format!("# no lines: {reason}\n"));
+        }
+        for line in &context.lines {
+            text.push_str(line);
+            text.push('\n');
+        }
+        file.write_all(text.as_bytes())?;
+        Ok(file_guard)
+    }
+}
+
+impl Drop for LinesFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -241,9 +300,11 @@ mod tests {
                 window_seconds: 300.0,
             },
             last_exit: Some(LastExit {
+                crashed_at: 0,
                 reason: "exit-code".to_owned(),
                 status: Some(1),
             }),
+            context: None,
         }
     }
 
@@ -303,6 +364,49 @@ mod tests {
                 assert_eq!(output.stderr, b"oops\n");
                 assert!(!output.truncated);
             }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_last_lines_reach_the_program_in_a_file_that_goes_afterwards() {
+        let action = CommandAction {
+            argv: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                r#"stat -c %a "$CRASHWATCH_LAST_LINES_FILE"; cat "$CRASHWATCH_LAST_LINES_FILE"; printf %s "$CRASHWATCH_LAST_LINES_FILE" >&2"#.into(),
+            ],
+            timeout: Duration::from_secs(10),
+        };
+        let mut with_lines = request(None);
+        with_lines.context = Some(CrashContext::found(vec![
+            "$(rm -rf /) stays text".into(),
+            "config error".into(),
+        ]));
+        match runtime().block_on(run(&action, &with_lines)) {
+            Ran::Exited { status, output } => {
+                assert!(status.success(), "{output:?}");
+                assert_eq!(
+                    String::from_utf8_lossy(&output.stdout),
+                    "600\n$(rm -rf /) stays text\nconfig error\n"
+                );
+                let path = String::from_utf8_lossy(&output.stderr).into_owned();
+                assert!(!path.is_empty());
+                assert!(!std::path::Path::new(&path).exists(), "{path} left behind");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Without lines, no file and no variable.
+        let plain = CommandAction {
+            argv: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                r#"printf %s "${CRASHWATCH_LAST_LINES_FILE-unset}""#.into(),
+            ],
+            timeout: Duration::from_secs(10),
+        };
+        match runtime().block_on(run(&plain, &request(None))) {
+            Ran::Exited { output, .. } => assert_eq!(output.stdout, b"unset"),
             other => panic!("{other:?}"),
         }
     }

@@ -39,8 +39,9 @@ use tokio::sync::Semaphore;
 use tokio::task::{Id, JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 
+use crate::engine::units::SharedUnits;
 use crate::engine::LoopSink;
-use crate::event::{LastExit, LoopEvent};
+use crate::event::{ContextStatus, CrashContext, LastExit, LoopEvent, Micros};
 use crate::glob::Glob;
 use crate::internal_events::{ActionDropped, ActionFailed, SinkDropped};
 use alertmanager::{AlertmanagerAction, Pusher};
@@ -57,6 +58,31 @@ pub const EVENT_REFRESH: &str = "refresh";
 
 /// Loop events waiting for the actions thread before new ones are dropped.
 pub const QUEUE_CAPACITY: usize = 1024;
+/// How long after a crash an action waits for its last lines: the lookup waits a second for the
+/// journal, then takes at most two.
+pub const CONTEXT_WAIT: Duration = Duration::from_secs(4);
+
+/// The lines of `unit`'s crash at `crashed_at`, or of a later one: a fast loop may have crashed
+/// again by the time the action runs, and its newest lines say as much about why. The last
+/// crash's when they have been read, else the newest read of an earlier one; `Pending` while
+/// neither is known yet.
+fn crash_context(units: &SharedUnits, unit: &str, crashed_at: Micros) -> Option<CrashContext> {
+    let table = units.lock();
+    let record = table.get(unit)?;
+    let crash = record.last_crash.as_ref()?;
+    if crash.timestamp_us < crashed_at {
+        return None;
+    }
+    let last = crash.context.clone()?;
+    if last.status != ContextStatus::Pending {
+        return Some(last);
+    }
+    match &record.earlier_context {
+        Some((at, earlier)) if *at >= crashed_at => Some(earlier.clone()),
+        _ => Some(last),
+    }
+}
+
 /// Deliveries waiting behind an earlier one of the same unit before new ones are dropped.
 const MAX_WAITING: usize = 4096;
 /// Commands running at once.
@@ -79,6 +105,16 @@ impl Action {
     /// Whether the action applies to `unit`.
     pub fn applies_to(&self, unit: &str) -> bool {
         self.units.iter().any(|glob| glob.matches(unit))
+    }
+
+    /// Whether the action is given the crashed run's last lines: a command always (they stay
+    /// on the node), the others when they say so.
+    pub fn wants_logs(&self) -> bool {
+        match &self.kind {
+            ActionKind::Command(_) => true,
+            ActionKind::Webhook(webhook) => webhook.include_logs,
+            ActionKind::Alertmanager(alertmanager) => alertmanager.include_logs,
+        }
     }
 }
 
@@ -111,6 +147,8 @@ pub struct ActionRequest {
     pub event: LoopEvent,
     /// The unit's last crash before it, when crashwatch saw one.
     pub last_exit: Option<LastExit>,
+    /// What that crashed run wrote last, for a loop's start when an action wants it.
+    pub context: Option<CrashContext>,
 }
 
 impl ActionRequest {
@@ -131,15 +169,15 @@ pub struct ActionsSink {
 }
 
 impl ActionsSink {
-    /// Starts the actions thread.
-    pub fn spawn(actions: Vec<Action>) -> std::io::Result<ActionsSink> {
+    /// Starts the actions thread; `units` is where the crashed runs' last lines are read.
+    pub fn spawn(actions: Vec<Action>, units: SharedUnits) -> std::io::Result<ActionsSink> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         let actions: Arc<[Action]> = actions.into();
         register(&actions);
         let (queue, requests) = mpsc::channel(QUEUE_CAPACITY);
-        let runner = Runner::new(Arc::clone(&actions), hostname().into());
+        let runner = Runner::new(Arc::clone(&actions), hostname().into(), units);
         let thread = std::thread::Builder::new()
             .name("crashwatch-actions".to_owned())
             .spawn(move || {
@@ -168,6 +206,7 @@ impl ActionsSink {
         let request = ActionRequest {
             event: event.clone(),
             last_exit,
+            context: None,
         };
         let reason = match queue.try_send(request) {
             Ok(()) => return,
@@ -258,6 +297,8 @@ struct Lane {
 struct Runner {
     actions: Arc<[Action]>,
     hostname: Arc<str>,
+    /// The unit table, for the last lines of a loop's last crash.
+    units: SharedUnits,
     lanes: HashMap<(usize, String), Lane>,
     waiting: usize,
     deliveries: JoinSet<()>,
@@ -272,11 +313,12 @@ struct Runner {
 }
 
 impl Runner {
-    fn new(actions: Arc<[Action]>, hostname: Arc<str>) -> Runner {
+    fn new(actions: Arc<[Action]>, hostname: Arc<str>, units: SharedUnits) -> Runner {
         let pushers = actions.iter().map(|_| None).collect();
         Runner {
             actions,
             hostname,
+            units,
             lanes: HashMap::new(),
             waiting: 0,
             deliveries: JoinSet::new(),
@@ -293,7 +335,10 @@ impl Runner {
         loop {
             tokio::select! {
                 received = requests.recv() => match received {
-                    Some(request) => self.take(request),
+                    Some(mut request) => {
+                        request.context = self.context_for(&request).await;
+                        self.take(request);
+                    }
                     None => break,
                 },
                 Some(done) = self.deliveries.join_next_with_id() => self.finished(done),
@@ -309,6 +354,43 @@ impl Runner {
         .await;
         if drained.is_err() {
             self.abandon();
+        }
+    }
+
+    /// The last lines of the crash before a loop's start (or of a later one), for the actions that
+    /// want them. The
+    /// lookup is a second or so behind the crash (the journal is still reading the run's output),
+    /// so this waits for it, at most until [`CONTEXT_WAIT`] after the crash: requests stay in
+    /// order, and in a crash storm the waits overlap rather than add up.
+    async fn context_for(&self, request: &ActionRequest) -> Option<CrashContext> {
+        let event = &request.event;
+        let last = request.last_exit.as_ref()?;
+        let wanted = event.ended.is_none()
+            && self
+                .actions
+                .iter()
+                .any(|action| action.wants_logs() && action.applies_to(&event.unit));
+        if !wanted {
+            return None;
+        }
+        let wait = u64::try_from(CONTEXT_WAIT.as_micros()).unwrap_or(u64::MAX);
+        let deadline = last.crashed_at.saturating_add(wait);
+        loop {
+            let context = crash_context(&self.units, &event.unit, last.crashed_at);
+            let pending = context
+                .as_ref()
+                .is_some_and(|context| context.status == ContextStatus::Pending);
+            let now = crate::time::now_micros();
+            if !pending {
+                return context;
+            }
+            if now >= deadline {
+                return Some(CrashContext::unavailable(
+                    "its lines were not read in time for the action",
+                ));
+            }
+            let left = Duration::from_micros(deadline - now);
+            tokio::time::sleep(left.min(Duration::from_millis(50))).await;
         }
     }
 
@@ -386,7 +468,7 @@ impl Runner {
                     let Ok(_permit) = requests.acquire().await else {
                         return;
                     };
-                    let body = webhook::body(&request, &hostname).to_string();
+                    let body = webhook::body(&request, &hostname, action.include_logs).to_string();
                     let delivered =
                         http::post_with_retries(&action.endpoint, body.as_bytes(), action.retry)
                             .await;
@@ -598,21 +680,26 @@ pub(super) mod tests {
     fn loops_of_watched_units_reach_the_receiver_with_their_last_crash() {
         let (port, bodies) = receiver(2);
         let url = http::HttpUrl::parse(&format!("http://127.0.0.1:{port}/")).expect("url");
-        let sink = ActionsSink::spawn(vec![Action {
-            units: vec![Glob::new("web*.service").expect("glob")],
-            kind: ActionKind::Webhook(WebhookAction {
-                endpoint: http::Endpoint::plain(url),
-                retry: http::Retry {
-                    timeout: Duration::from_secs(5),
-                    retries: 0,
-                    backoff: Duration::from_millis(10),
-                    max_backoff: Duration::from_millis(10),
-                },
-            }),
-        }])
+        let sink = ActionsSink::spawn(
+            vec![Action {
+                units: vec![Glob::new("web*.service").expect("glob")],
+                kind: ActionKind::Webhook(WebhookAction {
+                    endpoint: http::Endpoint::plain(url),
+                    retry: http::Retry {
+                        timeout: Duration::from_secs(5),
+                        retries: 0,
+                        backoff: Duration::from_millis(10),
+                        max_backoff: Duration::from_millis(10),
+                    },
+                    include_logs: false,
+                }),
+            }],
+            crate::engine::units::SharedUnits::new(),
+        )
         .expect("spawning the actions");
         let last_exit = || {
             Some(LastExit {
+                crashed_at: 0,
                 reason: "signal".to_owned(),
                 status: Some(11),
             })

@@ -58,6 +58,10 @@ pub struct ActionSection {
     pub labels: Option<BTreeMap<String, String>>,
     /// Alertmanager: how often the alert of an open loop is sent again. Default 60s.
     pub resend_interval: Option<String>,
+    /// Webhook and Alertmanager: also send the last lines the crashed run wrote (masked as
+    /// `[crash_context]` says), which may hold what should not leave the node. Default false. A
+    /// command always gets them, in a file named by `CRASHWATCH_LAST_LINES_FILE`.
+    pub include_logs: Option<bool>,
 }
 
 impl ActionSection {
@@ -115,6 +119,7 @@ impl ActionSection {
         only_for("retries", section.retries.is_some(), &http_kinds)?;
         only_for("backoff", section.backoff.is_some(), &http_kinds)?;
         only_for("max_backoff", section.max_backoff.is_some(), &http_kinds)?;
+        only_for("include_logs", section.include_logs.is_some(), &http_kinds)?;
         for (key, given) in [
             ("alertname", section.alertname.is_some()),
             ("severity", section.severity.is_some()),
@@ -166,6 +171,7 @@ impl ActionSection {
                     ActionKind::Webhook(WebhookAction {
                         endpoint: section.endpoint("webhook", url)?,
                         retry,
+                        include_logs: section.include_logs.unwrap_or(false),
                     })
                 } else {
                     let url = section.alertmanager.as_deref().unwrap_or_default();

@@ -13,13 +13,16 @@ pub struct WebhookAction {
     pub endpoint: Endpoint,
     /// Timeout and retries.
     pub retry: Retry,
+    /// Whether the body carries the crashed run's last lines.
+    pub include_logs: bool,
 }
 
-/// The body posted for `request`.
-pub fn body(request: &ActionRequest, hostname: &str) -> Value {
+/// The body posted for `request`; with `include_logs`, a loop's start also carries the last
+/// lines of the crash before it (`last_lines`, and `last_lines_status` as the status API has it).
+pub fn body(request: &ActionRequest, hostname: &str, include_logs: bool) -> Value {
     let event = &request.event;
     let last = request.last_exit.as_ref();
-    json!({
+    let mut body = json!({
         "unit": event.unit,
         "source": event.source,
         "event": request.event_name(),
@@ -31,7 +34,15 @@ pub fn body(request: &ActionRequest, hostname: &str) -> Value {
         "last_exit_status": last.and_then(|l| l.status),
         "timestamp": format_timestamp(event.timestamp),
         "hostname": hostname,
-    })
+    });
+    if let (true, Some(context)) = (include_logs, &request.context) {
+        body["last_lines"] = json!(context.lines);
+        body["last_lines_status"] = json!(context.status);
+        if let Some(reason) = &context.reason {
+            body["last_lines_reason"] = json!(reason);
+        }
+    }
+    body
 }
 
 #[cfg(test)]
@@ -52,8 +63,9 @@ mod tests {
                 window_seconds: 2.5,
             },
             last_exit: None,
+            context: None,
         };
-        let text = body(&request, "node1").to_string();
+        let text = body(&request, "node1", false).to_string();
         let back: Value = serde_json::from_str(&text).expect("valid JSON");
         assert_eq!(
             back,
