@@ -34,7 +34,9 @@ pub mod internals {
     pub use crate::event::{
         Event, LoopEvent, SourceEvent, SourceKind, Transition, TransitionKind, UnitState,
     };
-    pub use crate::http::{subject_alt_names, WebConfig};
+    pub use crate::http::{basic_credentials, subject_alt_names, WebConfig};
+    pub use crate::sink::actions::http::HttpUrl;
+    pub use crate::sink::actions::proxy::bypasses;
     pub use crate::sink::prometheus::ChangeTracking;
     pub use crate::sink::{events, statsd, ThreadedSink};
     pub use crate::source::journal::Parser;

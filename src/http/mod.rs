@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::units::SharedUnits;
 use crate::sink::prometheus::Exposition;
 
+pub use auth::basic_credentials;
 pub use listen::{bind, systemd_sockets};
 pub use live::LiveConfig;
 pub use routes::percent_encode;

@@ -145,7 +145,7 @@ impl HttpUrl {
     }
 
     /// The URL a `Location` header names, relative to this one.
-    fn follow(&self, location: &str) -> Result<HttpUrl, String> {
+    pub fn follow(&self, location: &str) -> Result<HttpUrl, String> {
         let location = location.split('#').next().unwrap_or_default();
         if location.contains("://") {
             return HttpUrl::parse(location);

@@ -62,7 +62,7 @@ fn choose(
 }
 
 /// Whether `host` (an IPv6 address without brackets) is in the `no_proxy` list.
-fn bypasses(list: &str, host: &str) -> bool {
+pub fn bypasses(list: &str, host: &str) -> bool {
     let host = host.trim_end_matches('.');
     let address = host.parse::<IpAddr>().ok();
     list.split([',', ' ', '\t'])
