@@ -393,6 +393,9 @@ impl Dispatcher {
     /// is, and show their window; history of more units than the cap is left out.
     fn history(&mut self, history: History) {
         let mut units: HashMap<String, SourceKind> = HashMap::new();
+        // When each unit's current run began, as the journal tells it: its lines are looked for
+        // from there when journald could not tag them with the run.
+        let mut run_began: HashMap<String, Micros> = HashMap::new();
         for t in history.transitions {
             let unit = self.counted_name(t.unit.clone());
             if !units.contains_key(&unit) {
@@ -401,8 +404,20 @@ impl Dispatcher {
                 }
                 units.insert(unit.clone(), t.source);
             }
+            match t.kind {
+                TransitionKind::Starting | TransitionKind::Restart => {
+                    run_began.insert(unit.clone(), t.timestamp);
+                }
+                TransitionKind::Started => {
+                    run_began.entry(unit.clone()).or_insert(t.timestamp);
+                }
+                _ => {}
+            }
             if t.crash.is_some() {
-                self.history_crashes.insert(unit.clone(), t.clone());
+                let mut crash = t.clone();
+                let began = run_began.remove(&unit);
+                crash.run_started = crash.run_started.or(began);
+                self.history_crashes.insert(unit.clone(), crash);
             }
             self.detector.advance_stepwise(t.timestamp, drop);
             if let Some(observation) = Observation::of(&t) {
@@ -816,6 +831,11 @@ mod tests {
         let requests = asked.lock().unwrap().clone();
         assert_eq!(requests.len(), 1, "one lookup, for the last crash only");
         assert_eq!(requests[0].invocation, Some(format!("{:032x}", 1)));
+        assert_eq!(
+            requests[0].run_started,
+            Some(T0 - 3_600 * SECOND + SECOND),
+            "the run began at its restart, so untagged lines are looked for from there"
+        );
         let table = units.lock();
         let record = table.get("old.service").expect("registered");
         let crash = record.last_crash.clone().expect("the crash from history");
