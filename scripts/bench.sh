@@ -713,9 +713,10 @@ md "## Detection latency"
 md ""
 md "| from | to | p50 ms | p99 ms | max ms | samples |"
 md "| --- | --- | ---: | ---: | ---: | ---: |"
+LATENCY=$WORK/latency.txt # the figures lat_row reads: crash context off, then on
 lat_row() {
   local line
-  line=$(grep "^$1 " "$WORK/latency.txt")
+  line=$(grep "^$1 " "$LATENCY")
   md "| $2 | $3 | $(num "$(kv p50_ms <<<"$line")" 2) | $(num "$(kv p99_ms <<<"$line")" 2) | $(num "$(kv max_ms <<<"$line")" 2) | $(kv n <<<"$line") |"
 }
 lat_row crash_to_crash_datagram "crash (\`ExecMainExitTimestamp\`)" "its StatsD \`crashes\` datagram received"
@@ -725,21 +726,17 @@ lat_row restart_to_flag_datagram "the restart that completes the loop (its \`Ina
 lat_row restart_to_bus "… of which: restart" "systemd's signal received by a bus client"
 lat_row bus_to_flag_datagram "… and: signal received" "datagram received (crashwatch's share)"
 lat_row crash_to_flag_datagram "the last crash before the loop is flagged" "StatsD \`crashlooping:1\` received"
-if grep -q mismatch "$WORK/latency.txt"; then md "Warning: $(grep mismatch "$WORK/latency.txt")"; fi
+if grep -q mismatch "$LATENCY"; then md "Warning: $(grep mismatch "$LATENCY")"; fi
 md ""
 md "With crash context on (a second crashwatch, each crash looked up through journalctl: $CTX_LOOKUPS lookups over both halves):"
 md ""
 md "| from | to | p50 ms | p99 ms | max ms | samples |"
 md "| --- | --- | ---: | ---: | ---: | ---: |"
-lat_ctx_row() {
-  local line
-  line=$(grep "^$1 " "$WORK/latency-ctx.txt")
-  md "| $2 | $3 | $(num "$(kv p50_ms <<<"$line")" 2) | $(num "$(kv p99_ms <<<"$line")" 2) | $(num "$(kv max_ms <<<"$line")" 2) | $(kv n <<<"$line") |"
-}
-lat_ctx_row crash_to_crash_datagram "crash" "its StatsD \`crashes\` datagram received"
-lat_ctx_row bus_to_crash_datagram "… of which: signal received" "datagram received (crashwatch's share)"
-lat_ctx_row restart_to_flag_datagram "the restart that completes the loop" "StatsD \`crashlooping:1\` received"
-if grep -q mismatch "$WORK/latency-ctx.txt"; then md "Warning: $(grep mismatch "$WORK/latency-ctx.txt")"; fi
+LATENCY=$WORK/latency-ctx.txt
+lat_row crash_to_crash_datagram "crash" "its StatsD \`crashes\` datagram received"
+lat_row bus_to_crash_datagram "… of which: signal received" "datagram received (crashwatch's share)"
+lat_row restart_to_flag_datagram "the restart that completes the loop" "StatsD \`crashlooping:1\` received"
+if grep -q mismatch "$LATENCY"; then md "Warning: $(grep mismatch "$LATENCY")"; fi
 md ""
 md "How: $LOOPS times, an instance of \`latency@.service\` (\`ExecStart=/bin/false\`, \`Restart=always\`, \`RestartSec=100ms\`) is started, crashwatch flags the loop at its third restart (default threshold), and the unit is stopped. crashwatch sends StatsD to a UDP listener on 127.0.0.1 that stamps each datagram on arrival (\`CLOCK_REALTIME\`, the clock systemd's timestamps use); datagrams are paired in order with the crash and \`crashloop_started\` records of the event record, whose \`timestamp_us\` are systemd's own times. The gauge on \`/metrics\` is set just before the datagram is handed to the StatsD thread, so the datagram's arrival bounds the gauge's change from above. The split rows come from a second subscriber on the same bus that stamps the arrival of the unit's \`PropertiesChanged\` signals carrying the same systemd timestamp: before it is systemd (reaping, forking, queueing its signals) and dbus-daemon, after it crashwatch and its StatsD thread. The last row includes systemd's own \`RestartSec\` wait (100 ms plus timer slack) between that crash and the restart that completes the loop: no watcher can flag a loop before the restart that makes it one."
 md ""
