@@ -38,6 +38,20 @@ Restart=always\n\
 RestartSec=5s\n\
 LogRateLimitIntervalSec=0\n";
 
+/// Writes a configuration that reads the sandbox's journal, then `extra`; returns its path.
+fn journal_config(sb: &Sandbox, extra: &str) -> String {
+    let config = sb.dir().join("crashwatch.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[history]\njournal_directory = {:?}\n\n{extra}",
+            sb.journal_dir().display().to_string()
+        ),
+    )
+    .expect("writing the configuration");
+    config.display().to_string()
+}
+
 fn api(cw: &Crashwatch, unit: &str) -> Value {
     let path = format!("/api/units/{unit}");
     let body = http_get(cw.port(), &path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
@@ -79,23 +93,8 @@ fn a_crashed_runs_last_lines_show_where_operators_look() {
     sb.write_unit(config_error, CONFIG_ERROR_UNIT);
     sb.write_unit(flood, FLOOD_UNIT);
     sb.pin_loaded(&[config_error, flood]);
-    let config = sb.dir().join("crashwatch.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[history]\njournal_directory = {:?}\n",
-            sb.journal_dir().display().to_string()
-        ),
-    )
-    .expect("writing the configuration");
-    let cw = Crashwatch::spawn(
-        &sb,
-        &[
-            "--config",
-            &config.display().to_string(),
-            "--events-crash-context",
-        ],
-    );
+    let config = journal_config(&sb, "");
+    let cw = Crashwatch::spawn(&sb, &["--config", &config, "--events-crash-context"]);
     // Both at once: each must get its own run's lines.
     sb.systemctl_ok(&["start", "--no-block", config_error, flood]);
 
@@ -257,16 +256,8 @@ fn a_crash_before_crashwatch_started_shows_with_its_lines() {
     });
     assert!(written, "journald never wrote the second run's line");
 
-    let config = sb.dir().join("crashwatch.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[history]\njournal_directory = {:?}\n",
-            sb.journal_dir().display().to_string()
-        ),
-    )
-    .expect("writing the configuration");
-    let cw = Crashwatch::spawn(&sb, &["--config", &config.display().to_string()]);
+    let config = journal_config(&sb, "");
+    let cw = Crashwatch::spawn(&sb, &["--config", &config]);
     let document = wait_for_context(&cw, unit, "ok");
     assert_eq!(
         lines(&document).last().map(String::as_str),
@@ -315,24 +306,11 @@ fn secrets_are_masked_and_the_line_count_is_the_configured_one() {
     let unit = "leaky.service";
     sb.write_unit(unit, LEAKY_UNIT);
     sb.pin_loaded(&[unit]);
-    let config = sb.dir().join("crashwatch.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[history]\njournal_directory = {:?}\n\n[crash_context]\nlines = 3\n\
-             mask = ['order (?P<secret>[0-9]+)']\n",
-            sb.journal_dir().display().to_string()
-        ),
-    )
-    .expect("writing the configuration");
-    let cw = Crashwatch::spawn(
+    let config = journal_config(
         &sb,
-        &[
-            "--config",
-            &config.display().to_string(),
-            "--events-crash-context",
-        ],
+        "[crash_context]\nlines = 3\nmask = ['order (?P<secret>[0-9]+)']\n",
     );
+    let cw = Crashwatch::spawn(&sb, &["--config", &config, "--events-crash-context"]);
     sb.systemctl_ok(&["start", "--no-block", unit]);
     let want = [
         "connecting to postgres://app:[masked]@db/app",
