@@ -2,7 +2,8 @@
 # Checks the Prometheus rules and the Grafana dashboards with Prometheus's own tools:
 #
 #   1. promtool check rules alerts/crashwatch.rules.yml
-#   2. the thresholds table at the top of the rules file matches each alert's `for` and severity
+#   2. the thresholds tables at the top of the rules file match the rules: each alert's `for` and
+#      severity, and each named threshold's value where the expressions use it
 #   3. promtool test rules alerts/crashwatch.tests.yml
 #   4. every `expr` in dashboards/*.json, with the dashboard variables replaced by concrete
 #      values, parsed by promtool as a recording rule
@@ -31,13 +32,14 @@ trap 'rm -rf "$tmpdir"' EXIT
 echo "==> promtool check rules $RULES"
 promtool check rules "$RULES"
 
-echo "==> thresholds table in $RULES matches the alerts"
+echo "==> thresholds tables in $RULES match the rules"
 python3 - "$RULES" <<'PY'
 import re
 import sys
 
 path = sys.argv[1]
 text = open(path, encoding="utf-8").read()
+problems = []
 
 # The table rows: "#   <AlertName>  <condition ...>  <for>  <severity>".
 table = {}
@@ -56,7 +58,6 @@ for block in re.split(r"\n\s*- (?=alert:|record:)", text):
     s = re.search(r"^\s+severity:\s*(\S+)\s*$", block, re.M)
     alerts[m.group(1)] = (f.group(1) if f else "0s", s.group(1) if s else "")
 
-problems = []
 for name, (for_, severity) in sorted(alerts.items()):
     if name not in table:
         problems.append(f"{name}: missing from the thresholds table")
@@ -67,6 +68,36 @@ for name, (for_, severity) in sorted(alerts.items()):
         print(f"  {name}: for {for_}, {severity}")
 for name in sorted(set(table) - set(alerts)):
     problems.append(f"{name}: in the thresholds table but no such alert")
+
+# Named thresholds: the rows under "#   threshold  value  meaning", up to the next empty comment
+# line, each "#   <name>  <number>  <meaning>". An expression uses one as a comparison followed by
+# a PromQL comment with its name: ">= 3  # fleet_min_nodes".
+thresholds = {}
+rows = False
+for line in text.splitlines():
+    if re.match(r"^#\s+threshold\s+value\s+meaning\s*$", line):
+        rows = True
+    elif rows and line.strip() == "#":
+        rows = False
+    elif rows:
+        m = re.match(r"^#\s+([a-z][a-z0-9_]*)\s+(\d+(?:\.\d+)?)\s", line)
+        if m:
+            thresholds[m.group(1)] = m.group(2)
+        else:
+            problems.append(f"thresholds table: cannot read the row {line!r}")
+used = {}
+for m in re.finditer(r"(?:==|!=|>=|<=|>|<)[ \t]*(\d+(?:\.\d+)?)[ \t]*#[ \t]*([a-z][a-z0-9_]*)", text):
+    value, name = m.group(1), m.group(2)
+    used.setdefault(name, []).append(value)
+    if name not in thresholds:
+        problems.append(f"{name}: used in an expression but not in the thresholds table")
+    elif float(value) != float(thresholds[name]):
+        problems.append(f"{name}: table says {thresholds[name]}, an expression compares with {value}")
+for name, value in sorted(thresholds.items()):
+    if name not in used:
+        problems.append(f"{name}: in the thresholds table but no expression uses it")
+    elif all(float(v) == float(value) for v in used[name]):
+        print(f"  {name}: {value}")
 if problems:
     for p in problems:
         print(f"  FAILED: {p}", file=sys.stderr)
