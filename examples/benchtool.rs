@@ -711,62 +711,122 @@ struct Response {
     body: String,
 }
 
-/// A plain HTTP/1.1 GET with `Connection: close` and no compression, as the same request for
-/// both exporters.
+/// A plain HTTP/1.1 GET with no compression, on a connection of its own, as the same request
+/// for both exporters.
 fn http_get(url: &str) -> Result<Response> {
-    let rest = url
-        .strip_prefix("http://")
-        .context("only http:// URLs are supported")?;
-    let (host, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let mut stream = TcpStream::connect(host).with_context(|| format!("connecting to {host}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("no end of HTTP head")?;
-    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
-    if !head.starts_with("http/1.1 200") && !head.starts_with("http/1.0 200") {
-        bail!("{url}: {}", head.lines().next().unwrap_or(""));
-    }
-    let mut body = raw[split + 4..].to_vec();
-    if head.contains("transfer-encoding: chunked") {
-        body = dechunk(&body)?;
-    }
-    Ok(Response {
-        body: String::from_utf8(body)?,
-    })
+    Scraper::new(url)?.get()
 }
 
-fn dechunk(mut b: &[u8]) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let eol = b
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .context("bad chunk")?;
-        let size = usize::from_str_radix(
-            String::from_utf8_lossy(&b[..eol])
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim(),
-            16,
-        )?;
-        b = &b[eol + 2..];
-        if size == 0 {
-            return Ok(out);
+/// An HTTP/1.1 client that keeps its connection between GETs and reads each answer through
+/// one large buffer, as Prometheus scrapes a target. It reconnects when the server closes.
+struct Scraper {
+    host: String,
+    path: String,
+    connection: Option<BufReader<TcpStream>>,
+}
+
+impl Scraper {
+    fn new(url: &str) -> Result<Scraper> {
+        let rest = url
+            .strip_prefix("http://")
+            .context("only http:// URLs are supported")?;
+        let (host, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        Ok(Scraper {
+            host: host.to_owned(),
+            path: path.to_owned(),
+            connection: None,
+        })
+    }
+
+    /// One GET; on a kept connection the server may have closed meanwhile, so a failure there
+    /// is retried once on a new one.
+    fn get(&mut self) -> Result<Response> {
+        if self.connection.is_some() {
+            if let Ok(response) = self.get_once() {
+                return Ok(response);
+            }
+            self.connection = None;
         }
-        out.extend_from_slice(b.get(..size).context("short chunk")?);
-        b = b.get(size + 2..).context("short chunk")?;
+        self.get_once()
+    }
+
+    fn get_once(&mut self) -> Result<Response> {
+        if self.connection.is_none() {
+            let stream = TcpStream::connect(&self.host)
+                .with_context(|| format!("connecting to {}", self.host))?;
+            stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+            stream.set_nodelay(true)?;
+            self.connection = Some(BufReader::with_capacity(256 * 1024, stream));
+        }
+        let reader = self.connection.as_mut().expect("connected above");
+        write!(
+            reader.get_mut(),
+            "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/plain\r\n\r\n",
+            self.path, self.host
+        )?;
+        let mut status = String::new();
+        reader.read_line(&mut status)?;
+        if !status.starts_with("HTTP/1.1 200") && !status.starts_with("HTTP/1.0 200") {
+            bail!("{}{}: {}", self.host, self.path, status.trim_end());
+        }
+        let (mut length, mut chunked, mut close) = (None, false, false);
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line)? == 0 {
+                bail!("connection closed in the answer's head");
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
+            };
+            let value = value.trim().to_ascii_lowercase();
+            match name.to_ascii_lowercase().as_str() {
+                "content-length" => length = Some(value.parse::<usize>()?),
+                "transfer-encoding" => chunked = value.contains("chunked"),
+                "connection" => close = value == "close",
+                _ => {}
+            }
+        }
+        let mut body = Vec::with_capacity(length.unwrap_or(1 << 20));
+        if chunked {
+            loop {
+                let mut size = String::new();
+                reader.read_line(&mut size)?;
+                let size = usize::from_str_radix(
+                    size.split(';').next().unwrap_or("").trim(),
+                    16,
+                )
+                .context("bad chunk size")?;
+                if size == 0 {
+                    let mut end = String::new();
+                    reader.read_line(&mut end)?;
+                    break;
+                }
+                let start = body.len();
+                body.resize(start + size, 0);
+                reader.read_exact(&mut body[start..])?;
+                let mut crlf = [0u8; 2];
+                reader.read_exact(&mut crlf)?;
+            }
+        } else if let Some(length) = length {
+            body.resize(length, 0);
+            reader.read_exact(&mut body)?;
+        } else {
+            reader.read_to_end(&mut body)?;
+            close = true;
+        }
+        if close {
+            self.connection = None;
+        }
+        Ok(Response {
+            body: String::from_utf8(body)?,
+        })
     }
 }
 
@@ -907,7 +967,8 @@ fn scrape(url: &str, count: u32, pids: &[u32], poke: bool) -> Result<()> {
         .to_owned();
     // One untimed scrape, so first-use costs (connection set-up in the exporter, page faults of a
     // fresh buffer) are not in the figures.
-    let warm = http_get(url)?;
+    let mut scraper = Scraper::new(url)?;
+    let warm = scraper.get()?;
     let bytes = warm.body.len();
     let cpu0: Vec<u64> = pids.iter().map(|&p| cpu_ns(p)).collect();
     let ticks0: Vec<u64> = pids.iter().map(|&p| cpu_ticks(p)).collect();
@@ -921,7 +982,7 @@ fn scrape(url: &str, count: u32, pids: &[u32], poke: bool) -> Result<()> {
             let _ = stream.read_to_end(&mut Vec::new());
         }
         let start = Instant::now();
-        let r = http_get(url)?;
+        let r = scraper.get()?;
         latencies.push(start.elapsed().as_secs_f64() * 1e3);
         std::hint::black_box(r.body.len());
     }

@@ -235,13 +235,16 @@ wait_until 10 has port= "$WORK/statsd.port" || die "the StatsD listener did not 
 STATSD_PORT=$(kv port <"$WORK/statsd.port")
 
 CW_PORT=$("$BT" free-port)
-DBUS_SYSTEM_BUS_ADDRESS=$ADDR "$CW_BIN" run --listen "127.0.0.1:$CW_PORT" \
-  --statsd "127.0.0.1:$STATSD_PORT" --events "$WORK/events.jsonl" --max-units 12000 \
-  2>"$WORK/crashwatch.log" &
-CWP=$!
-PIDS+=("$CWP")
 CW_URL=http://127.0.0.1:$CW_PORT/metrics
-wait_until 20 has Watching "$WORK/crashwatch.log" || die "crashwatch did not start: $(cat "$WORK/crashwatch.log")"
+start_crashwatch() {
+  DBUS_SYSTEM_BUS_ADDRESS=$ADDR "$CW_BIN" run --listen "127.0.0.1:$CW_PORT" \
+    --statsd "127.0.0.1:$STATSD_PORT" --events "$WORK/events.jsonl" --max-units 12000 \
+    2>"$WORK/crashwatch.log" &
+  CWP=$!
+  PIDS+=("$CWP")
+  wait_until 20 has Watching "$WORK/crashwatch.log" || die "crashwatch did not start: $(cat "$WORK/crashwatch.log")"
+}
+start_crashwatch
 
 NE_PORT=$("$BT" free-port)
 DBUS_SYSTEM_BUS_ADDRESS=$ADDR "$NODE_EXPORTER" --web.listen-address="127.0.0.1:$NE_PORT" \
@@ -450,6 +453,12 @@ WEB
 }
 
 # ------------------------------------------------------------------------------------ scrapes
+# A fresh crashwatch for the scrapes, as after an upgrade: the loops above stopped their units and
+# systemd unloaded them, so node_exporter no longer lists them, while crashwatch would keep their
+# series for --unloaded-retention (15 min). Restarted, both exporters list the same units.
+DROPPED_BEFORE_SCRAPES=$(cwm --name crashwatch_sink_events_dropped_total)
+stop_pid "$CWP"
+start_crashwatch
 declare -A SCR
 prev=0
 for n in "${SIZES[@]}"; do
@@ -511,7 +520,7 @@ sleep 2
 "$BT" proc --pids "$CWP" --seconds "$IDLE_S" >"$WORK/idle10k.txt"
 RSS10K=$(kv rss_kib <"$WORK/idle10k.txt")
 CW_BYTES_10K=$("$BT" scrape --url "$CW_URL" --count 1 --pids "$CWP" | kv bytes)
-DROPPED_A=$(cwm --name crashwatch_sink_events_dropped_total)
+DROPPED_A=$(($(cwm --name crashwatch_sink_events_dropped_total) + DROPPED_BEFORE_SCRAPES))
 
 stop_pid "$NEP"
 stop_pid "$CWP"
@@ -675,7 +684,7 @@ for n in "${SIZES[@]}"; do
   md "| $n | $(ratio "$(scrm lat_median_ms "$n" ne)" "$(scrm lat_median_ms "$n" cwc)")× | $(ratio "$(scrm cpu_ms "$n" ne)" "$(scrm cpu_ms "$n" cwc)")× | $(ratio "$(scrm lat_median_ms "$n" ne)" "$(scrm lat_median_ms "$n" cw)")× | $(ratio "$(scrm cpu_ms "$n" ne)" "$(scrm cpu_ms "$n" cw)")× |"
 done
 md ""
-md "How: \`N\` instances of \`bench@.service\` (\`ExecStart=/bin/sleep infinity\`) running in the sandbox, started while both exporters ran, so crashwatch holds the series of every unit. Each run times sequential HTTP GETs of \`/metrics\` (plain HTTP/1.1, no compression, one connection each; 50 for crashwatch unchanged, 10 after a change, $([ "${#SIZES[@]}" -gt 2 ] && echo "10/3/2" || echo "10/3") for node_exporter) after one untimed GET. *Latency* is the median GET time as the client sees it. *CPU* is on-CPU time per GET of the exporter **plus the sandbox's dbus-daemon and systemd**, from \`/proc/<pid>/task/*/schedstat\` before and after (nanosecond resolution; utime+stime agree to within their 10 ms ticks). *After a change*: before each GET a malformed request is sent on a connection of its own, which crashwatch answers with 400 and counts in \`crashwatch_errors_total\`, so \`/metrics\` has changed since the previous GET and is rendered afresh; *unchanged*: nothing happened since the previous GET, as on a quiet node between two Prometheus scrapes. *D-Bus messages* are counted with \`dbus-monitor --profile\` on the sandbox bus during separate GETs. node_exporter runs with \`--collector.disable-defaults --collector.systemd --collector.systemd.enable-restarts-metrics\`."
+md "How: \`N\` instances of \`bench@.service\` (\`ExecStart=/bin/sleep infinity\`) running in the sandbox, started while both exporters ran, so crashwatch holds the series of every unit. Each run times sequential HTTP GETs of \`/metrics\` (plain HTTP/1.1, no compression, over one kept-alive connection as Prometheus scrapes; 50 for crashwatch unchanged, 10 after a change, $([ "${#SIZES[@]}" -gt 2 ] && echo "10/3/2" || echo "10/3") for node_exporter) after one untimed GET. *Latency* is the median GET time as the client sees it. *CPU* is on-CPU time per GET of the exporter **plus the sandbox's dbus-daemon and systemd**, from \`/proc/<pid>/task/*/schedstat\` before and after (nanosecond resolution; utime+stime agree to within their 10 ms ticks). *After a change*: before each GET a malformed request is sent on a connection of its own, which crashwatch answers with 400 and counts in \`crashwatch_errors_total\`, so \`/metrics\` has changed since the previous GET and is rendered afresh; *unchanged*: nothing happened since the previous GET, as on a quiet node between two Prometheus scrapes. *D-Bus messages* are counted with \`dbus-monitor --profile\` on the sandbox bus during separate GETs. node_exporter runs with \`--collector.disable-defaults --collector.systemd --collector.systemd.enable-restarts-metrics\`."
 md ""
 
 tls() { col "$1" "$WORK/tls-$2.txt" | spread "${3:-2}"; }

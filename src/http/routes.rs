@@ -2,11 +2,15 @@
 //! the status API's documents (unless the API is turned off); and the gzip encoding of an
 //! answer for a client that accepts it.
 
+use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::io::Write as _;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use flate2::write::GzEncoder;
+use hyper::body::{Body, Frame, SizeHint};
 use hyper::StatusCode;
 
 use super::{api, landing, Routes};
@@ -23,7 +27,7 @@ pub struct Answer {
     /// The `Content-Type`.
     pub content_type: &'static str,
     /// The body, in parts.
-    pub body: Vec<Arc<str>>,
+    pub body: Vec<Bytes>,
     /// Whether the body is worth compressing for a client that accepts gzip.
     pub compressible: bool,
 }
@@ -34,7 +38,7 @@ impl Answer {
         Answer {
             status,
             content_type: TEXT,
-            body: vec![Arc::from(body)],
+            body: vec![Bytes::copy_from_slice(body.as_bytes())],
             compressible: false,
         }
     }
@@ -45,7 +49,7 @@ impl Answer {
         Answer {
             status,
             content_type: JSON,
-            body: vec![Arc::from(text)],
+            body: vec![Bytes::from(text)],
             compressible: true,
         }
     }
@@ -54,24 +58,61 @@ impl Answer {
         Answer::text(StatusCode::NOT_FOUND, "not found\n")
     }
 
-    /// The body as sent: gzip-compressed when `gzip`, else the parts joined.
-    pub fn encode(&self, gzip: bool) -> Bytes {
+    /// The body as sent: gzip-compressed when `gzip`, else the parts themselves.
+    pub fn encode(self, gzip: bool) -> Parts {
         if gzip {
-            let length: usize = self.body.iter().map(|part| part.len()).sum();
+            let length: usize = self.body.iter().map(Bytes::len).sum();
             // Fast compression: a scrape's text shrinks about tenfold at this level already,
             // and the daemon shares its one thread with the engine.
             let mut encoder =
                 GzEncoder::new(Vec::with_capacity(length / 8), flate2::Compression::fast());
             for part in &self.body {
                 // Writing into a Vec cannot fail.
-                let _ = encoder.write_all(part.as_bytes());
+                let _ = encoder.write_all(part);
             }
-            return Bytes::from(encoder.finish().unwrap_or_default());
+            return Parts::new(vec![Bytes::from(encoder.finish().unwrap_or_default())]);
         }
-        if let [only] = &self.body[..] {
-            return Bytes::copy_from_slice(only.as_bytes());
+        Parts::new(self.body)
+    }
+}
+
+/// A response body sent as the parts it was made of. The exposition's parts are shared with
+/// its cache, so a scrape of a megabyte copies nothing before the socket write, which takes
+/// the parts together (vectored).
+pub struct Parts {
+    parts: VecDeque<Bytes>,
+    remaining: u64,
+}
+
+impl Parts {
+    fn new(parts: Vec<Bytes>) -> Parts {
+        let parts: VecDeque<Bytes> = parts.into_iter().filter(|part| !part.is_empty()).collect();
+        let remaining = parts.iter().map(|part| part.len() as u64).sum();
+        Parts { parts, remaining }
+    }
+}
+
+impl Body for Parts {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let next = self.parts.pop_front();
+        if let Some(part) = &next {
+            self.remaining -= part.len() as u64;
         }
-        Bytes::from(self.body.concat())
+        Poll::Ready(next.map(|part| Ok(Frame::data(part))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
     }
 }
 
@@ -110,7 +151,7 @@ pub fn route(path: &str, routes: &Routes) -> Answer {
             Answer {
                 status: StatusCode::OK,
                 content_type: HTML,
-                body: vec![Arc::from(page)],
+                body: vec![Bytes::from(page)],
                 compressible: true,
             }
         }
@@ -190,6 +231,38 @@ mod tests {
     use super::*;
     use std::io::Read as _;
 
+    /// The frames of a body, in order.
+    fn frames(mut body: Parts) -> Vec<Bytes> {
+        let mut context = Context::from_waker(std::task::Waker::noop());
+        let mut out = Vec::new();
+        while let Poll::Ready(Some(frame)) = Pin::new(&mut body).poll_frame(&mut context) {
+            out.push(frame.expect("infallible").into_data().expect("a data frame"));
+        }
+        out
+    }
+
+    fn collect(body: Parts) -> Vec<u8> {
+        frames(body).concat()
+    }
+
+    #[test]
+    fn a_plain_body_is_its_parts_shared_not_copied() {
+        let own = Bytes::from("own 1\n".to_string());
+        let units = Bytes::from("unit 2\n".to_string());
+        let answer = Answer {
+            status: StatusCode::OK,
+            content_type: PROMETHEUS_TEXT,
+            body: vec![own.clone(), Bytes::new(), units.clone()],
+            compressible: true,
+        };
+        let body = answer.encode(false);
+        assert_eq!(body.size_hint().exact(), Some(13));
+        let sent = frames(body);
+        assert_eq!(sent, [own.clone(), units.clone()]);
+        assert_eq!(sent[0].as_ptr(), own.as_ptr());
+        assert_eq!(sent[1].as_ptr(), units.as_ptr());
+    }
+
     #[test]
     fn unit_names_survive_percent_encoding() {
         for name in [
@@ -236,12 +309,12 @@ mod tests {
         let answer = Answer {
             status: StatusCode::OK,
             content_type: PROMETHEUS_TEXT,
-            body: vec![Arc::from("a 1\n".repeat(1000)), Arc::from("b 2\n")],
+            body: vec![Bytes::from("a 1\n".repeat(1000)), Bytes::from("b 2\n")],
             compressible: true,
         };
-        let plain = answer.encode(false);
+        let plain: Vec<u8> = answer.body.concat();
         assert_eq!(plain.len(), 4004);
-        let packed = answer.encode(true);
+        let packed = collect(answer.encode(true));
         assert!(packed.len() < plain.len() / 10, "{} bytes", packed.len());
         let mut unpacked = Vec::new();
         flate2::read::GzDecoder::new(&packed[..])

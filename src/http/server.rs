@@ -23,8 +23,6 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -36,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::{Authenticator, Verdict};
 use super::live::{Active, LiveConfig};
-use super::routes::{accepts_gzip, route, Answer};
+use super::routes::{accepts_gzip, route, Answer, Parts};
 use super::Routes;
 use crate::internal_events::{HttpFailure, HttpRequestError};
 
@@ -418,7 +416,7 @@ async fn answer(
     server: &Server,
     state: &ConnectionState,
     request: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+) -> Response<Parts> {
     server.table.request(state.id);
     state.promoted.store(true, Ordering::Relaxed);
     state
@@ -441,7 +439,7 @@ async fn respond(
     server: &Server,
     active: &Active,
     request: &Request<Incoming>,
-) -> Response<Full<Bytes>> {
+) -> Response<Parts> {
     if active.limiter.as_ref().is_some_and(|l| !l.allow()) {
         fail(HttpFailure::RateLimited, "over the configured rate_limit");
         return plain(Answer::text(
@@ -485,13 +483,11 @@ async fn respond(
         .iter()
         .filter_map(|value| value.to_str().ok())
         .any(accepts_gzip);
-    let mut response = Response::new(Full::new(answer.encode(gzip)));
-    *response.status_mut() = answer.status;
+    let (status, content_type) = (answer.status, answer.content_type);
+    let mut response = Response::new(answer.encode(gzip));
+    *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(answer.content_type),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
     if gzip {
         headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
@@ -499,13 +495,14 @@ async fn respond(
     response
 }
 
-fn plain(answer: Answer) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(answer.encode(false)));
-    *response.status_mut() = answer.status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(answer.content_type),
-    );
+fn plain(answer: Answer) -> Response<Parts> {
+    let status = answer.status;
+    let content_type = answer.content_type;
+    let mut response = Response::new(answer.encode(false));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 

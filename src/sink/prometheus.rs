@@ -19,6 +19,7 @@ use metrics::{
     describe_counter, describe_gauge, gauge, Counter, CounterFn, Gauge, GaugeFn, Histogram,
     HistogramFn, Key, KeyName, Metadata, Recorder, SharedString, Unit,
 };
+use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::engine::units::SharedUnits;
@@ -177,7 +178,7 @@ impl<R: Recorder> Recorder for ChangeTracking<R> {
 }
 
 /// A rendering and the generation it was made at.
-type Rendering = (u64, Arc<str>);
+type Rendering = (u64, Bytes);
 
 /// The exposition text. Each of its two parts is rendered again only when it changed since its
 /// last rendering, and shared rather than copied for each scrape: at 10,000 units the unit part
@@ -202,13 +203,13 @@ impl Exposition {
     }
 
     /// crashwatch's own metrics, then every unit's series.
-    pub fn render(&self) -> [Arc<str>; 2] {
+    pub fn render(&self) -> [Bytes; 2] {
         [self.render_own(), self.render_units()]
     }
 
-    fn render_own(&self) -> Arc<str> {
+    fn render_own(&self) -> Bytes {
         if !TRACKING.load(Ordering::Acquire) {
-            return Arc::from(self.handle.render());
+            return Bytes::from(self.handle.render());
         }
         // Read before rendering: an update racing with the rendering moves the generation past
         // this one, so the next scrape renders again.
@@ -219,12 +220,12 @@ impl Exposition {
                 return text.clone();
             }
         }
-        let text: Arc<str> = Arc::from(self.handle.render());
-        *last = Some((generation, Arc::clone(&text)));
+        let text = Bytes::from(self.handle.render());
+        *last = Some((generation, text.clone()));
         text
     }
 
-    fn render_units(&self) -> Arc<str> {
+    fn render_units(&self) -> Bytes {
         let mut last = self
             .unit_series
             .lock()
@@ -241,8 +242,8 @@ impl Exposition {
             table.render_prometheus(&mut out);
             generation
         };
-        let text: Arc<str> = Arc::from(out);
-        *last = Some((generation, Arc::clone(&text)));
+        let text = Bytes::from(out);
+        *last = Some((generation, text.clone()));
         text
     }
 }
@@ -259,7 +260,7 @@ mod tests {
         );
         let units = SharedUnits::new();
         let exposition = Exposition::new(recorder.0.handle(), units.clone());
-        let own = || exposition.render()[0].to_string();
+        let own = || String::from_utf8_lossy(&exposition.render()[0]).into_owned();
         metrics::with_local_recorder(&recorder, || counter!("t_total").increment(1));
         assert!(own().contains("t_total 1"));
         // Bypassing the tracking shows the reuse: the rendering is not redone.
@@ -277,15 +278,21 @@ mod tests {
                 .handle(),
             SharedUnits::new(),
         );
+        let register = |unit: &str| {
+            exposition.units.lock().register(
+                unit,
+                crate::event::SourceKind::Systemd,
+                crate::detect::Policy::default(),
+            )
+        };
+        register("a.service");
         let first = exposition.render()[1].clone();
-        assert!(Arc::ptr_eq(&first, &exposition.render()[1]));
-        exposition.units.lock().register(
-            "a.service",
-            crate::event::SourceKind::Systemd,
-            crate::detect::Policy::default(),
-        );
+        assert!(!first.is_empty());
+        assert_eq!(first.as_ptr(), exposition.render()[1].as_ptr());
+        register("b.service");
         let second = exposition.render()[1].clone();
-        assert!(!Arc::ptr_eq(&first, &second));
-        assert!(second.contains("unit=\"a.service\""), "{second}");
+        assert_ne!(first.as_ptr(), second.as_ptr());
+        let second = String::from_utf8_lossy(&second);
+        assert!(second.contains("unit=\"b.service\""), "{second}");
     }
 }
