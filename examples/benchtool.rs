@@ -765,7 +765,8 @@ impl Scraper {
         write!(
             reader.get_mut(),
             "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/plain\r\n\r\n",
-            self.path, self.host
+            self.path,
+            self.host
         )?;
         let mut status = String::new();
         reader.read_line(&mut status)?;
@@ -798,11 +799,8 @@ impl Scraper {
             loop {
                 let mut size = String::new();
                 reader.read_line(&mut size)?;
-                let size = usize::from_str_radix(
-                    size.split(';').next().unwrap_or("").trim(),
-                    16,
-                )
-                .context("bad chunk size")?;
+                let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
+                    .context("bad chunk size")?;
                 if size == 0 {
                     let mut end = String::new();
                     reader.read_line(&mut end)?;

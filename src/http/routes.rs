@@ -236,7 +236,12 @@ mod tests {
         let mut context = Context::from_waker(std::task::Waker::noop());
         let mut out = Vec::new();
         while let Poll::Ready(Some(frame)) = Pin::new(&mut body).poll_frame(&mut context) {
-            out.push(frame.expect("infallible").into_data().expect("a data frame"));
+            out.push(
+                frame
+                    .expect("infallible")
+                    .into_data()
+                    .expect("a data frame"),
+            );
         }
         out
     }

@@ -435,11 +435,7 @@ async fn answer(
     response
 }
 
-async fn respond(
-    server: &Server,
-    active: &Active,
-    request: &Request<Incoming>,
-) -> Response<Parts> {
+async fn respond(server: &Server, active: &Active, request: &Request<Incoming>) -> Response<Parts> {
     if active.limiter.as_ref().is_some_and(|l| !l.allow()) {
         fail(HttpFailure::RateLimited, "over the configured rate_limit");
         return plain(Answer::text(

@@ -15,11 +15,11 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use bytes::Bytes;
 use metrics::{
     describe_counter, describe_gauge, gauge, Counter, CounterFn, Gauge, GaugeFn, Histogram,
     HistogramFn, Key, KeyName, Metadata, Recorder, SharedString, Unit,
 };
-use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::engine::units::SharedUnits;
