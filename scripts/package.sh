@@ -102,7 +102,8 @@ install -D -m 0644 "$REPO/packaging/crashwatch.sysusers.conf" "$root/usr/lib/sys
 install -D -m 0640 "$REPO/packaging/crashwatch.toml" "$root/etc/crashwatch/crashwatch.toml"
 install -D -m 0644 "$REPO/packaging/crashwatch.logrotate" "$root/etc/logrotate.d/crashwatch"
 install -D -m 0644 -t "$root/usr/share/crashwatch/alerts" \
-  "$REPO/alerts/crashwatch.rules.yml" "$REPO/alerts/crashwatch.tests.yml"
+  "$REPO/alerts/crashwatch.rules.yml" "$REPO/alerts/crashwatch.tests.yml" \
+  "$REPO/alerts/alertmanager.example.yml"
 install -D -m 0644 -t "$root/usr/share/crashwatch/dashboards" "$REPO/dashboards/crashwatch.json"
 
 # The unit must start what this package installs, with the configuration it installs.

@@ -293,6 +293,7 @@ fn package_carries_the_cargo_version_library_dependencies_and_conffile() {
         "/etc/logrotate.d/crashwatch",
         "/usr/share/crashwatch/alerts/crashwatch.rules.yml",
         "/usr/share/crashwatch/alerts/crashwatch.tests.yml",
+        "/usr/share/crashwatch/alerts/alertmanager.example.yml",
         "/usr/share/crashwatch/dashboards/crashwatch.json",
         "/usr/share/man/man1/crashwatch.1.gz",
         "/usr/share/man/man1/crashwatch-run.1.gz",
