@@ -117,14 +117,14 @@ fi
 
 # The sandbox runs systemd 254 and 257 as well as the host's; tests on those versions need them
 # cached in target/systemd (git-ignored with target/).
-step "systemd versions for the sandbox (254, 257 in target/systemd)"
+step "systemd versions for the sandbox (254, 257 and the host's systemd-coredump in target/systemd)"
 if is_root; then
   # shellcheck source=scripts/lib/systemd-versions.sh
   source scripts/lib/systemd-versions.sh
-  if systemd_versions_fetch 254 257; then
+  if systemd_versions_fetch 254 257 coredump; then
     note "ok"
   elif strict; then
-    die "could not fetch systemd 254 and 257: the tests on those versions would be skipped"
+    die "could not fetch systemd 254, 257 and systemd-coredump: the tests needing them would be skipped"
   else
     note "could not fetch them: the tests on those versions will skip"
   fi

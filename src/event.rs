@@ -366,6 +366,9 @@ pub struct ContextRequest {
     pub run_started: Option<Micros>,
     /// When it ended (the crash's time).
     pub ended: Micros,
+    /// The init system's verdict on the run (`core-dump`, `oom-kill`, ...): which evidence
+    /// besides the lines is worth looking for.
+    pub verdict: Option<String>,
 }
 
 /// Whether a crash's context is known yet, and what became of the lookup.
@@ -393,6 +396,49 @@ pub struct CrashContext {
     pub source: &'static str,
     /// Why there are no lines, for `unavailable`.
     pub reason: Option<String>,
+    /// What systemd-coredump recorded of the run's core dump, when it dumped core and the
+    /// record was found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub core_dump: Option<CoreDump>,
+    /// What the kernel logged when its OOM killer ended the run, when the journal has it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oom_kill: Option<OomKill>,
+}
+
+/// A core dump as systemd-coredump recorded it in the journal: each value printable and capped.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CoreDump {
+    /// The process that dumped core (`COREDUMP_PID`).
+    pub pid: Option<u32>,
+    /// The signal that ended it, by name (`SIGSEGV`).
+    pub signal: Option<String>,
+    /// The executable (`COREDUMP_EXE`).
+    pub executable: Option<String>,
+    /// The first frames of the crashing thread's backtrace, as systemd-coredump printed them
+    /// without their addresses (`#0 __kill (libc.so.6 + 0x3c267)`); empty when it made none.
+    pub frames: Vec<String>,
+}
+
+impl CoreDump {
+    /// One line: `SIGSEGV in /usr/bin/bash (pid 94)`.
+    pub fn summary(&self) -> String {
+        let mut text = self.signal.clone().unwrap_or_else(|| "a signal".to_owned());
+        if let Some(executable) = &self.executable {
+            text.push_str(" in ");
+            text.push_str(executable);
+        }
+        if let Some(pid) = self.pid {
+            text.push_str(&format!(" (pid {pid})"));
+        }
+        text
+    }
+}
+
+/// The kernel's lines about the OOM kill of a run's process.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct OomKill {
+    /// The lines, oldest first (`oom-kill:constraint=...`, `Memory cgroup out of memory: ...`).
+    pub kernel_lines: Vec<String>,
 }
 
 impl CrashContext {
@@ -403,6 +449,8 @@ impl CrashContext {
             lines: Vec::new(),
             source: "journal",
             reason: Some(reason.into()),
+            core_dump: None,
+            oom_kill: None,
         }
     }
 
@@ -419,6 +467,8 @@ impl CrashContext {
             lines: Vec::new(),
             source: "journal",
             reason: None,
+            core_dump: None,
+            oom_kill: None,
         }
     }
 
@@ -434,6 +484,8 @@ impl CrashContext {
             lines,
             source: "journal",
             reason: None,
+            core_dump: None,
+            oom_kill: None,
         }
     }
 }

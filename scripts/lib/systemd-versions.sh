@@ -18,8 +18,11 @@
 # Packages come from the Debian mirror the machine's apt already uses, read through a sources file
 # and lists of our own under target/systemd/apt/: the host's apt configuration is never changed.
 #
-# Use:  bash scripts/lib/systemd-versions.sh [254] [257]   (both when none is named; needs root)
-#   or  source it and call `systemd_versions_fetch 254 257`.
+# Besides: `coredump`, the host version's systemd-coredump, unpacked into target/systemd/coredump
+# for the crash-context test (see _sdv_fetch_coredump).
+#
+# Use:  bash scripts/lib/systemd-versions.sh [254] [257] [coredump]   (254 and 257 when none is
+#       named; needs root)  or  source it and call `systemd_versions_fetch 254 257 coredump`.
 # Environment: SDTEST_SYSTEMD_CACHE (default: target/systemd in the repository; the sandbox
 # script reads the same variable).
 
@@ -171,17 +174,45 @@ _sdv_fetch_257() {
   _sdv_log "257: systemd $version in $dir/root ($(du -sm "$dir/root" | cut -f1) MiB) in $(_sdv_since "$t0") s"
 }
 
+# ------------------------------------------------------------------------------------- coredump
+# systemd-coredump of the host's own systemd version, unpacked only: installing the package would
+# point the host's kernel.core_pattern at it (its postinst runs systemd-sysctl), and that setting
+# is one for the whole machine. The crash-context test runs it inside a sandbox, from here.
+_sdv_fetch_coredump() {
+  local dir=$SYSTEMD_CACHE/coredump mirror=$1 t0 version opts debs=()
+  t0=$(_sdv_now)
+  # shellcheck disable=SC2016 # ${Version} is dpkg-query's field, not the shell's
+  version=$(dpkg-query -W -f '${Version}' systemd) || return 1
+  rm -rf --one-file-system "$dir"
+  mkdir -p "$dir/debs" "$dir/unpacked"
+  _sdv_log "coredump: fetching systemd-coredump $version from bookworm"
+  _sdv_apt_update "$mirror" bookworm bookworm-updates || return 1
+  mapfile -t opts < <(_sdv_apt_opts)
+  (cd "$dir/debs" && apt-get -qq "${opts[@]}" -o APT::Sandbox::User=root download \
+    "systemd-coredump=$version") >&2 || return 1
+  debs=("$dir"/debs/systemd-coredump_*.deb)
+  [ -f "${debs[0]}" ] || return 1
+  dpkg-deb -x "${debs[0]}" "$dir/unpacked" || return 1
+  cp "$dir/unpacked/lib/systemd/systemd-coredump" "$dir/unpacked/lib/systemd/system/systemd-coredump.socket" \
+    "$dir/unpacked/lib/systemd/system/systemd-coredump@.service" "$dir/" || return 1
+  echo "$version" >"$dir/version"
+  rm -rf "$dir/debs" "$dir/unpacked"
+  touch "$dir/.complete"
+  _sdv_log "coredump: systemd-coredump $version in $dir in $(_sdv_since "$t0") s"
+}
+
 # ------------------------------------------------------------------------------------------ entry
-# systemd_versions_fetch [VERSION...]: makes sure each version (254, 257; both by default) is
+# systemd_versions_fetch [VERSION...]: makes sure each version (254, 257, coredump; the first two
+# by default) is
 # cached. Quick when they are; returns non-zero when one could not be had.
 systemd_versions_fetch() {
   local versions=("$@") v mirror="" rc=0
   [ "${#versions[@]}" -gt 0 ] || versions=(254 257)
   for v in "${versions[@]}"; do
     case "$v" in
-      254 | 257) ;;
+      254 | 257 | coredump) ;;
       *)
-        _sdv_log "unknown version $v (known: 254 257)"
+        _sdv_log "unknown version $v (known: 254 257 coredump)"
         return 2
         ;;
     esac

@@ -365,6 +365,30 @@ pub fn crash_block(summary: &Value) -> String {
             }
         }
     }
+    let dump = &context["core_dump"];
+    if dump.is_object() {
+        out.push_str(&format!(
+            "Core dump: {} in {} (pid {})\n",
+            text(&dump["signal"]),
+            text(&dump["executable"]),
+            dump["pid"]
+                .as_u64()
+                .map_or_else(|| MISSING.to_owned(), |p| p.to_string()),
+        ));
+        for frame in dump["frames"].as_array().into_iter().flatten() {
+            out.push_str("  ");
+            out.push_str(&text(frame));
+            out.push('\n');
+        }
+    }
+    if let Some(lines) = context["oom_kill"]["kernel_lines"].as_array() {
+        out.push_str("Killed by the kernel's OOM killer:\n");
+        for line in lines {
+            out.push_str("  ");
+            out.push_str(&text(line));
+            out.push('\n');
+        }
+    }
     out.push('\n');
     out
 }
@@ -761,6 +785,22 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains('\u{1b}'), "{text}");
+        let document = serde_json::json!({"last_crash": {"reason": "core-dump", "context": {
+            "status": "empty", "lines": [],
+            "core_dump": {"pid": 94, "signal": "SIGSEGV", "executable": "/usr/bin/bash",
+                          "frames": ["#0 __kill (libc.so.6 + 0x3c267)", "#1 main (bash + 0x1)"]},
+            "oom_kill": {"kernel_lines": ["Memory cgroup out of memory: Killed process 94 (x)"]}}}});
+        let text = crash_block(&document);
+        assert!(
+            text.contains(
+                "Core dump: SIGSEGV in /usr/bin/bash (pid 94)\n  #0 __kill (libc.so.6 + 0x3c267)\n  #1 main (bash + 0x1)\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("Killed by the kernel's OOM killer:\n  Memory cgroup out of memory: Killed process 94 (x)\n"),
+            "{text}"
+        );
         assert_eq!(crash_block(&serde_json::json!({"last_crash": null})), "");
         assert_eq!(crash_block(&serde_json::json!([1])), "");
     }

@@ -263,6 +263,7 @@ impl Dispatcher {
                 invocation: t.invocation_id.clone(),
                 run_started: t.run_started,
                 ended: t.timestamp,
+                verdict: t.crash.clone(),
             }),
             None => CrashContext::unavailable("no log is read for this source"),
         }

@@ -87,6 +87,8 @@ pub fn unit_document(table: &UnitTable, unit: &str) -> Option<Value> {
                     "run_seconds": crash.run_seconds,
                     "source": context.map_or("journal", |c| c.source),
                     "reason": context.and_then(|c| c.reason.as_deref()),
+                    "core_dump": context.and_then(|c| c.core_dump.as_ref()),
+                    "oom_kill": context.and_then(|c| c.oom_kill.as_ref()),
                 }),
             );
             map.insert("exit_shell_status".to_owned(), json!(crash.shell_status()));

@@ -397,6 +397,8 @@ pub fn to_json(event: &Event) -> Value {
             "status": context.status,
             "lines": context.lines,
             "reason": context.reason,
+            "core_dump": context.core_dump,
+            "oom_kill": context.oom_kill,
         }),
         Event::Window { .. } => Value::Null,
     }

@@ -264,6 +264,7 @@ mod tests {
             invocation: None,
             run_started: None,
             ended: 7,
+            verdict: None,
         };
         let by_end = run_key(&request);
         request.ended = 8;

@@ -357,3 +357,160 @@ fn secrets_are_masked_and_the_line_count_is_the_configured_one() {
     }
     sb.systemctl_ok(&["stop", unit]);
 }
+
+/// The unit of the core dump test: it dumps core once and stays down (no Restart=), so its one
+/// crash is the last. A real dump needs a real `systemd-coredump`, and the kernel sends dumps to
+/// the program in `kernel.core_pattern`, a setting for the whole machine that a sandbox cannot
+/// point at its own. So the unit does the kernel's part: a child bash crashes with SIGSEGV and
+/// the kernel writes its core into the working directory (a plain `core_pattern`, checked by the
+/// test); the unit pipes that core to systemd-coredump with the arguments the kernel would give
+/// (`%P %u %g %s %t %c %h`, its own PID as the one that crashed), then dies of SIGSEGV itself,
+/// dumping core again, so systemd's verdict is `core-dump`. LimitCORE: the dumps need a core size
+/// limit above zero, which a service does not always inherit.
+const DUMPER_SCRIPT: &str = "#!/bin/bash\n\
+echo \"about to dump core\"\n\
+cd \"$(mktemp -d)\"\n\
+bash -c 'kill -SEGV $$'\n\
+/usr/lib/systemd/systemd-coredump $$ 0 0 11 \"$(date +%s)\" 18446744073709551615 \"$(hostname)\" <core*\n\
+kill -SEGV $$\n";
+
+#[test]
+fn a_core_dump_shows_its_signal_executable_and_first_frames() {
+    require_sandbox!();
+    let cache = systemd_cache_dir().join("coredump");
+    if !cache.join(".complete").exists() {
+        skip(&format!(
+            "needs the host's systemd-coredump in {} (run `scripts/lib/systemd-versions.sh coredump` as root)",
+            cache.display()
+        ));
+        return;
+    }
+    let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
+    if pattern.trim().is_empty() || pattern.starts_with('|') || pattern.contains('/') {
+        skip(&format!(
+            "needs kernel.core_pattern to write a core into the crashing process's working \
+             directory (it is {:?})",
+            pattern.trim()
+        ));
+        return;
+    }
+    // A copy-on-write root: systemd-coredump and the dumps it keeps stay in the sandbox.
+    let sb = Sandbox::start_with_journal_and(&[("SDTEST_OVERLAY_ROOT", "1")])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let binary = cache.join("systemd-coredump");
+    sb.run_inside_ok(
+        30,
+        &[
+            "cp",
+            binary.to_str().expect("a UTF-8 path"),
+            "/usr/lib/systemd/systemd-coredump",
+        ],
+    );
+    for unit in ["systemd-coredump.socket", "systemd-coredump@.service"] {
+        let text = std::fs::read_to_string(cache.join(unit)).expect("the packaged unit");
+        sb.write_unit(unit, &text);
+    }
+    let script = sb.dir().join("dumper.sh");
+    std::fs::write(&script, DUMPER_SCRIPT).expect("writing the script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let unit = "dumper.service";
+    sb.write_unit(
+        unit,
+        &format!(
+            "[Service]\nExecStart={}\nLimitCORE=infinity\n",
+            script.display()
+        ),
+    );
+    sb.pin_loaded(&[unit]);
+    sb.systemctl_ok(&["start", "systemd-coredump.socket"]);
+    let config = journal_config(&sb, "");
+    let cw = Crashwatch::spawn(&sb, &["--config", &config]);
+    sb.systemctl_ok(&["start", unit]);
+
+    let mut document = Value::Null;
+    let found = wait_until(Duration::from_secs(30), || {
+        document = api(&cw, unit);
+        document["last_crash"]["context"]["core_dump"].is_object()
+    });
+    assert!(found, "no core dump shown: {document:#}\n{}", cw.diag(unit));
+    // The truth: systemd's verdict, and the record systemd-coredump wrote to the journal.
+    assert_eq!(
+        sb.property(unit, "org.freedesktop.systemd1.Service", "Result"),
+        "s \"core-dump\""
+    );
+    assert_eq!(
+        document["last_crash"]["reason"], "core-dump",
+        "{document:#}"
+    );
+    let out = sb.journalctl(&[
+        "-o",
+        "json",
+        "MESSAGE_ID=fc2e22bc6ee647b6b90729ab34a250b1",
+        &format!("COREDUMP_UNIT={unit}"),
+    ]);
+    let record: Value = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no core dump record in the journal: {out:?}"));
+    let dump = &document["last_crash"]["context"]["core_dump"];
+    assert_eq!(dump["signal"], "SIGSEGV", "{dump:#}");
+    assert_eq!(dump["signal"], record["COREDUMP_SIGNAL_NAME"], "{record:#}");
+    assert_eq!(dump["executable"], record["COREDUMP_EXE"], "{record:#}");
+    assert_eq!(
+        dump["pid"].as_u64().map(|p| p.to_string()).as_deref(),
+        record["COREDUMP_PID"].as_str(),
+        "{record:#}"
+    );
+    let message = record["MESSAGE"].as_str().unwrap_or_default();
+    let frames: Vec<&str> = dump["frames"]
+        .as_array()
+        .map(|f| f.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    assert!(
+        !frames.is_empty() && frames.len() <= 5,
+        "{dump:#}\n{message}"
+    );
+    // Each frame is one of systemd-coredump's, in its order, without the address.
+    let logged: Vec<String> = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with('#'))
+        .map(|l| {
+            let mut words: Vec<&str> = l.split_whitespace().collect();
+            words.remove(1);
+            words.join(" ")
+        })
+        .collect();
+    assert_eq!(frames, logged[..frames.len()], "{message}");
+    assert_eq!(
+        lines(&document).first().map(String::as_str),
+        Some("about to dump core")
+    );
+
+    let status = Command::new(BIN)
+        .args([
+            "status",
+            "--address",
+            &format!("127.0.0.1:{}", cw.port()),
+            unit,
+        ])
+        .output()
+        .expect("crashwatch status");
+    let printed = String::from_utf8_lossy(&status.stdout);
+    let summary = format!(
+        "Core dump: SIGSEGV in {} (pid {})\n  {}\n",
+        dump["executable"].as_str().unwrap_or_default(),
+        dump["pid"],
+        frames[0]
+    );
+    assert!(printed.contains(&summary), "{summary}\n{printed}");
+    assert_eq!(
+        cw.metric(
+            "crashwatch_crash_evidence_lookups_total",
+            &[("kind", "core_dump"), ("result", "found")]
+        ),
+        Some(1.0)
+    );
+}

@@ -28,10 +28,21 @@ impl Sandbox {
 
     /// [`Sandbox::start_with_journal`] with systemd `version` and its own journald.
     pub fn start_version_with_journal(version: SystemdVersion) -> Result<Sandbox, String> {
+        Sandbox::start_journal(version, &[])
+    }
+
+    /// [`Sandbox::start_with_journal`] with more of the sandbox script's settings (`env`).
+    pub fn start_with_journal_and(env: &[(&str, &str)]) -> Result<Sandbox, String> {
+        Sandbox::start_journal(SystemdVersion::V252, env)
+    }
+
+    fn start_journal(version: SystemdVersion, env: &[(&str, &str)]) -> Result<Sandbox, String> {
         if find_in_path("journalctl").is_none() {
             return Err("needs journalctl (package systemd) to read the sandbox's journal".into());
         }
-        let sandbox = Sandbox::start_version(version, &[("SDTEST_JOURNAL", "1")])?;
+        let mut env = env.to_vec();
+        env.push(("SDTEST_JOURNAL", "1"));
+        let sandbox = Sandbox::start_version(version, &env)?;
         let opened = wait_until(Duration::from_secs(20), || {
             sandbox.journal_files() > 0
                 && sandbox

@@ -58,7 +58,8 @@ pub struct AlertmanagerAction {
     pub resend_interval: Duration,
     /// Timeout and retries of each push.
     pub retry: Retry,
-    /// Whether the alert carries the crashed run's last lines (annotation `last_lines`).
+    /// Whether the alert carries the crashed run's last lines (annotation `last_lines`), and
+    /// its core dump (`core_dump`) or the kernel's OOM lines (`oom_kill`) where there are any.
     pub include_logs: bool,
 }
 
@@ -99,6 +100,17 @@ impl Alert {
         annotations.insert("description", description(request));
         if let (true, Some(context)) = (action.include_logs, &request.context) {
             annotations.insert("last_lines", last_lines(context));
+            if let Some(dump) = &context.core_dump {
+                let mut text = dump.summary();
+                for frame in &dump.frames {
+                    text.push('\n');
+                    text.push_str(frame);
+                }
+                annotations.insert("core_dump", text);
+            }
+            if let Some(oom) = &context.oom_kill {
+                annotations.insert("oom_kill", oom.kernel_lines.join("\n"));
+            }
         }
         Alert {
             labels,
@@ -589,6 +601,22 @@ mod tests {
             alert.annotations.get("last_lines").map(String::as_str),
             Some("starting\nconfig error: missing key X")
         );
+        let mut dumped = CrashContext::found(vec![]);
+        dumped.core_dump = Some(crate::event::CoreDump {
+            pid: Some(94),
+            signal: Some("SIGSEGV".into()),
+            executable: Some("/usr/bin/bash".into()),
+            frames: vec!["#0 __kill (libc.so.6 + 0x3c267)".into()],
+        });
+        request.context = Some(dumped);
+        let alert = Alert::new(&asking, &request, "node1");
+        assert_eq!(
+            alert.annotations.get("core_dump").map(String::as_str),
+            Some("SIGSEGV in /usr/bin/bash (pid 94)\n#0 __kill (libc.so.6 + 0x3c267)")
+        );
+        assert!(!Alert::new(&action(), &request, "node1")
+            .annotations
+            .contains_key("core_dump"));
         request.context = Some(CrashContext::unavailable("journald is not running"));
         let alert = Alert::new(&asking, &request, "node1");
         assert_eq!(

@@ -56,6 +56,16 @@ pub fn environment(request: &ActionRequest) -> Vec<(&'static str, String)> {
             env.push(("CRASHWATCH_LAST_EXIT_STATUS", status.to_string()));
         }
     }
+    // Facts, not log text: the frames stay in the API, where they are not in a process's
+    // environment for every other process of the same user to read.
+    if let Some(dump) = request.context.as_ref().and_then(|c| c.core_dump.as_ref()) {
+        if let Some(signal) = &dump.signal {
+            env.push(("CRASHWATCH_CORE_DUMP_SIGNAL", signal.clone()));
+        }
+        if let Some(executable) = &dump.executable {
+            env.push(("CRASHWATCH_CORE_DUMP_EXECUTABLE", executable.clone()));
+        }
+    }
     env
 }
 

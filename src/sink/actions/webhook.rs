@@ -41,6 +41,12 @@ pub fn body(request: &ActionRequest, hostname: &str, include_logs: bool) -> Valu
         if let Some(reason) = &context.reason {
             body["last_lines_reason"] = json!(reason);
         }
+        if let Some(dump) = &context.core_dump {
+            body["core_dump"] = json!(dump);
+        }
+        if let Some(oom) = &context.oom_kill {
+            body["oom_kill"] = json!(oom);
+        }
     }
     body
 }

@@ -17,6 +17,7 @@ use metrics::counter;
 use serde_json::Value;
 use tokio::process::Command;
 
+use super::evidence;
 use super::history::{run_bounded, JournalError};
 use crate::event::{printable, ContextRequest, CrashContext, Micros};
 use crate::internal_events::ContextLookupError;
@@ -77,14 +78,55 @@ async fn lookup(settings: &JournalLookup, request: &ContextRequest) -> CrashCont
             };
         }
     }
-    let context = CrashContext::found(excerpt(lines, settings.lines, &settings.masks));
+    let mut context = CrashContext::found(excerpt(lines, settings.lines, &settings.masks));
     let result = if context.lines.is_empty() {
         "empty"
     } else {
         "ok"
     };
     counter!("crashwatch_crash_context_lookups_total", "result" => result).increment(1);
+    if valid_unit(&request.unit) {
+        match request.verdict.as_deref() {
+            Some("core-dump") => {
+                let found = evidence::core_dump(settings, request).await;
+                context.core_dump = found_evidence(request, "core_dump", found);
+            }
+            Some("oom-kill") => {
+                let found = evidence::oom_kill(settings, request).await;
+                context.oom_kill = found_evidence(request, "oom_kill", found);
+            }
+            _ => {}
+        }
+    }
     context
+}
+
+/// What a lookup of `kind` found, counted; a failure is logged too, and leaves the lines be.
+fn found_evidence<T>(
+    request: &ContextRequest,
+    kind: &'static str,
+    found: Result<Option<T>, JournalError>,
+) -> Option<T> {
+    match found {
+        Ok(Some(evidence)) => {
+            evidence::count(kind, "found");
+            Some(evidence)
+        }
+        Ok(None) => {
+            evidence::count(kind, "none");
+            None
+        }
+        Err(error) => {
+            evidence::count(kind, "failed");
+            let error = error.to_string();
+            ContextLookupError {
+                unit: &request.unit,
+                error: &error,
+            }
+            .emit();
+            None
+        }
+    }
 }
 
 fn failed(request: &ContextRequest, error: &JournalError) -> CrashContext {
@@ -289,6 +331,7 @@ esac"#;
             invocation: Some("0123456789abcdef0123456789abcdef".into()),
             run_started: Some(1_700_000_000_000_000),
             ended: 1_700_000_001_000_000,
+            verdict: None,
         };
         let answers = ask(settings, &[request.clone(), request]).await;
         for answer in &answers {
@@ -337,6 +380,7 @@ esac"#;
             invocation: Some("0123456789abcdef0123456789abcdef".into()),
             run_started: None,
             ended: 0,
+            verdict: None,
         };
         let answers = ask(settings, &[request]).await;
         let SourceEvent::CrashContext { context, .. } = &answers[0] else {
@@ -364,6 +408,7 @@ esac"#;
             invocation: Some("0123456789abcdef0123456789abcdef".into()),
             run_started: None,
             ended: 0,
+            verdict: None,
         };
         for _ in 0..crate::source::context::QUEUE {
             assert_eq!(

@@ -40,6 +40,7 @@
 //! snapshot are ignored because the snapshot covers them.
 
 pub mod context;
+pub mod evidence;
 pub mod history;
 pub mod parser;
 
