@@ -28,6 +28,8 @@ mod end_to_end;
 mod events;
 #[path = "integration/exposition.rs"]
 mod exposition;
+#[path = "integration/fleet.rs"]
+mod fleet;
 #[path = "integration/harness_selftest.rs"]
 mod harness_selftest;
 #[path = "integration/journal.rs"]

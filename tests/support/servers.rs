@@ -299,21 +299,24 @@ pub struct Alertmanager {
 
 impl Alertmanager {
     pub fn start() -> Alertmanager {
-        start_with_retries(Self::try_start)
-    }
-
-    fn try_start() -> Result<Alertmanager, StartError> {
-        let dir = TempDir::new("cw-am");
-        let port = free_port();
-        let config = dir.path().join("alertmanager.yml");
         // Short group timings so a new or resolved alert is processed at once; the receiver has
         // no integrations, which Alertmanager accepts as "send nowhere".
-        std::fs::write(
-            &config,
+        Self::start_with_config(
             "route:\n  receiver: discard\n  group_wait: 0s\n  group_interval: 1s\n  \
              repeat_interval: 1h\nreceivers:\n  - name: discard\n",
         )
-        .map_err(|e| StartError {
+    }
+
+    /// An Alertmanager running the configuration `text`.
+    pub fn start_with_config(text: &str) -> Alertmanager {
+        start_with_retries(|| Self::try_start(text))
+    }
+
+    fn try_start(text: &str) -> Result<Alertmanager, StartError> {
+        let dir = TempDir::new("cw-am");
+        let port = free_port();
+        let config = dir.path().join("alertmanager.yml");
+        std::fs::write(&config, text).map_err(|e| StartError {
             message: format!("writing {}: {e}", config.display()),
             retry: false,
         })?;
