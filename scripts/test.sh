@@ -64,6 +64,8 @@ missing_packages() {
   # and the system CA bundle the client trusts by default.
   have python3 || pkgs+=(python3)
   have curl || pkgs+=(curl)
+  # The fleet test links each node's network namespace to the host with a veth pair.
+  have ip || pkgs+=(iproute2)
   [ -f /etc/ssl/certs/ca-certificates.crt ] || pkgs+=(ca-certificates)
   echo "${pkgs[@]}"
 }
