@@ -73,6 +73,22 @@ fn wait_for_context(cw: &Crashwatch, unit: &str, status: &str) -> Value {
     last
 }
 
+/// What `crashwatch status UNIT` prints about `unit` (stdout).
+fn status_of(cw: &Crashwatch, unit: &str) -> String {
+    let out = Command::new(BIN)
+        .args([
+            "status",
+            "--address",
+            &format!("127.0.0.1:{}", cw.port()),
+            unit,
+        ])
+        .env_remove("CRASHWATCH_CONFIG")
+        .output()
+        .expect("running crashwatch status");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn lines(document: &Value) -> Vec<String> {
     document["last_crash"]["context"]["lines"]
         .as_array()
@@ -142,16 +158,7 @@ fn a_crashed_runs_last_lines_show_where_operators_look() {
 
     // The loop goes on, and a newer crash waits about a second for its lines ("pending"): ask
     // until the last crash shown is one whose lines have arrived.
-    let status = || {
-        let out = Command::new(BIN)
-            .args(["status", "--address", &format!("127.0.0.1:{}", cw.port())])
-            .arg(config_error)
-            .env_remove("CRASHWATCH_CONFIG")
-            .output()
-            .expect("running crashwatch status");
-        assert!(out.status.success(), "{out:?}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let status = || status_of(&cw, config_error);
     let mut text = String::new();
     wait_until(Duration::from_secs(15), || {
         text = status();
@@ -270,16 +277,7 @@ fn a_crash_before_crashwatch_started_shows_with_its_lines() {
         cw.metric("crashwatch_unit_restarts_total", &[("unit", unit)]),
         Some(0.0)
     );
-    let status = Command::new(BIN)
-        .args([
-            "status",
-            "--address",
-            &format!("127.0.0.1:{}", cw.port()),
-            unit,
-        ])
-        .output()
-        .expect("crashwatch status");
-    let printed = String::from_utf8_lossy(&status.stdout);
+    let printed = status_of(&cw, unit);
     assert!(
         printed.contains("run 2: cannot open the database"),
         "status {unit} does not show the last crash's lines:\n{printed}"
@@ -331,22 +329,13 @@ fn secrets_are_masked_and_the_line_count_is_the_configured_one() {
         ],
         "the last 3 lines, masked: {document:#}"
     );
-    let status = Command::new(BIN)
-        .args([
-            "status",
-            "--address",
-            &format!("127.0.0.1:{}", cw.port()),
-            unit,
-        ])
-        .output()
-        .expect("crashwatch status");
-    let printed = String::from_utf8_lossy(&status.stdout);
+    let printed = status_of(&cw, unit);
     assert!(printed.contains("password=[masked]"), "{printed}");
     let record = std::fs::read_to_string(cw.events_path()).expect("the event record");
     assert!(record.contains("password=[masked]"), "{record}");
     for (place, text) in [
         ("the API", document.to_string()),
-        ("status", printed.into_owned()),
+        ("status", printed),
         ("the event record", record),
     ] {
         assert!(!text.contains("hunter2pw"), "a secret in {place}: {text}");
@@ -489,16 +478,7 @@ fn a_core_dump_shows_its_signal_executable_and_first_frames() {
         Some("about to dump core")
     );
 
-    let status = Command::new(BIN)
-        .args([
-            "status",
-            "--address",
-            &format!("127.0.0.1:{}", cw.port()),
-            unit,
-        ])
-        .output()
-        .expect("crashwatch status");
-    let printed = String::from_utf8_lossy(&status.stdout);
+    let printed = status_of(&cw, unit);
     let summary = format!(
         "Core dump: SIGSEGV in {} (pid {})\n  {}\n",
         dump["executable"].as_str().unwrap_or_default(),

@@ -47,6 +47,18 @@ pub struct JournalLookup {
     pub journalctl: PathBuf,
 }
 
+impl JournalLookup {
+    /// journalctl writing JSON entries of the journal read, quietly; matches and fields to add.
+    pub(super) fn json_command(&self) -> Command {
+        let mut command = Command::new(&self.journalctl);
+        command.args(["--output=json", "--no-pager", "--quiet"]);
+        if let Some(directory) = &self.directory {
+            command.arg(format!("--directory={}", directory.display()));
+        }
+        command
+    }
+}
+
 impl Lookup for JournalLookup {
     fn settle(&self) -> Duration {
         SETTLE
@@ -146,17 +158,9 @@ async fn read(
     run: &str,
     matches: Vec<String>,
 ) -> Result<Vec<Vec<u8>>, JournalError> {
-    let mut command = Command::new(&settings.journalctl);
-    command.args([
-        "--output=json",
-        "--no-pager",
-        "--quiet",
-        "--output-fields=MESSAGE,_SYSTEMD_INVOCATION_ID",
-    ]);
+    let mut command = settings.json_command();
+    command.arg("--output-fields=MESSAGE,_SYSTEMD_INVOCATION_ID");
     command.arg(format!("--lines={}", settings.lines.max(1)));
-    if let Some(directory) = &settings.directory {
-        command.arg(format!("--directory={}", directory.display()));
-    }
     command.args(matches);
     let output = run_bounded(command, LOOKUP_TIMEOUT, OUTPUT_MAX_BYTES).await?;
     Ok(output

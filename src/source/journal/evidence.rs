@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use metrics::counter;
 use serde_json::Value;
-use tokio::process::Command;
 
 use super::context::{JournalLookup, LOOKUP_TIMEOUT};
 use super::history::{run_bounded, JournalError};
@@ -126,11 +125,7 @@ fn at(t: Micros) -> String {
 
 /// journalctl's JSON entries for `args` (matches and field selection), oldest first.
 async fn entries(settings: &JournalLookup, args: Vec<String>) -> Result<Vec<Value>, JournalError> {
-    let mut command = Command::new(&settings.journalctl);
-    command.args(["--output=json", "--no-pager", "--quiet"]);
-    if let Some(directory) = &settings.directory {
-        command.arg(format!("--directory={}", directory.display()));
-    }
+    let mut command = settings.json_command();
     command.args(args);
     let output = run_bounded(command, LOOKUP_TIMEOUT, OUTPUT_MAX_BYTES).await?;
     Ok(output
