@@ -411,7 +411,7 @@ WEB
   wait_until 30 tls_up "https://127.0.0.1:$NET_PORT/metrics" ||
     die "node_exporter did not answer over TLS: $(cat "$WORK/node_exporter-tls.log")"
   # The TLS crashwatch has the sandbox's running units from its start-up snapshot.
-  tls_units() { [ "$(tls_get "https://127.0.0.1:$CWT_PORT/metrics" | grep -c '^crashwatch_unit_active{unit="bench@')" -ge "$TLS_UNITS" ]; }
+  tls_units() { [ "$(tls_get "https://127.0.0.1:$CWT_PORT/metrics" | grep -c '^crashwatch_unit_crashlooping{unit="bench@')" -ge "$TLS_UNITS" ]; }
   wait_until 60 tls_units || die "the TLS crashwatch does not show $TLS_UNITS units"
   cpu_ns() { # the summed on-CPU time of every thread of the given PIDs
     local p
@@ -452,6 +452,33 @@ WEB
   stop_pid "$NETP"
 }
 
+# ------------------------------------------------------------------------------------ series per node
+# What each exporter costs Prometheus per node: series (the non-comment lines of /metrics) and
+# bytes per scrape, at 300 and 1,000 running units, crashwatch with its default series budget. A
+# fresh crashwatch, as for the scrapes below: the loops above crashed units whose series it
+# would keep for an hour. The units are stopped again at the end, so the scrapes start from none.
+SERIES_SIZES=(300 1000)
+declare -A SER
+stop_pid "$CWP"
+start_crashwatch
+prev=0
+for n in "${SERIES_SIZES[@]}"; do
+  say "series per node at $n running units"
+  seq -f 'bench@%g.service' $((prev + 1)) "$n" |
+    xargs -n 500 nsenter -t "$PID1" -p -m -- timeout 300 systemctl start
+  prev=$n
+  heard() { [ "$(cwm --name crashwatch_unit_crashlooping --label-prefix unit=bench@ --series)" -ge "$1" ]; }
+  wait_until 120 heard "$n" || die "crashwatch did not hear $n starts"
+  sleep 1
+  for who in cw ne; do
+    case $who in cw) url=$CW_URL ;; ne) url=$NE_URL ;; esac
+    curl -sf -o "$WORK/series-$n-$who.txt" "$url" || die "GET $url failed"
+    SER[$n,$who,series]=$(grep -vc '^#' "$WORK/series-$n-$who.txt")
+    SER[$n,$who,bytes]=$(wc -c <"$WORK/series-$n-$who.txt")
+  done
+done
+seq -f 'bench@%g.service' 1 "$prev" | xargs -n 500 nsenter -t "$PID1" -p -m -- timeout 300 systemctl stop
+
 # ------------------------------------------------------------------------------------ scrapes
 # A fresh crashwatch for the scrapes, as after an upgrade: the loops above stopped their units and
 # systemd unloaded them, so node_exporter no longer lists them, while crashwatch would keep their
@@ -466,7 +493,7 @@ for n in "${SIZES[@]}"; do
   seq -f 'bench@%g.service' $((prev + 1)) "$n" |
     xargs -n 500 nsenter -t "$PID1" -p -m -- timeout 300 systemctl start
   prev=$n
-  cw_units() { [ "$(cwm --name crashwatch_unit_active --label-prefix unit=bench@ --series)" -ge "$1" ]; }
+  cw_units() { [ "$(cwm --name crashwatch_unit_crashlooping --label-prefix unit=bench@ --series)" -ge "$1" ]; }
   wait_until 120 cw_units "$n" || die "crashwatch did not hear $n starts"
   sleep 1
   say "scrapes at $n running units: $RUNS runs"
@@ -511,8 +538,8 @@ seq -f 'idle@%g.service' 1 $((FOOTPRINT_UNITS - have_units)) |
   xargs -n 500 nsenter -t "$PID1" -p -m -- timeout 300 systemctl start
 all_units() {
   local a b
-  a=$(cwm --name crashwatch_unit_active --label-prefix unit=bench@ --series)
-  b=$(cwm --name crashwatch_unit_active --label-prefix unit=idle@ --series)
+  a=$(cwm --name crashwatch_unit_crashlooping --label-prefix unit=bench@ --series)
+  b=$(cwm --name crashwatch_unit_crashlooping --label-prefix unit=idle@ --series)
   [ $((a + b)) -ge "$FOOTPRINT_UNITS" ]
 }
 wait_until 300 all_units || die "crashwatch did not hear $FOOTPRINT_UNITS units"
@@ -705,6 +732,18 @@ md "| without gzip | $(ratio "$(tlsm lat_median_ms ne)" "$(tlsm lat_median_ms cw
 md "| with gzip | $(ratio "$(tlsm lat_median_ms nez)" "$(tlsm lat_median_ms cwz)")× | $(ratio "$(tlsm cpu_ms nez)" "$(tlsm cpu_ms cwz)")× |"
 md ""
 md "How: a second crashwatch and a second node_exporter on the same sandbox bus, both started with the same \`--web.config.file\` (exporter-toolkit's format: TLS 1.3 with a P-256 certificate made for the run, and \`basic_auth_users\` with a bcrypt hash of cost 10 from \`htpasswd -nbBC 10\`). Each run is one curl process GETting \`/metrics\` over one kept-alive connection (51 times for crashwatch, 4 for node_exporter), with and without \`--compressed\` (\`Accept-Encoding: gzip\`, as Prometheus sends), after one GET on a connection of its own so that both exporters have checked and cached the password. *Latency* is curl's median \`time_total\` leaving out the first GET of the connection (the handshake); *CPU* is on-CPU time of the exporter plus the sandbox's dbus-daemon and systemd over the whole run, handshake included, per GET; *bytes* is what crossed the connection per GET (\`size_download\`). Nothing changes in the sandbox between GETs, so crashwatch's figure compares with *unchanged* above. New connections over all runs (one per curl, so the connection was kept): $(awk -F= '{c += $2; n++} END {printf "%d in %d curl runs", c, n}' "$WORK/tls-connects.txt")."
+md ""
+
+md "### Series and bytes per node"
+md ""
+md "| running units | exporter | series | bytes per scrape |"
+md "| ---: | --- | ---: | ---: |"
+for n in "${SERIES_SIZES[@]}"; do
+  md "| $n | node_exporter | $(thousands "${SER[$n,ne,series]}") | $(thousands "${SER[$n,ne,bytes]}") |"
+  md "| $n | crashwatch | $(thousands "${SER[$n,cw,series]}") | $(thousands "${SER[$n,cw,bytes]}") |"
+done
+md ""
+md "How: one GET of each exporter's \`/metrics\` (no compression) with $(thousands "${SERIES_SIZES[0]}") and then $(thousands "${SERIES_SIZES[1]}") instances of \`bench@.service\` running and nothing else happening, after a fresh start of crashwatch with its default \`--unit-series=changed\`, so each healthy unit has two series; *series* are the lines that are not comments, the exporter's own metrics included. node_exporter lists every loaded unit whatever its type, crashwatch the \`*.service\` units."
 md ""
 
 md "## Missed restarts"

@@ -273,6 +273,16 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION")]
     pub unloaded_retention: Option<String>,
 
+    /// Which series each unit has on /metrics: changed or all ([limits] unit_series).
+    ///
+    /// changed gives a unit nothing has happened to two series, crashwatch_unit_crashlooping
+    /// and crashwatch_unit_restarts_total (at 0, so that increase() sees the first restart);
+    /// its first crash or restart brings every series, kept while it has restarts in its window,
+    /// is crash-looping or is down since a crash, and for an hour after. all gives every unit
+    /// every series from the start, six or more each [default: changed].
+    #[arg(long, value_name = "SERIES")]
+    pub unit_series: Option<String>,
+
     /// The init system to watch: systemd, upstart, or auto (systemd if it is on the system bus,
     /// else Upstart) [default: systemd].
     #[arg(long, value_name = "KIND")]

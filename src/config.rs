@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::detect::{Policy, MAX_RESTARTS_HELD};
+use crate::engine::units::UnitSeries;
 use crate::glob::{Glob, UnitFilter};
 use crate::sink::actions::{Action, ActionSection};
 use crate::sink::events::{
@@ -317,6 +318,11 @@ pub struct LimitsSection {
     /// are dropped. A unit still in a crash-loop window is kept until it leaves it. At the unit
     /// cap, unloaded units make room first. Default "15m".
     pub unloaded_retention: Option<String>,
+    /// Which series each unit has on `/metrics`: "changed" gives a healthy unit two
+    /// (`crashwatch_unit_crashlooping` and `crashwatch_unit_restarts_total`) and a unit every
+    /// series from its first crash or restart until an hour after it is healthy again; "all"
+    /// gives every unit every series. Default "changed".
+    pub unit_series: Option<String>,
 }
 
 /// Values given on the command line; each replaces its file counterpart.
@@ -358,6 +364,8 @@ pub struct Overrides {
     pub fold_instances: bool,
     /// `--unloaded-retention`.
     pub unloaded_retention: Option<String>,
+    /// `--unit-series`.
+    pub unit_series: Option<String>,
     /// `--source`.
     pub source: Option<String>,
     /// `--upstart-address`.
@@ -461,6 +469,8 @@ pub struct Config {
     pub fold_instances: bool,
     /// How long an unloaded unit keeps its series.
     pub unloaded_retention: Duration,
+    /// Which series each unit has.
+    pub unit_series: UnitSeries,
     /// Which init system to watch.
     pub source: SourceChoice,
     /// The Upstart source's settings (used when it is the one watched).
@@ -592,6 +602,16 @@ impl Config {
                 .map_err(|e| invalid(format!("limits.unloaded_retention: {e}")))?,
             None => DEFAULT_UNLOADED_RETENTION,
         };
+        let unit_series = match cli
+            .unit_series
+            .as_deref()
+            .or(file.limits.unit_series.as_deref())
+        {
+            Some(text) => {
+                UnitSeries::parse(text).map_err(|e| invalid(format!("limits.unit_series: {e}")))?
+            }
+            None => UnitSeries::default(),
+        };
         let journal_directory = match file.history.journal_directory {
             Some(dir) if dir.is_empty() => return Err(invalid(
                 "history.journal_directory must not be empty (leave it out for the system journal)"
@@ -653,6 +673,7 @@ impl Config {
             max_units,
             fold_instances: cli.fold_instances || file.limits.fold_instances.unwrap_or(false),
             unloaded_retention,
+            unit_series,
             source,
             upstart,
             history,
@@ -986,6 +1007,33 @@ mod tests {
         assert_eq!(config.events, Some(EventsTarget::Stdout));
         assert_eq!(config.max_units, 50);
         assert!(config.fold_instances);
+    }
+
+    #[test]
+    fn unit_series_come_from_the_flag_then_the_file_and_default_to_changed() {
+        let series = |text: &str, flag: Option<&str>| {
+            let file = parse_file(text, Path::new("crashwatch.toml")).expect("valid");
+            let cli = Overrides {
+                unit_series: flag.map(str::to_owned),
+                ..Overrides::default()
+            };
+            Config::resolve(file, cli, "crashwatch.toml").map(|config| config.unit_series)
+        };
+        let all = "[limits]\nunit_series = \"all\"\n";
+        assert_eq!(series("", None).expect("valid"), UnitSeries::Changed);
+        assert_eq!(series(all, None).expect("valid"), UnitSeries::All);
+        assert_eq!(series("", Some("all")).expect("valid"), UnitSeries::All);
+        assert_eq!(
+            series(all, Some("changed")).expect("valid"),
+            UnitSeries::Changed
+        );
+        let error = series("[limits]\nunit_series = \"some\"\n", None)
+            .expect_err("not a setting")
+            .to_string();
+        assert_eq!(
+            error,
+            "crashwatch.toml: limits.unit_series: \"some\" is not one of changed, all"
+        );
     }
 
     #[test]

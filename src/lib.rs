@@ -147,7 +147,7 @@ pub async fn run(
         Some(_) => web_listeners(&config.web).await?,
         None => (Vec::new(), None),
     };
-    let units = engine::units::SharedUnits::new();
+    let units = engine::units::SharedUnits::with_series(config.unit_series);
     let mut sinks = Sinks::default();
     if let Some(target) = &config.events {
         let out = sink::events::open(target, config.events_rotation, reopen).map_err(|source| {
@@ -456,6 +456,7 @@ async fn reload(
                 "unloaded_retention",
                 config.unloaded_retention != current.unloaded_retention,
             ),
+            ("unit_series", config.unit_series != current.unit_series),
             ("history", config.history != current.history),
         ] {
             if changed {

@@ -36,6 +36,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         max_units: args.max_units,
         fold_instances: args.fold_instances,
         unloaded_retention: args.unloaded_retention,
+        unit_series: args.unit_series,
         source: args.source,
         upstart_address: args.upstart_address,
         upstart_hook_socket: args.upstart_hook_socket,

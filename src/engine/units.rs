@@ -8,10 +8,23 @@
 //! counters (about 1 µs per unit, against about 100 µs per unit through the exporter's registry).
 //! It also lets a unit that systemd unloaded disappear from `/metrics`, which a `metrics`
 //! recorder cannot do, so memory follows the units that exist rather than every unit ever seen.
+//!
+//! Most units of a node never crash, and their series would be most of `/metrics` (six at least
+//! per unit, more than node_exporter's whole systemd collector at 1,000 units). So by default
+//! ([`UnitSeries::Changed`]) a healthy unit shows two series: `crashwatch_unit_crashlooping`,
+//! which the rules count nodes running a unit by, and `crashwatch_unit_restarts_total`, which
+//! the rules take `increase()` of: it must be there at 0 before a unit's first restart, since a
+//! crash and its automatic restart can both fall between two scrapes and a series that appears
+//! at 1 hides that restart from `increase()`. A unit's first crash or restart brings every other
+//! series, kept while it is not healthy (restarts in its window, a loop, down since a crash) and
+//! for [`FULL_SET_RETENTION`] after. The table's generation moves when a retention runs out, so
+//! the cached rendering goes with it although nothing was recorded.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -20,9 +33,62 @@ use crate::event::{
     ContextStatus, CrashContext, Event, ExitCause, LoopEvent, Micros, RestartCause, SourceKind,
     Transition, TransitionKind, UnitState,
 };
+use crate::time::now_micros;
 
 /// Recent transitions kept per unit for `/api/units/{unit}/events`.
 pub const RECENT_TRANSITIONS: usize = 32;
+
+/// How long a unit keeps its full set of series after it is healthy again, under
+/// [`UnitSeries::Changed`]. An hour is the longest range the shipped rules read
+/// (`CrashwatchUnitHighRestartRate`'s `increase(...[1h])`, the fleet's nodes over 1h): a unit that
+/// crashes again within it keeps one continuous set of series instead of a new one each time, and
+/// Prometheus keeps every series it saw in its head block for two hours or more anyway, so a
+/// set dropped much sooner saves it nothing. The dashboards show the crash's series meanwhile.
+pub const FULL_SET_RETENTION: Duration = Duration::from_secs(3600);
+
+/// Which series of each unit `/metrics` shows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UnitSeries {
+    /// A healthy unit shows `crashwatch_unit_crashlooping` and `crashwatch_unit_restarts_total`
+    /// only; from its first crash or restart it shows every series, until
+    /// [`FULL_SET_RETENTION`] after it is healthy again.
+    #[default]
+    Changed,
+    /// Every unit shows every series, always.
+    All,
+}
+
+impl UnitSeries {
+    /// Reads `changed` or `all`.
+    pub fn parse(text: &str) -> Result<UnitSeries, String> {
+        match text {
+            "changed" => Ok(UnitSeries::Changed),
+            "all" => Ok(UnitSeries::All),
+            _ => Err(format!("{text:?} is not one of changed, all")),
+        }
+    }
+}
+
+/// Whether a unit shows its full set of series under [`UnitSeries::Changed`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FullSet {
+    /// No: nothing has happened to the unit, or its retention ran out at this time.
+    No,
+    /// Yes, while the unit is not healthy.
+    Held,
+    /// Yes, until this time: the unit has been healthy since [`FULL_SET_RETENTION`] before it.
+    Until(Micros),
+}
+
+impl FullSet {
+    fn shown_at(self, now: Micros) -> bool {
+        match self {
+            FullSet::No => false,
+            FullSet::Held => true,
+            FullSet::Until(until) => now < until,
+        }
+    }
+}
 
 /// systemd's documented `Result` values: the `reason` label takes one of these, else `other`, so
 /// an unknown value from outside cannot create series.
@@ -199,6 +265,10 @@ pub struct UnitRecord {
     /// When the init system gave up restarting the unit (start limit, respawn limit), if it has
     /// not been started since: the unit is down and stays down.
     pub gave_up_at: Option<Micros>,
+    /// Whether the unit has not been up since its last crash.
+    down_since_crash: bool,
+    /// Whether it shows every series under [`UnitSeries::Changed`].
+    full_set: FullSet,
     recent: VecDeque<RecentTransition>,
 }
 
@@ -228,8 +298,40 @@ impl UnitRecord {
             last_transition: None,
             unloaded_at: None,
             gave_up_at: None,
+            down_since_crash: false,
+            full_set: FullSet::No,
             recent: VecDeque::new(),
         }
+    }
+
+    /// Healthy: no restart in its window, no loop, and not down since a crash (the rules'
+    /// `CrashwatchUnitCrashedAndDown` reads the series of a unit that stays down).
+    fn healthy(&self) -> bool {
+        self.restarts_in_window == 0
+            && !self.crashlooping
+            && !self.down_since_crash
+            && self.gave_up_at.is_none()
+    }
+
+    /// Brings the full set while the unit is not healthy; once it is healthy again, keeps it
+    /// until [`FULL_SET_RETENTION`] after `now`. Returns when it goes, when that was just set.
+    fn settle(&mut self, now: Micros) -> Option<Micros> {
+        if !self.healthy() {
+            self.full_set = FullSet::Held;
+            return None;
+        }
+        if self.full_set != FullSet::Held {
+            return None;
+        }
+        let retention = u64::try_from(FULL_SET_RETENTION.as_micros()).unwrap_or(u64::MAX);
+        let until = now.saturating_add(retention);
+        self.full_set = FullSet::Until(until);
+        Some(until)
+    }
+
+    /// Whether `/metrics` shows every series of the unit at `now`.
+    fn shows_full_set(&self, series: UnitSeries, now: Micros) -> bool {
+        series == UnitSeries::All || self.full_set.shown_at(now)
     }
 
     /// The unit's recent transitions, oldest first.
@@ -271,9 +373,18 @@ impl UnitRecord {
             _ if t.up_unknown => self.active = None,
             _ => {}
         }
+        if self.active == Some(true) {
+            self.down_since_crash = false;
+        }
         if let Some(crash) = LastCrash::of(t) {
             self.crashes[crash_reason_index(crash.reason)] += 1;
             self.last_crash = Some(crash);
+            self.down_since_crash = true;
+        }
+        // A crash or a restart brings the full set, even one that leaves the unit healthy (a
+        // restart the detector does not count); `settle` starts its retention then.
+        if t.crash.is_some() || t.kind == TransitionKind::Restart {
+            self.full_set = FullSet::Held;
         }
         if self
             .state
@@ -295,14 +406,28 @@ impl UnitRecord {
 #[derive(Debug, Default)]
 pub struct UnitTable {
     units: BTreeMap<Box<str>, UnitRecord>,
-    /// Moves on every change, so a rendering can be reused until something changes.
-    generation: u64,
+    /// Which series of each unit are rendered.
+    series: UnitSeries,
+    /// Moves on every change, so a rendering can be reused until something changes. A cell:
+    /// [`UnitTable::generation`] moves it when a retention runs out, which no writer notices.
+    generation: Cell<u64>,
+    /// The earliest end of a full set's retention still to come, if any (an earlier one than
+    /// the truth, when a unit crashed again since, costs one rendering more).
+    next_expiry: Cell<Option<Micros>>,
 }
 
 impl UnitTable {
-    /// An empty table.
+    /// An empty table showing the default series ([`UnitSeries::Changed`]).
     pub fn new() -> UnitTable {
         UnitTable::default()
+    }
+
+    /// An empty table showing `series`.
+    pub fn with_series(series: UnitSeries) -> UnitTable {
+        UnitTable {
+            series,
+            ..UnitTable::default()
+        }
     }
 
     /// Units in the table.
@@ -315,9 +440,43 @@ impl UnitTable {
         self.units.is_empty()
     }
 
-    /// Moves whenever the table changes.
+    /// Moves whenever what the table renders changes: at every change, and when a unit's full
+    /// set of series has had its retention.
     pub fn generation(&self) -> u64 {
-        self.generation
+        self.generation_at(now_micros())
+    }
+
+    fn generation_at(&self, now: Micros) -> u64 {
+        if self.next_expiry.get().is_some_and(|at| at <= now) {
+            self.bump();
+            let next = self
+                .units
+                .values()
+                .filter_map(|u| match u.full_set {
+                    FullSet::Until(until) if until > now => Some(until),
+                    _ => None,
+                })
+                .min();
+            self.next_expiry.set(next);
+        }
+        self.generation.get()
+    }
+
+    fn bump(&self) {
+        self.generation.set(self.generation.get() + 1);
+    }
+
+    /// Settles `unit`'s full set after a change at `now` (see [`UnitRecord::settle`]) and notes
+    /// when its retention runs out.
+    fn settle(&mut self, unit: &str, now: Micros) {
+        if self.series == UnitSeries::All {
+            return;
+        }
+        let Some(until) = self.units.get_mut(unit).and_then(|u| u.settle(now)) else {
+            return;
+        };
+        let next = self.next_expiry.get().map_or(until, |next| next.min(until));
+        self.next_expiry.set(Some(next));
     }
 
     /// The record of `unit`, if it has one.
@@ -341,7 +500,7 @@ impl UnitTable {
         if !self.units.contains_key(unit) {
             self.units
                 .insert(unit.into(), UnitRecord::new(unit, source, policy));
-            self.generation += 1;
+            self.bump();
         }
     }
 
@@ -349,7 +508,7 @@ impl UnitTable {
     pub fn remove(&mut self, unit: &str) -> bool {
         let removed = self.units.remove(unit).is_some();
         if removed {
-            self.generation += 1;
+            self.bump();
         }
         removed
     }
@@ -375,8 +534,12 @@ impl UnitTable {
                 _ if state.sub == "waiting" => Some(false),
                 _ => None,
             };
+            if record.active == Some(true) {
+                record.down_since_crash = false;
+            }
         }
-        self.generation += 1;
+        self.settle(unit, now_micros());
+        self.bump();
     }
 
     /// Judges `unit` by `policy` from now on (a reloaded configuration).
@@ -390,7 +553,7 @@ impl UnitTable {
     pub fn unloaded(&mut self, unit: &str, at: Micros) {
         if let Some(record) = self.units.get_mut(unit) {
             record.unloaded_at = Some(at);
-            self.generation += 1;
+            self.bump();
         }
     }
 
@@ -400,12 +563,15 @@ impl UnitTable {
         if let Some(record) = self.units.get_mut(unit) {
             record.restarts_in_window = restarts_in_window;
             record.crashlooping = looping;
-            self.generation += 1;
+            self.settle(unit, now_micros());
+            self.bump();
         }
     }
 
     /// Shows crash `t`, read from history, as `unit`'s last crash, counting nothing: the
     /// `*_total` series count only what is heard live. A crash already known is newer and stays.
+    /// It brings the unit's full set, as a crash heard live does: down since it, until a
+    /// snapshot or a transition says the unit is up.
     pub fn remember_crash(&mut self, unit: &str, t: &Transition) {
         let Some(record) = self.units.get_mut(unit) else {
             return;
@@ -415,7 +581,10 @@ impl UnitTable {
         }
         if let Some(crash) = LastCrash::of(t) {
             record.last_crash = Some(crash);
-            self.generation += 1;
+            record.down_since_crash = record.active != Some(true);
+            record.full_set = FullSet::Held;
+            self.settle(unit, now_micros());
+            self.bump();
         }
     }
 
@@ -447,13 +616,17 @@ impl UnitTable {
             return false;
         }
         crash.context = Some(context);
-        self.generation += 1;
+        self.bump();
         true
     }
 
     /// Applies one event to the unit it is about. Events of units without a record are ignored:
     /// the detector task registers the units it exports.
     pub fn record(&mut self, event: &Event) {
+        self.record_at(event, now_micros());
+    }
+
+    fn record_at(&mut self, event: &Event, now: Micros) {
         let unit = match event {
             Event::Transition { transition, .. } => &transition.unit,
             Event::Loop(event) => &event.unit,
@@ -482,15 +655,27 @@ impl UnitTable {
             } => record.restarts_in_window = *restarts_in_window,
             Event::CrashContext { .. } => return,
         }
-        self.generation += 1;
+        self.settle(unit, now);
+        self.bump();
     }
 
-    /// Writes every unit's series in the Prometheus text format (0.0.4), a family at a time.
+    /// Writes every unit's series in the Prometheus text format (0.0.4), a family at a time:
+    /// under [`UnitSeries::Changed`], only the two of [`ONE_SERIES_PER_UNIT`] marked for every
+    /// unit for a unit that shows no full set.
     pub fn render_prometheus(&self, out: &mut String) {
-        out.reserve(self.units.len() * 700);
-        for (name, kind, help, value) in ONE_SERIES_PER_UNIT {
+        self.render_prometheus_at(now_micros(), out);
+    }
+
+    fn render_prometheus_at(&self, now: Micros, out: &mut String) {
+        let full = |u: &UnitRecord| u.shows_full_set(self.series, now);
+        let full_units = self.units.values().filter(|u| full(u)).count();
+        out.reserve(full_units * 700 + (self.units.len() - full_units) * 200);
+        for (name, kind, help, every_unit, value) in ONE_SERIES_PER_UNIT {
             family(out, name, kind, help);
             for u in self.units.values() {
+                if !every_unit && !full(u) {
+                    continue;
+                }
                 if let Some(value) = value(u) {
                     let _ = writeln!(out, "{name}{{{}}} {value}", u.labels);
                 }
@@ -498,14 +683,14 @@ impl UnitTable {
         }
         let name = "crashwatch_unit_crashes_total";
         family(out, name, COUNTER, CRASHES_HELP);
-        for u in self.units.values() {
+        for u in self.units.values().filter(|u| full(u)) {
             for (reason, n) in u.crashes() {
                 let _ = writeln!(out, "{name}{{{},reason=\"{reason}\"}} {n}", u.labels);
             }
         }
         let name = "crashwatch_unit_transitions_total";
         family(out, name, COUNTER, TRANSITIONS_HELP);
-        for u in self.units.values() {
+        for u in self.units.values().filter(|u| full(u)) {
             for (kind, n) in TransitionKind::ALL.iter().zip(u.transitions) {
                 if n > 0 {
                     let kind = kind.as_str();
@@ -515,7 +700,7 @@ impl UnitTable {
         }
         let name = "crashwatch_unit_last_crash_timestamp_seconds";
         family(out, name, GAUGE, LAST_CRASH_HELP);
-        for u in self.units.values() {
+        for u in self.units.values().filter(|u| full(u)) {
             if let Some(crash) = &u.last_crash {
                 let (seconds, micros) = (
                     crash.timestamp_us / 1_000_000,
@@ -526,14 +711,14 @@ impl UnitTable {
         }
         let name = "crashwatch_unit_last_exit_code";
         family(out, name, GAUGE, LAST_EXIT_HELP);
-        for u in self.units.values() {
+        for u in self.units.values().filter(|u| full(u)) {
             if let Some(status) = u.last_crash.as_ref().and_then(LastCrash::shell_status) {
                 let _ = writeln!(out, "{name}{{{}}} {status}", u.labels);
             }
         }
         let name = "crashwatch_unit_last_crash_run_seconds";
         family(out, name, GAUGE, LAST_RUN_HELP);
-        for u in self.units.values() {
+        for u in self.units.values().filter(|u| full(u)) {
             if let Some(seconds) = u.last_crash.as_ref().and_then(|c| c.run_seconds) {
                 let _ = writeln!(out, "{name}{{{}}} {seconds}", u.labels);
             }
@@ -541,44 +726,56 @@ impl UnitTable {
     }
 }
 
-/// The families with at most one series per unit: name, type, help and the unit's value (none:
-/// no series yet).
+/// The families with at most one series per unit: name, type, help, whether every unit shows
+/// it (else only a unit showing its full set) and the unit's value (none: no series yet).
 type OneSeries = (
     &'static str,
     &'static str,
     &'static str,
+    bool,
     fn(&UnitRecord) -> Option<u64>,
 );
 
+/// The two series of every unit are `crashwatch_unit_restarts_total`, at 0 before the first
+/// restart so that `increase()` sees it, and `crashwatch_unit_crashlooping`, which the alerts
+/// and the fleet's node counts read.
 const ONE_SERIES_PER_UNIT: [OneSeries; 6] = [
-    ("crashwatch_unit_starts_total", COUNTER, STARTS_HELP, |u| {
-        Some(u.starts)
-    }),
+    (
+        "crashwatch_unit_starts_total",
+        COUNTER,
+        STARTS_HELP,
+        false,
+        |u| Some(u.starts),
+    ),
     (
         "crashwatch_unit_restarts_total",
         COUNTER,
         RESTARTS_HELP,
+        true,
         |u| Some(u.restarts),
     ),
     (
         "crashwatch_unit_crashloops_total",
         COUNTER,
         CRASHLOOPS_HELP,
+        false,
         |u| Some(u.crashloops),
     ),
     (
         "crashwatch_unit_crashlooping",
         GAUGE,
         CRASHLOOPING_HELP,
+        true,
         |u| Some(u64::from(u.crashlooping)),
     ),
     (
         "crashwatch_unit_restarts_in_window",
         GAUGE,
         IN_WINDOW_HELP,
+        false,
         |u| Some(u64::from(u.restarts_in_window)),
     ),
-    ("crashwatch_unit_active", GAUGE, ACTIVE_HELP, |u| {
+    ("crashwatch_unit_active", GAUGE, ACTIVE_HELP, false, |u| {
         u.active.map(u64::from)
     }),
 ];
@@ -621,9 +818,14 @@ pub fn escape_label_value(value: &str, out: &mut String) {
 pub struct SharedUnits(Arc<Mutex<UnitTable>>);
 
 impl SharedUnits {
-    /// An empty shared table.
+    /// An empty shared table showing the default series.
     pub fn new() -> SharedUnits {
         SharedUnits::default()
+    }
+
+    /// An empty shared table showing `series`.
+    pub fn with_series(series: UnitSeries) -> SharedUnits {
+        SharedUnits(Arc::new(Mutex::new(UnitTable::with_series(series))))
     }
 
     /// Locks the table. Hold it briefly: the detector task waits for it.
@@ -654,22 +856,281 @@ mod tests {
         out
     }
 
+    /// The series lines of `unit`, without their values.
+    fn series_of(text: &str, unit: &str) -> Vec<String> {
+        let labels = format!("unit=\"{unit}\",source=\"systemd\"");
+        text.lines()
+            .filter(|line| !line.starts_with('#') && line.contains(&labels))
+            .map(|line| line.rsplit_once(' ').map_or(line, |(series, _)| series))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn rendered_at(table: &UnitTable, now: Micros) -> String {
+        let mut out = String::new();
+        table.render_prometheus_at(now, &mut out);
+        out
+    }
+
+    fn record(table: &mut UnitTable, t: Transition, now: Micros) {
+        table.record_at(
+            &Event::Transition {
+                transition: t,
+                restarts: 0,
+            },
+            now,
+        );
+    }
+
+    fn window(table: &mut UnitTable, unit: &str, restarts_in_window: u32, now: Micros) {
+        table.record_at(
+            &Event::Window {
+                unit: unit.into(),
+                source: SourceKind::Systemd,
+                restarts_in_window,
+            },
+            now,
+        );
+    }
+
+    fn crash(unit: &str, at: Micros) -> Transition {
+        let mut t = transition(unit, TransitionKind::Failed, at);
+        t.crash = Some("exit-code".into());
+        t
+    }
+
+    const T0: Micros = 1_795_243_852_000_000;
+    const SECOND: Micros = 1_000_000;
+    const RETENTION: Micros = FULL_SET_RETENTION.as_secs() * SECOND;
+
     #[test]
     fn a_registered_unit_shows_its_counters_at_zero() {
-        let mut table = UnitTable::new();
-        table.register("a.service", SourceKind::Systemd, Policy::default());
-        let text = rendered(&table);
-        for name in [
+        let all = [
             "crashwatch_unit_starts_total",
             "crashwatch_unit_restarts_total",
             "crashwatch_unit_crashloops_total",
             "crashwatch_unit_crashlooping",
             "crashwatch_unit_restarts_in_window",
+        ];
+        let changed = [
+            "crashwatch_unit_restarts_total",
+            "crashwatch_unit_crashlooping",
+        ];
+        for (series, shown) in [
+            (UnitSeries::All, &all[..]),
+            (UnitSeries::Changed, &changed[..]),
         ] {
-            let line = format!("{name}{{unit=\"a.service\",source=\"systemd\"}} 0\n");
-            assert!(text.contains(&line), "{line:?} missing from\n{text}");
+            let mut table = UnitTable::with_series(series);
+            table.register("a.service", SourceKind::Systemd, Policy::default());
+            let text = rendered(&table);
+            let lines: Vec<String> = shown
+                .iter()
+                .map(|name| format!("{name}{{unit=\"a.service\",source=\"systemd\"}}"))
+                .collect();
+            assert_eq!(series_of(&text, "a.service"), lines, "{series:?}:\n{text}");
+            for line in lines {
+                assert!(text.contains(&format!("{line} 0\n")), "{line} not at 0");
+            }
         }
-        assert!(!text.contains("crashwatch_unit_active{"), "{text}");
+    }
+
+    #[test]
+    fn a_healthy_unit_shows_two_series_by_default_and_every_series_with_all() {
+        let unit = "healthy.service";
+        let mut changed = UnitTable::new();
+        let mut all = UnitTable::with_series(UnitSeries::All);
+        for table in [&mut changed, &mut all] {
+            table.register(unit, SourceKind::Systemd, Policy::default());
+            table.present(unit, &UnitState::new("active", "running"));
+            // A manual restart is no crash: the unit stays healthy.
+            for (n, kind) in [
+                TransitionKind::Stopping,
+                TransitionKind::Stopped,
+                TransitionKind::Starting,
+                TransitionKind::Started,
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                record(table, transition(unit, kind, T0 + n as Micros), T0);
+            }
+        }
+        let labels = "{unit=\"healthy.service\",source=\"systemd\"}";
+        let text = rendered_at(&changed, T0);
+        assert_eq!(
+            series_of(&text, unit),
+            [
+                format!("crashwatch_unit_restarts_total{labels}"),
+                format!("crashwatch_unit_crashlooping{labels}"),
+            ],
+            "{text}"
+        );
+        let text = rendered_at(&all, T0);
+        assert_eq!(series_of(&text, unit).len(), 6 + 4, "{text}");
+        assert!(text.contains(&format!("crashwatch_unit_active{labels} 1\n")));
+        assert!(text.contains(&format!("crashwatch_unit_starts_total{labels} 1\n")));
+    }
+
+    #[test]
+    fn a_crash_and_restart_between_two_scrapes_show_a_restart_counted_from_zero() {
+        let unit = "crashy.service";
+        let mut table = UnitTable::new();
+        table.register(unit, SourceKind::Systemd, Policy::default());
+        table.present(unit, &UnitState::new("active", "running"));
+        let bare = "unit=\"crashy.service\",source=\"systemd\"";
+        let labels = format!("{{{bare}}}");
+        let restarts = format!("crashwatch_unit_restarts_total{labels}");
+        let before = rendered_at(&table, T0);
+        assert!(before.contains(&format!("{restarts} 0\n")), "{before}");
+        assert_eq!(series_of(&before, unit).len(), 2, "{before}");
+
+        // Crash, automatic restart 100 ms later, up again: all before the next scrape.
+        let at = T0 + SECOND;
+        record(&mut table, crash(unit, at), at);
+        record(
+            &mut table,
+            transition(unit, TransitionKind::Restart, at + 100_000),
+            at,
+        );
+        window(&mut table, unit, 1, at);
+        record(
+            &mut table,
+            transition(unit, TransitionKind::Starting, at + 100_000),
+            at,
+        );
+        record(
+            &mut table,
+            transition(unit, TransitionKind::Started, at + 200_000),
+            at,
+        );
+        let after = rendered_at(&table, at + SECOND);
+        for line in [
+            format!("{restarts} 1"),
+            format!("crashwatch_unit_starts_total{labels} 1"),
+            format!("crashwatch_unit_crashes_total{{{bare},reason=\"exit-code\"}} 1"),
+            format!("crashwatch_unit_restarts_in_window{labels} 1"),
+            format!("crashwatch_unit_crashloops_total{labels} 0"),
+            format!("crashwatch_unit_active{labels} 1"),
+            format!("crashwatch_unit_last_crash_timestamp_seconds{labels} 1795243853.000000"),
+        ] {
+            assert!(
+                after.contains(&format!("{line}\n")),
+                "{line:?} missing from\n{after}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_full_set_goes_a_retention_after_the_unit_is_healthy_and_the_generation_moves() {
+        let unit = "once.service";
+        let mut table = UnitTable::new();
+        table.register(unit, SourceKind::Systemd, Policy::default());
+        let at = T0;
+        record(&mut table, crash(unit, at), at);
+        record(
+            &mut table,
+            transition(unit, TransitionKind::Restart, at),
+            at,
+        );
+        window(&mut table, unit, 1, at);
+        record(
+            &mut table,
+            transition(unit, TransitionKind::Started, at),
+            at,
+        );
+        // Held while the restart is in the window, however long that is.
+        let later = at + 2 * RETENTION;
+        assert!(series_of(&rendered_at(&table, later), unit).len() > 2);
+
+        // The restart leaves the window: healthy from here, the full set for one retention.
+        window(&mut table, unit, 0, later);
+        let generation = table.generation_at(later);
+        let last = later + RETENTION - 1;
+        assert!(series_of(&rendered_at(&table, last), unit).len() > 2);
+        assert_eq!(table.generation_at(last), generation);
+        let gone = later + RETENTION;
+        let text = rendered_at(&table, gone);
+        assert_eq!(series_of(&text, unit).len(), 2, "{text}");
+        assert!(
+            text.contains(
+                "crashwatch_unit_restarts_total{unit=\"once.service\",source=\"systemd\"} 1\n"
+            ),
+            "the counter goes on: {text}"
+        );
+        assert!(
+            table.generation_at(gone) > generation,
+            "nothing would render it"
+        );
+        let generation = table.generation_at(gone);
+        assert_eq!(table.generation_at(gone + RETENTION), generation);
+
+        // The next crash brings the full set back.
+        record(&mut table, crash(unit, gone), gone);
+        assert!(series_of(&rendered_at(&table, gone), unit).len() > 2);
+    }
+
+    #[test]
+    fn a_unit_down_since_its_crash_keeps_its_full_set_until_it_is_up() {
+        let unit = "down.service";
+        let mut table = UnitTable::new();
+        table.register(unit, SourceKind::Systemd, Policy::default());
+        record(&mut table, crash(unit, T0), T0);
+        window(&mut table, unit, 0, T0);
+        let text = rendered_at(&table, T0 + 6 * RETENTION);
+        for name in [
+            "crashwatch_unit_active",
+            "crashwatch_unit_last_crash_timestamp_seconds",
+        ] {
+            assert!(
+                text.contains(&format!("{name}{{unit=\"down.service\"")),
+                "{text}"
+            );
+        }
+        let up = T0 + 7 * RETENTION;
+        record(
+            &mut table,
+            transition(unit, TransitionKind::Started, up),
+            up,
+        );
+        assert!(series_of(&rendered_at(&table, up + RETENTION - 1), unit).len() > 2);
+        assert_eq!(
+            series_of(&rendered_at(&table, up + RETENTION), unit).len(),
+            2
+        );
+    }
+
+    #[test]
+    fn every_unit_keeps_every_series_with_all() {
+        let unit = "all.service";
+        let mut table = UnitTable::with_series(UnitSeries::All);
+        table.register(unit, SourceKind::Systemd, Policy::default());
+        record(&mut table, crash(unit, T0), T0);
+        record(
+            &mut table,
+            transition(unit, TransitionKind::Started, T0),
+            T0,
+        );
+        let shown = series_of(&rendered_at(&table, T0), unit);
+        let generation = table.generation_at(T0);
+        let later = T0 + 10 * RETENTION;
+        assert_eq!(series_of(&rendered_at(&table, later), unit), shown);
+        assert_eq!(table.generation_at(later), generation);
+    }
+
+    #[test]
+    fn a_crash_from_history_shows_the_full_set_of_a_unit_still_down() {
+        let mut table = UnitTable::new();
+        for unit in ["down.service", "up.service"] {
+            table.register(unit, SourceKind::Systemd, Policy::default());
+            table.remember_crash(unit, &crash(unit, T0));
+        }
+        table.present("down.service", &UnitState::new("failed", "failed"));
+        table.present("up.service", &UnitState::new("active", "running"));
+        let now = now_micros();
+        let text = rendered_at(&table, now + 2 * RETENTION);
+        assert!(series_of(&text, "down.service").len() > 2, "{text}");
+        assert_eq!(series_of(&text, "up.service").len(), 2, "{text}");
+        assert!(series_of(&rendered_at(&table, now), "up.service").len() > 2);
     }
 
     #[test]

@@ -218,6 +218,8 @@ fn judge(case: &Case, sb: &Sandbox) -> (String, Vec<String>) {
             "--include",
             case.unit,
             "--no-journal-history",
+            // Every series, so that the starts of a case that never crashes are read too.
+            "--unit-series=all",
         ],
     );
 

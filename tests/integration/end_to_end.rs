@@ -202,17 +202,18 @@ fn crash_loop_alert_reaches_alertmanager_fills_the_dashboard_and_resolves() {
 
     // One unit at a time, so that the two series slots go to HEALTHY and CRASHY.
     sb.systemctl_ok(&["start", HEALTHY]);
+    // A healthy unit's series are crashwatch_unit_crashlooping and _restarts_total only.
     let seen = wait_until(Duration::from_secs(10), || {
-        cw.metric("crashwatch_unit_starts_total", &[("unit", HEALTHY)]) == Some(1.0)
+        cw.metric("crashwatch_unit_crashlooping", &[("unit", HEALTHY)]) == Some(0.0)
     });
     assert!(
         seen,
-        "crashwatch did not count the start of {HEALTHY}\n{}",
+        "crashwatch has no series for {HEALTHY}\n{}",
         cw.diag(HEALTHY)
     );
     sb.systemctl_ok(&["start", CRASHY]);
     let seen = wait_until(Duration::from_secs(10), || {
-        cw.metric("crashwatch_unit_starts_total", &[("unit", CRASHY)])
+        cw.metric("crashwatch_unit_crashlooping", &[("unit", CRASHY)])
             .is_some()
     });
     assert!(

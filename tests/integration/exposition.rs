@@ -3,6 +3,8 @@
 //! longer than 200 bytes. Label values must be escaped correctly and the StatsD names for the
 //! same units must still be valid.
 
+use std::time::Duration;
+
 use crate::support::*;
 
 const CRASHY: &str = "crashy.service";
@@ -116,5 +118,125 @@ fn metrics_pass_promtool() {
             .iter()
             .any(|l| l == &format!("crashwatch.unit.{}.crashlooping:1|g", segments[0])),
         "no crashlooping:1|g line for {hostile}"
+    );
+}
+
+/// The series `text` has of `unit`, as `name{labels}` without the value.
+fn series_of(text: &str, unit: &str) -> Vec<String> {
+    let unit = format!("unit=\"{}\"", escape_label_value(unit));
+    text.lines()
+        .filter(|l| !l.starts_with('#') && l.contains(&unit))
+        .map(|l| {
+            l.rsplit_once(' ')
+                .map_or(l, |(series, _)| series)
+                .to_owned()
+        })
+        .collect()
+}
+
+/// Every family a unit that crashed with a known exit status and restarted has.
+const FULL_SET: [&str; 11] = [
+    "crashwatch_unit_starts_total",
+    "crashwatch_unit_restarts_total",
+    "crashwatch_unit_crashloops_total",
+    "crashwatch_unit_crashlooping",
+    "crashwatch_unit_restarts_in_window",
+    "crashwatch_unit_active",
+    "crashwatch_unit_crashes_total",
+    "crashwatch_unit_transitions_total",
+    "crashwatch_unit_last_crash_timestamp_seconds",
+    "crashwatch_unit_last_exit_code",
+    "crashwatch_unit_last_crash_run_seconds",
+];
+
+#[test]
+fn a_healthy_unit_costs_two_series_and_a_crashing_unit_its_full_set() {
+    require_sandbox!();
+    const HEALTHY: &str = "healthy.service";
+    let sb = Sandbox::start().unwrap_or_else(|e| panic!("{e}"));
+    sb.write_unit(HEALTHY, "[Service]\nExecStart=/bin/sleep infinity\n");
+    sb.write_unit(CRASHY, CRASHY_UNIT);
+    // Stopped, it keeps its NRestarts to compare with.
+    sb.pin_loaded(&[CRASHY]);
+    let budget = Crashwatch::spawn(&sb, &[]);
+    let all = Crashwatch::spawn(&sb, &["--unit-series=all"]);
+    sb.systemctl_ok(&["start", HEALTHY]);
+    // A stop and a start by hand are no crash: still healthy.
+    sb.systemctl_ok(&["restart", HEALTHY]);
+    sb.systemctl_ok(&["start", CRASHY]);
+    budget.expect_flagged(CRASHY, 20);
+    all.expect_flagged(CRASHY, 20);
+    sb.systemctl_ok(&["stop", CRASHY]);
+    let n = assert_counts_match(&sb, &budget, CRASHY);
+    assert!(n >= 3, "{CRASHY}: systemd saw no loop (NRestarts {n})");
+    assert_eq!(assert_counts_match(&sb, &all, CRASHY), n);
+    let counted = wait_until(Duration::from_secs(10), || {
+        all.unit_metric("crashwatch_unit_starts_total", HEALTHY) == 2.0
+    });
+    assert!(
+        counted,
+        "the restart by hand not heard\n{}",
+        all.diag(HEALTHY)
+    );
+
+    // The default: two series of the healthy unit, at 0.
+    let text = budget.scrape();
+    let labels = format!("{{unit=\"{HEALTHY}\",source=\"systemd\"}}");
+    assert_eq!(
+        series_of(&text, HEALTHY),
+        [
+            format!("crashwatch_unit_restarts_total{labels}"),
+            format!("crashwatch_unit_crashlooping{labels}"),
+        ],
+        "\n{text}"
+    );
+    for name in [
+        "crashwatch_unit_restarts_total",
+        "crashwatch_unit_crashlooping",
+    ] {
+        assert_eq!(metric_value(&text, name, &[("unit", HEALTHY)]), Some(0.0));
+    }
+    // Every family of the crashing unit, with its counts as systemd has them.
+    let crashy = series_of(&text, CRASHY);
+    for name in FULL_SET {
+        assert!(
+            crashy.iter().any(|s| s.starts_with(&format!("{name}{{"))),
+            "{name} of {CRASHY} missing:\n{text}"
+        );
+    }
+    let value = |name: &str| metric_value(&text, name, &[("unit", CRASHY)]);
+    assert_eq!(value("crashwatch_unit_restarts_total"), Some(n as f64));
+    // The first run and one per restart; each crashed, but the stop may have caught the last.
+    let runs = [n as f64, n as f64 + 1.0];
+    let starts = value("crashwatch_unit_starts_total").unwrap_or(0.0);
+    assert!(runs.contains(&starts), "{starts} starts, {n} restarts");
+    let crashes = metric_value(
+        &text,
+        "crashwatch_unit_crashes_total",
+        &[("unit", CRASHY), ("reason", "exit-code")],
+    )
+    .unwrap_or(0.0);
+    assert!(runs.contains(&crashes), "{crashes} crashes, {n} restarts");
+    assert_eq!(value("crashwatch_unit_crashloops_total"), Some(1.0));
+    assert_eq!(value("crashwatch_unit_active"), Some(0.0));
+    assert_eq!(value("crashwatch_unit_last_exit_code"), Some(1.0));
+
+    // --unit-series=all: every series of both units, as before.
+    let text = all.scrape();
+    let healthy = series_of(&text, HEALTHY);
+    for name in &FULL_SET[..6] {
+        assert!(
+            healthy.iter().any(|s| s.starts_with(&format!("{name}{{"))),
+            "{name} of {HEALTHY} missing with --unit-series=all:\n{text}"
+        );
+    }
+    assert_eq!(
+        metric_value(&text, "crashwatch_unit_active", &[("unit", HEALTHY)]),
+        Some(1.0)
+    );
+    assert_eq!(
+        series_of(&text, CRASHY),
+        crashy,
+        "the same series of {CRASHY}"
     );
 }

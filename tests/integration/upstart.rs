@@ -23,9 +23,16 @@ const BIN: &str = env!("CARGO_BIN_EXE_crashwatch");
 const WWW: &str = "www";
 const SETTLE: Duration = Duration::from_secs(15);
 
-/// crashwatch watching `fake` on `bus`, with the hook off.
+/// crashwatch watching `fake` on `bus`, with the hook off. Every series of every job, so that
+/// the starts and states of jobs that never crash are read too.
 fn watch_bus(bus: &PrivateBus, extra: &[&str]) -> Crashwatch {
-    let mut args = vec!["--source", "upstart", "--upstart-hook-socket", ""];
+    let mut args = vec![
+        "--source",
+        "upstart",
+        "--upstart-hook-socket",
+        "",
+        "--unit-series=all",
+    ];
     args.extend_from_slice(extra);
     Crashwatch::spawn_on_bus(bus.address(), &args)
 }
@@ -908,6 +915,8 @@ impl HookDaemon {
                 "none",
                 "--upstart-hook-socket",
                 &socket_arg,
+                // The starts of jobs that never crash are read too.
+                "--unit-series=all",
             ],
         );
         HookDaemon {

@@ -1062,7 +1062,8 @@ impl Prop {
     }
 }
 
-/// crashwatch watching `fake` peer-to-peer, with the hook off. Needs no bus and no root.
+/// crashwatch watching `fake` peer-to-peer, with the hook off. Needs no bus and no root. Every
+/// series of every job, so that the starts and states of jobs that never crash are read too.
 pub fn watch_peer(fake: &FakeUpstart, extra: &[&str]) -> Crashwatch {
     let mut args = vec![
         "--source",
@@ -1071,6 +1072,7 @@ pub fn watch_peer(fake: &FakeUpstart, extra: &[&str]) -> Crashwatch {
         fake.address(),
         "--upstart-hook-socket",
         "",
+        "--unit-series=all",
     ];
     args.extend_from_slice(extra);
     // No bus at all: the peer-to-peer socket must be enough.
