@@ -24,11 +24,12 @@ pub struct WrongType {
     pub property: String,
 }
 
-/// Every property [`service_props`] and [`unit_props`] read; [`PropertiesChanged`] keeps these.
+/// Every property [`service_props`], [`unit_props`] and [`active_entered`] read;
+/// [`PropertiesChanged`] keeps these.
 /// A property read below but missing here is never seen: add it to both (the test
 /// `keeping_only_read_properties_reads_the_same` fails otherwise for any property systemd 252
 /// signals).
-const READ: [&str; 12] = [
+const READ: [&str; 13] = [
     "NRestarts",
     "Result",
     "ExecMainCode",
@@ -41,6 +42,7 @@ const READ: [&str; 12] = [
     "Job",
     "StateChangeTimestamp",
     "InactiveExitTimestamp",
+    "ActiveEnterTimestampMonotonic",
 ];
 
 /// A `PropertiesChanged(s interface, a{sv} changed, as invalidated)` body, borrowed from its
@@ -139,6 +141,13 @@ pub fn unit_props(map: &HashMap<&str, Variant<'_>>, wrong: &mut Vec<WrongType>) 
         state_change_timestamp: reader.u64("StateChangeTimestamp"),
         inactive_exit_timestamp: reader.u64("InactiveExitTimestamp"),
     }
+}
+
+/// Reads `ActiveEnterTimestampMonotonic` of the `org.freedesktop.systemd1.Unit` properties: when
+/// the unit last entered `active`, on `CLOCK_MONOTONIC` (µs). Only a unit taken from the listing
+/// needs it, for its first reading (see the tracker).
+pub fn active_entered(map: &HashMap<&str, Variant<'_>>, wrong: &mut Vec<WrongType>) -> Option<u64> {
+    Reader { map, wrong }.u64("ActiveEnterTimestampMonotonic")
 }
 
 struct Reader<'r, 'm> {
@@ -373,6 +382,10 @@ mod tests {
             assert_eq!(
                 unit_props(&all, &mut wrong_all),
                 unit_props(&kept.changed, &mut wrong_kept)
+            );
+            assert_eq!(
+                active_entered(&all, &mut wrong_all),
+                active_entered(&kept.changed, &mut wrong_kept)
             );
             assert_eq!(wrong_all, wrong_kept);
         }
