@@ -7,10 +7,10 @@
 //! idempotent on absolute values, so a change seen both ways counts once.
 //!
 //! The start-up snapshot is `ListUnits` plus `NRestarts` and `InvocationID` of only the units it
-//! shows not `active` or with a job: those are where a crash, a restart or a stop is under way or
-//! has just happened. A unit `active` with no job is taken from the listing, and its first signal
-//! completes it (see the [`tracker`]); on a node of thousands of running services that is a few
-//! messages instead of four per unit, and a start in milliseconds. After a gap (reconnect, a queue
+//! shows neither `active` nor `inactive/dead`, or with a job: those are where a crash, a restart
+//! or a stop is under way or has just happened. A unit up or down with no job is taken from the
+//! listing, and its first signal completes it (see the [`tracker`]); on a node of thousands of
+//! running services that is a few messages instead of four per unit, and a start in milliseconds. After a gap (reconnect, a queue
 //! that overflowed, systemd changing hands, a new filter) every watched unit is read, since only
 //! its NRestarts and InvocationID say what happened to it meanwhile.
 //!
@@ -47,7 +47,7 @@ use crate::internal_events::{
 };
 use crate::source::bus::{self, call, decode, CALL_TIMEOUT, DBUS_NAME, PROPERTIES_IFACE};
 use crate::time::{monotonic_micros, now_micros};
-use tracker::{Listing, ServiceProps, Snapshot, Tracker};
+use tracker::{Listing, RunStamps, ServiceProps, Snapshot, Tracker};
 
 const SOURCE: &str = "systemd";
 const SYSTEMD_NAME: &str = "org.freedesktop.systemd1";
@@ -170,7 +170,8 @@ impl Drop for Link {
 /// Which units a snapshot reads one by one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Depth {
-    /// Only the units listed not `active` or with a job; the rest are taken from the listing.
+    /// Only the units listed neither `active` nor `inactive/dead`, or with a job; the rest are
+    /// taken from the listing.
     Unsettled,
     /// Every unit: after a gap only each one's NRestarts and InvocationID say what happened.
     Every,
@@ -178,9 +179,9 @@ enum Depth {
 
 /// What a snapshot found of one unit.
 enum Found {
-    /// Read one by one, with its `ActiveEnterTimestampMonotonic`.
-    Read(Snapshot, Option<u64>),
-    /// Taken from the listing: `active`, no job.
+    /// Read one by one, with its stamps.
+    Read(Snapshot, RunStamps),
+    /// Taken from the listing: `active` or `inactive/dead`, no job.
     Listed(Listing),
 }
 
@@ -308,9 +309,8 @@ impl SystemdSource {
                 break;
             }
             let transitions = match found {
-                Found::Read(snapshot, active_entered) => {
-                    self.tracker
-                        .reconcile_stamped(snapshot, active_entered, now)
+                Found::Read(snapshot, stamps) => {
+                    self.tracker.reconcile_stamped(snapshot, stamps, now)
                 }
                 // Only the start-up snapshot takes units from the listing.
                 Found::Listed(_) => Vec::new(),
@@ -508,12 +508,12 @@ impl SystemdSource {
             UNIT_IFACE => {
                 let unit = props::unit_props(&changed, &mut wrong);
                 let service = self.link.pending_service.remove(&name);
-                let active_entered = match self.tracker.awaits_reading(&name) {
-                    true => props::active_entered(&changed, &mut wrong),
-                    false => None,
+                let stamps = match self.tracker.awaits_reading(&name) {
+                    true => props::run_stamps(&changed, &mut wrong),
+                    false => RunStamps::default(),
                 };
                 self.tracker
-                    .apply_stamped(&name, service, Some(unit), active_entered, now)
+                    .apply_stamped(&name, service, Some(unit), stamps, now)
             }
             _ => Vec::new(),
         };
@@ -616,7 +616,8 @@ impl Link {
         )
         .await?;
         // systemd's monotonic timestamps are CLOCK_MONOTONIC too; taken after the reply, so a
-        // unit that entered `active` before the listing is never taken for a later run.
+        // unit that entered `active` or left `inactive` before the listing is never taken for a
+        // later run.
         let listed_at = monotonic_micros();
         let listing_position = reply.recv_position();
         let body = reply.body();
@@ -631,7 +632,9 @@ impl Link {
             if !filter.allows(name) {
                 continue;
             }
-            if depth == Depth::Unsettled && active_state == "active" && job_id == 0 {
+            let settled =
+                active_state == "active" || (active_state, sub_state) == ("inactive", "dead");
+            if depth == Depth::Unsettled && settled && job_id == 0 {
                 let listing = Listing {
                     name: name.to_owned(),
                     active_state: active_state.to_owned(),
@@ -662,8 +665,8 @@ impl Link {
                 continue;
             };
             match reading {
-                Ok((snapshot, active_entered, position)) => {
-                    readings.push((Found::Read(snapshot, active_entered), position))
+                Ok((snapshot, stamps, position)) => {
+                    readings.push((Found::Read(snapshot, stamps), position))
                 }
                 Err(error) => SnapshotCallError {
                     source: SOURCE,
@@ -683,7 +686,7 @@ impl Link {
 async fn read_unit(
     conn: &Connection,
     unit: &str,
-) -> Result<(Snapshot, Option<u64>, Sequence), SystemdError> {
+) -> Result<(Snapshot, RunStamps, Sequence), SystemdError> {
     let path = props::unit_path(unit);
     let n_restarts = if unit.ends_with(".service") {
         let reply = call(
@@ -721,7 +724,7 @@ async fn read_unit(
             source,
         })?;
     let unit_props = props::unit_props(&map, &mut Vec::new());
-    let active_entered = props::active_entered(&map, &mut Vec::new());
+    let stamps = props::run_stamps(&map, &mut Vec::new());
     let snapshot = Snapshot {
         name: unit.to_owned(),
         active_state: unit_props.active_state.unwrap_or_default(),
@@ -729,7 +732,7 @@ async fn read_unit(
         invocation_id: unit_props.invocation_id.unwrap_or_default(),
         n_restarts,
     };
-    Ok((snapshot, active_entered, reply.recv_position()))
+    Ok((snapshot, stamps, reply.recv_position()))
 }
 
 async fn subscribe(conn: &Connection) -> Result<(), SystemdError> {

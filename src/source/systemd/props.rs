@@ -15,7 +15,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use zbus::Variant;
 
-use super::tracker::{ServiceProps, UnitProps};
+use super::tracker::{RunStamps, ServiceProps, UnitProps};
 
 /// A property whose value did not have the type systemd documents.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,12 +24,12 @@ pub struct WrongType {
     pub property: String,
 }
 
-/// Every property [`service_props`], [`unit_props`] and [`active_entered`] read;
+/// Every property [`service_props`], [`unit_props`] and [`run_stamps`] read;
 /// [`PropertiesChanged`] keeps these.
 /// A property read below but missing here is never seen: add it to both (the test
 /// `keeping_only_read_properties_reads_the_same` fails otherwise for any property systemd 252
 /// signals).
-const READ: [&str; 13] = [
+const READ: [&str; 14] = [
     "NRestarts",
     "Result",
     "ExecMainCode",
@@ -43,6 +43,7 @@ const READ: [&str; 13] = [
     "StateChangeTimestamp",
     "InactiveExitTimestamp",
     "ActiveEnterTimestampMonotonic",
+    "InactiveExitTimestampMonotonic",
 ];
 
 /// A `PropertiesChanged(s interface, a{sv} changed, as invalidated)` body, borrowed from its
@@ -143,11 +144,14 @@ pub fn unit_props(map: &HashMap<&str, Variant<'_>>, wrong: &mut Vec<WrongType>) 
     }
 }
 
-/// Reads `ActiveEnterTimestampMonotonic` of the `org.freedesktop.systemd1.Unit` properties: when
-/// the unit last entered `active`, on `CLOCK_MONOTONIC` (µs). Only a unit taken from the listing
-/// needs it, for its first reading (see the tracker).
-pub fn active_entered(map: &HashMap<&str, Variant<'_>>, wrong: &mut Vec<WrongType>) -> Option<u64> {
-    Reader { map, wrong }.u64("ActiveEnterTimestampMonotonic")
+/// Reads the monotonic timestamps of `org.freedesktop.systemd1.Unit` that a unit taken from the
+/// listing needs for its first reading (see the tracker).
+pub fn run_stamps(map: &HashMap<&str, Variant<'_>>, wrong: &mut Vec<WrongType>) -> RunStamps {
+    let mut reader = Reader { map, wrong };
+    RunStamps {
+        active_enter: reader.u64("ActiveEnterTimestampMonotonic"),
+        inactive_exit: reader.u64("InactiveExitTimestampMonotonic"),
+    }
 }
 
 struct Reader<'r, 'm> {
@@ -384,8 +388,8 @@ mod tests {
                 unit_props(&kept.changed, &mut wrong_kept)
             );
             assert_eq!(
-                active_entered(&all, &mut wrong_all),
-                active_entered(&kept.changed, &mut wrong_kept)
+                run_stamps(&all, &mut wrong_all),
+                run_stamps(&kept.changed, &mut wrong_kept)
             );
             assert_eq!(wrong_all, wrong_kept);
         }

@@ -14,19 +14,21 @@
 //! start that follows a crash, whoever started it: that is how a loop driven by a cron job, with
 //! `Restart=no` and `NRestarts` stuck at zero, is still caught.
 //!
-//! At start-up most units are simply running, and reading each one's `InvocationID` and
-//! `NRestarts` costs two calls per unit. A unit listed `active` with no job is taken from the
-//! listing alone ([`Tracker::listed`]); its first reading (the first signal pair, or a resync)
-//! completes its baseline. The first signal after the listing normally says what changed first,
-//! so its `InvocationID` and `NRestarts` are the listed run's: what a read at start-up would have
-//! found. Only when systemd merged a whole cycle into that signal (its bus was congested), or
-//! crashwatch was away before it, is the run in it a later one: then the unit has entered
-//! `active` again since the listing (`ActiveEnterTimestampMonotonic`, which leaving `active` and
-//! coming back is the only way to move; a reload does not), and the reading counts the least that
-//! proves: a start, and one crash and restart when `NRestarts` is above 0 (an automatic restart
-//! began that run). A later run that has not reached `active` at its first reading is taken for
-//! the listed one: that cycle is missed. `ExecMainStartTimestamp` is no help there, since it also
-//! moves when a running service names a new main process (`MAINPID=`).
+//! At start-up most units are simply up, or simply down, and reading each one's `InvocationID`
+//! and `NRestarts` costs two calls per unit. A unit listed `active`, or `inactive/dead`, with no
+//! job is taken from the listing alone ([`Tracker::listed`]); its first reading (the first signal
+//! pair, or a resync) completes its baseline. The first signal after the listing normally says
+//! what changed first, so its `InvocationID` and `NRestarts` are the listed run's: what a read at
+//! start-up would have found. Only when systemd merged a whole cycle into that signal (its bus was
+//! congested), or crashwatch was away before it, is the run in it a later one, and then the
+//! reading's [`RunStamps`] show it: a unit listed `active` has entered `active` again since the
+//! listing (leaving and coming back is the only way to move `ActiveEnterTimestamp`; a reload does
+//! not), a unit listed `inactive` has left `inactive` (only a start does that). Such a reading
+//! counts the least it proves: a start, and one crash and restart when `NRestarts` is above 0 (an
+//! automatic restart began that run). A later run of a unit listed `active` that has not reached
+//! `active` at its first reading is taken for the listed one: that cycle is missed.
+//! `ExecMainStartTimestamp` is no help there, since it also moves when a running service names a
+//! new main process (`MAINPID=`).
 //!
 //! The tracker is pure: values in, transitions out, time passed in, so it is tested without a bus.
 
@@ -103,19 +105,30 @@ pub struct Snapshot {
     pub n_restarts: Option<u32>,
 }
 
-/// A unit `ListUnits` showed `active` with no job, taken without reading its run and NRestarts:
-/// its first reading completes it (see the module documentation).
+/// A unit `ListUnits` showed `active` or `inactive/dead` with no job, taken without reading its
+/// run and NRestarts: its first reading completes it (see the module documentation).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Listing {
     /// The unit's name.
     pub name: String,
-    /// ActiveState, `active`.
+    /// ActiveState, `active` or `inactive`.
     pub active_state: String,
     /// SubState.
     pub sub_state: String,
     /// When the listing was received, on `CLOCK_MONOTONIC` (µs): systemd's monotonic timestamps
     /// are on the same clock.
     pub listed_at: u64,
+}
+
+/// When, on `CLOCK_MONOTONIC` (µs), a reading says the unit last entered `active` and last left
+/// `inactive`: what tells a listed unit's first reading from a later run's. `None`: not in the
+/// reading.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunStamps {
+    /// ActiveEnterTimestampMonotonic.
+    pub active_enter: Option<u64>,
+    /// InactiveExitTimestampMonotonic.
+    pub inactive_exit: Option<u64>,
 }
 
 /// What the tracker remembers of one unit between signals.
@@ -158,7 +171,7 @@ struct TrackedUnit {
     /// leads to are one give-up.
     gave_up_reported: bool,
     /// For a unit taken from the listing, not read: when it was listed (`CLOCK_MONOTONIC`, µs),
-    /// until a reading with its InvocationID completes it.
+    /// until a reading with its InvocationID completes it. The listed state is `state`.
     listed_at: Option<u64>,
     /// NRestarts was not read: the next value is the baseline, not restarts.
     n_restarts_unread: bool,
@@ -286,8 +299,8 @@ impl Tracker {
         self.units.insert(snapshot.name, unit);
     }
 
-    /// Takes a unit listed `active` with no job, without its run and NRestarts: its first
-    /// reading completes it, and nothing is reported until then.
+    /// Takes a unit listed `active` or `inactive/dead` with no job, without its run and
+    /// NRestarts: its first reading completes it, and nothing is reported until then.
     pub fn listed(&mut self, listing: Listing) {
         let mut unit = TrackedUnit::new(listing.name.clone());
         unit.state = UnitState::new(listing.active_state, listing.sub_state);
@@ -297,7 +310,7 @@ impl Tracker {
     }
 
     /// Whether `unit` was taken from the listing and awaits the reading that completes it; only
-    /// then is its `ActiveEnterTimestampMonotonic` needed.
+    /// then are its [`RunStamps`] needed.
     pub fn awaits_reading(&self, unit: &str) -> bool {
         self.units.get(unit).is_some_and(|u| u.listed_at.is_some())
     }
@@ -305,15 +318,14 @@ impl Tracker {
     /// Compares a fresh reading with what the tracker believed, after a gap (a reconnect, or a
     /// queue that overflowed), and reports what must have happened in between.
     pub fn reconcile(&mut self, snapshot: Snapshot, now: Micros) -> Vec<Transition> {
-        self.reconcile_stamped(snapshot, None, now)
+        self.reconcile_stamped(snapshot, RunStamps::default(), now)
     }
 
-    /// [`Tracker::reconcile`], with the reading's `ActiveEnterTimestampMonotonic` for a unit not
-    /// read before.
+    /// [`Tracker::reconcile`], with the reading's [`RunStamps`] for a unit not read before.
     pub fn reconcile_stamped(
         &mut self,
         snapshot: Snapshot,
-        active_entered: Option<u64>,
+        stamps: RunStamps,
         now: Micros,
     ) -> Vec<Transition> {
         if !self.units.contains_key(&snapshot.name) {
@@ -330,13 +342,7 @@ impl Tracker {
             invocation_id: Some(snapshot.invocation_id),
             ..UnitProps::default()
         };
-        self.apply_stamped(
-            &snapshot.name,
-            Some(service),
-            Some(unit),
-            active_entered,
-            now,
-        )
+        self.apply_stamped(&snapshot.name, Some(service), Some(unit), stamps, now)
     }
 
     /// Forgets every unit `keep` refuses (no longer watched), without reporting anything.
@@ -426,18 +432,18 @@ impl Tracker {
         unit_props: Option<UnitProps>,
         now: Micros,
     ) -> Vec<Transition> {
-        self.apply_stamped(name, service, unit_props, None, now)
+        self.apply_stamped(name, service, unit_props, RunStamps::default(), now)
     }
 
-    /// [`Tracker::apply`], with the change's `ActiveEnterTimestampMonotonic` for a unit that
-    /// [awaits its reading](Tracker::awaits_reading). Without it, the reading is taken to be of
+    /// [`Tracker::apply`], with the change's [`RunStamps`] for a unit that
+    /// [awaits its reading](Tracker::awaits_reading). Without them, the reading is taken to be of
     /// the listed run.
     pub fn apply_stamped(
         &mut self,
         name: &str,
         service: Option<ServiceProps>,
         unit_props: Option<UnitProps>,
-        active_entered: Option<u64>,
+        stamps: RunStamps,
         now: Micros,
     ) -> Vec<Transition> {
         let unit = self
@@ -453,7 +459,7 @@ impl Tracker {
                 listed_at,
                 service.as_ref(),
                 unit_props.as_ref(),
-                active_entered,
+                stamps,
             );
         }
         if let Some(service) = service {
@@ -551,8 +557,8 @@ impl Tracker {
 }
 
 /// Completes a unit taken from the listing with its first reading that carries an InvocationID.
-/// A reading of the listed run (not `active` again since the listing) gives the run and NRestarts
-/// a read at start-up would have given. A reading of a later run leaves the listed run unknown,
+/// A reading of the listed run (not `active` again since listed `active`, not out of `inactive`
+/// since listed `inactive`) gives the run and NRestarts a read at start-up would have given. A reading of a later run leaves the listed run unknown,
 /// so the reading's run counts as new, with NRestarts one below the reading's when it is above 0:
 /// an automatic restart began that run, after a crash.
 fn complete_listing(
@@ -560,14 +566,18 @@ fn complete_listing(
     listed_at: u64,
     service: Option<&ServiceProps>,
     props: Option<&UnitProps>,
-    active_entered: Option<u64>,
+    stamps: RunStamps,
 ) {
     let Some(invocation) = props.and_then(|p| p.invocation_id.as_ref()) else {
         return;
     };
     unit.listed_at = None;
     let n_restarts = service.and_then(|s| s.n_restarts).or(unit.n_restarts);
-    if active_entered.is_some_and(|t| t > listed_at) {
+    let moved = match unit.state.active.as_str() {
+        "active" => stamps.active_enter,
+        _ => stamps.inactive_exit,
+    };
+    if moved.is_some_and(|t| t > listed_at) {
         if let Some(n) = n_restarts {
             unit.n_restarts = Some(n.saturating_sub(1));
             unit.n_restarts_unread = false;
@@ -1291,7 +1301,10 @@ mod tests {
             UNIT,
             Some(service(6, "success")),
             Some(unit("active", "running", 2, 0, 100)),
-            Some(2_000),
+            RunStamps {
+                active_enter: Some(2_000),
+                inactive_exit: Some(1_900),
+            },
             100,
         );
         assert_eq!(
@@ -1313,7 +1326,10 @@ mod tests {
             UNIT,
             Some(service(0, "success")),
             Some(unit("active", "running", 2, 0, 100)),
-            Some(2_000),
+            RunStamps {
+                active_enter: Some(2_000),
+                inactive_exit: Some(1_900),
+            },
             100,
         );
         assert_eq!(kinds(&out), ["starting", "started"]);
@@ -1330,7 +1346,14 @@ mod tests {
             n_restarts: Some(5),
         };
         assert!(tracker
-            .reconcile_stamped(reading.clone(), Some(500), 50)
+            .reconcile_stamped(
+                reading.clone(),
+                RunStamps {
+                    active_enter: Some(500),
+                    inactive_exit: Some(400),
+                },
+                50,
+            )
             .is_empty());
         assert!(tracker.reconcile(reading, 60).is_empty());
         let out = cycle(&mut tracker, 1, 6, 100);
@@ -1348,7 +1371,10 @@ mod tests {
                 invocation_id: inv(3),
                 n_restarts: Some(9),
             },
-            Some(5_000),
+            RunStamps {
+                active_enter: Some(5_000),
+                inactive_exit: Some(400),
+            },
             50,
         );
         assert_eq!(count(&out, TransitionKind::Restart), 1);
@@ -1373,6 +1399,59 @@ mod tests {
             200,
         );
         assert_eq!(kinds(&out), ["restart", "starting", "started"]);
+    }
+
+    /// A tracker that took the unit from the listing at 1,000 µs, down, not read.
+    fn listed_down() -> Tracker {
+        let mut tracker = Tracker::new();
+        tracker.listed(Listing {
+            name: UNIT.into(),
+            active_state: "inactive".into(),
+            sub_state: "dead".into(),
+            listed_at: 1_000,
+        });
+        tracker
+    }
+
+    #[test]
+    fn a_unit_listed_down_counts_its_start_once() {
+        let mut tracker = listed_down();
+        let old = RunStamps {
+            active_enter: Some(300),
+            inactive_exit: Some(200),
+        };
+        // The start job shows first, with the previous run's InvocationID.
+        let mut out = tracker.apply_stamped(
+            UNIT,
+            Some(service(2, "success")),
+            Some(unit("inactive", "dead", 1, 5, 100)),
+            old,
+            100,
+        );
+        out.extend(tracker.apply(
+            UNIT,
+            Some(service(0, "success")),
+            Some(unit("inactive", "dead", 2, 5, 110)),
+            110,
+        ));
+        out.extend(tracker.apply(UNIT, None, Some(unit("active", "running", 2, 0, 120)), 120));
+        assert_eq!(kinds(&out), ["starting", "started"]);
+    }
+
+    #[test]
+    fn a_unit_listed_down_whose_first_signal_comes_from_a_later_run_counts_its_start() {
+        let mut tracker = listed_down();
+        let out = tracker.apply_stamped(
+            UNIT,
+            Some(service(0, "success")),
+            Some(unit("active", "running", 2, 0, 100)),
+            RunStamps {
+                active_enter: Some(2_100),
+                inactive_exit: Some(2_000),
+            },
+            100,
+        );
+        assert_eq!(kinds(&out), ["starting", "started"]);
     }
 
     #[test]
