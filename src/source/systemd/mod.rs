@@ -626,7 +626,7 @@ impl Link {
                 call: "ListUnits",
                 source,
             })?;
-        let mut readings = Vec::with_capacity(listed.len());
+        let mut found = Vec::with_capacity(listed.len());
         let mut names = Vec::new();
         for (name, _, _, active_state, sub_state, _, _, job_id, _, _) in listed {
             if !filter.allows(name) {
@@ -641,7 +641,7 @@ impl Link {
                     sub_state: sub_state.to_owned(),
                     listed_at,
                 };
-                readings.push((Found::Listed(listing), listing_position));
+                found.push((Found::Listed(listing), listing_position));
             } else {
                 names.push(name.to_owned());
             }
@@ -666,7 +666,7 @@ impl Link {
             };
             match reading {
                 Ok((snapshot, stamps, position)) => {
-                    readings.push((Found::Read(snapshot, stamps), position))
+                    found.push((Found::Read(snapshot, stamps), position))
                 }
                 Err(error) => SnapshotCallError {
                     source: SOURCE,
@@ -676,7 +676,7 @@ impl Link {
                 .emit(),
             }
         }
-        Ok(readings)
+        Ok(found)
     }
 }
 
