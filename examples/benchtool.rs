@@ -179,8 +179,8 @@ enum Cmd {
         series: bool,
     },
     /// Run COMMAND (a crashwatch listening on URL's port) and GET URL until it lists UNITS series
-    /// of crashwatch_unit_active whose unit label starts with PREFIX; report the time from exec
-    /// and the process's CPU time until then, then stop it.
+    /// of crashwatch_unit_crashlooping (every unit has one) whose unit label starts with PREFIX;
+    /// report the time from exec and the process's CPU time until then, then stop it.
     StartUp {
         #[arg(long)]
         url: String,
@@ -295,7 +295,7 @@ fn start_up(url: &str, prefix: &str, units: usize, command: &[String]) -> Result
     let pid = child.id();
     let outcome = loop {
         if let Ok(response) = http_get(url) {
-            if metric_prefixed(&response.body, "crashwatch_unit_active", prefix).1 >= units {
+            if metric_prefixed(&response.body, "crashwatch_unit_crashlooping", prefix).1 >= units {
                 break Ok((started.elapsed(), cpu_ns(pid)));
             }
         }

@@ -617,11 +617,11 @@ fn start_up_reads_few_units_and_still_counts_those_that_crashed_before() {
             cw.diag(unit)
         );
     }
-    // And the units that are simply up are all watched.
+    // And the units that are simply up are all watched: each has this series, crashing or not.
     let watched = parse_samples(&cw.scrape())
         .unwrap_or_else(|e| panic!("{e}"))
         .iter()
-        .filter(|s| s.name == "crashwatch_unit_active")
+        .filter(|s| s.name == "crashwatch_unit_crashlooping")
         .filter(|s| s.label("unit").is_some_and(|u| u.starts_with("idle@")))
         .count();
     assert_eq!(watched, RUNNING_UNITS, "idle units with a series");
