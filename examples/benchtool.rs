@@ -21,6 +21,7 @@
 //! - `churn`: starts short-lived transient units through systemd's own `StartTransientUnit`
 //!   call, several in flight, and samples a process's RSS as the count grows.
 //! - `proc`: CPU, wake-ups and RSS of processes over an interval; `metric`: reads one value.
+//! - `start-up`: runs a crashwatch and times it from exec until its /metrics lists the units.
 //!
 //!     cargo run --release --example benchtool -- --help
 
@@ -177,6 +178,20 @@ enum Cmd {
         #[arg(long)]
         series: bool,
     },
+    /// Run COMMAND (a crashwatch listening on URL's port) and GET URL until it lists UNITS series
+    /// of crashwatch_unit_crashlooping (every unit has one) whose unit label starts with PREFIX;
+    /// report the time from exec and the process's CPU time until then, then stop it.
+    StartUp {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        prefix: String,
+        #[arg(long)]
+        units: usize,
+        /// The crashwatch command line, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -253,7 +268,60 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Cmd::StartUp {
+            url,
+            prefix,
+            units,
+            command,
+        } => start_up(&url, &prefix, units, &command),
     }
+}
+
+// ------------------------------------------------------------------------------- start-up
+
+/// Starts `command` and polls `url` every 2 ms until the units are listed: the first answers
+/// come only once crashwatch has its snapshot, so the polls cost it little. Prints
+/// `ready_ms=... cpu_ms=...`; the CPU time is read at that moment, from schedstat.
+fn start_up(url: &str, prefix: &str, units: usize, command: &[String]) -> Result<()> {
+    let (program, args) = command.split_first().context("no command to start")?;
+    let started = Instant::now();
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {program}"))?;
+    let pid = child.id();
+    let outcome = loop {
+        if let Ok(response) = http_get(url) {
+            if metric_prefixed(&response.body, "crashwatch_unit_crashlooping", prefix).1 >= units {
+                break Ok((started.elapsed(), cpu_ns(pid)));
+            }
+        }
+        if let Some(status) = child.try_wait()? {
+            break Err(anyhow::anyhow!(
+                "{program} exited ({status}) before it was ready"
+            ));
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            break Err(anyhow::anyhow!(
+                "{program} did not list {units} units within 120 s"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    // SIGTERM, as a service manager stops it; it exits at once.
+    // SAFETY: kill(2) on the pid of a child not yet waited for, so not reused.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    let _ = child.wait();
+    let (ready, cpu) = outcome?;
+    println!(
+        "ready_ms={:.1} cpu_ms={:.1}",
+        ready.as_secs_f64() * 1e3,
+        cpu as f64 / 1e6
+    );
+    Ok(())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

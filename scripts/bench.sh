@@ -531,6 +531,40 @@ for n in "${SIZES[@]}"; do
   if [ "$n" = "$TLS_UNITS" ]; then tls_scrapes; fi
 done
 
+# ------------------------------------------------------------------------------------ start-up
+# A fresh crashwatch, next to the one already running, started $RUNS times with the bench@ units
+# of the largest size up: from exec until its /metrics lists them all, its CPU time until then,
+# and that of the sandbox's systemd and dbus-daemon meanwhile. The D-Bus messages of its
+# start-up are counted in a second pass, as the monitor costs dbus-daemon time. No journal
+# history: the sandbox writes none, and the host's is not the sandbox's.
+STARTUP_UNITS=${SIZES[-1]}
+say "start-up at $STARTUP_UNITS running units: $RUNS runs"
+schedstat_ms() { cat /proc/"$1"/task/*/schedstat /proc/"$2"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%.3f", s / 1e6}'; }
+fresh_crashwatch() {
+  local port
+  port=$("$BT" free-port)
+  "$BT" start-up --url "http://127.0.0.1:$port/metrics" --prefix unit=bench@ --units "$STARTUP_UNITS" -- \
+    env DBUS_SYSTEM_BUS_ADDRESS="$ADDR" "$CW_BIN" run --listen "127.0.0.1:$port" --no-journal-history --max-units 12000
+}
+for run in $(seq "$RUNS"); do
+  s0=$(schedstat_ms "$PID1" "$SD_DBUS")
+  line=$(fresh_crashwatch) || die "a fresh crashwatch did not list $STARTUP_UNITS units"
+  s1=$(schedstat_ms "$PID1" "$SD_DBUS")
+  echo "$line sd_cpu_ms=$(awk -v a="$s0" -v b="$s1" 'BEGIN {printf "%.1f", b - a}')" >>"$WORK/startup.txt"
+  sleep 1
+done
+dbus-monitor --address "$ADDR" --profile >"$WORK/monitor-startup.txt" 2>/dev/null &
+MON=$!
+PIDS+=("$MON")
+wait_until 10 test -s "$WORK/monitor-startup.txt"
+for run in $(seq "$RUNS"); do fresh_crashwatch >/dev/null; done
+sleep 0.5
+stop_pid "$MON"
+# Each start is one connection, known by its ListUnits call: the messages it sent or received.
+awk -F'\t' 'NR == FNR { if ($1 == "mc" && $8 == "ListUnits") conn[$4] = 1; next }
+  ($4 in conn) { n[$4]++; next } ($5 in conn) { n[$5]++ }
+  END { for (c in n) print n[c] }' "$WORK/monitor-startup.txt" "$WORK/monitor-startup.txt" >"$WORK/startup-msgs.txt"
+
 # ------------------------------------------------------------------------------------ footprint at 10,000
 have_units=${SIZES[-1]}
 say "footprint at $FOOTPRINT_UNITS units: starting $((FOOTPRINT_UNITS - have_units)) more"
@@ -744,6 +778,17 @@ for n in "${SERIES_SIZES[@]}"; do
 done
 md ""
 md "How: one GET of each exporter's \`/metrics\` (no compression) with $(thousands "${SERIES_SIZES[0]}") and then $(thousands "${SERIES_SIZES[1]}") instances of \`bench@.service\` running and nothing else happening, after a fresh start of crashwatch with its default \`--unit-series=changed\`, so each healthy unit has two series; *series* are the lines that are not comments, the exporter's own metrics included. node_exporter lists every loaded unit whatever its type, crashwatch the \`*.service\` units."
+md ""
+md "## Start-up"
+md ""
+md "| at $(thousands "$STARTUP_UNITS") running units | crashwatch |"
+md "| --- | ---: |"
+md "| D-Bus messages of its start-up | $(spread 0 <"$WORK/startup-msgs.txt") |"
+md "| from exec until \`/metrics\` lists every unit, ms | $(col ready_ms "$WORK/startup.txt" | spread 1) |"
+md "| CPU until then, crashwatch, ms | $(col cpu_ms "$WORK/startup.txt" | spread 1) |"
+md "| CPU meanwhile, systemd + dbus-daemon, ms | $(col sd_cpu_ms "$WORK/startup.txt" | spread 1) |"
+md ""
+md "How: with the \`bench@\` services of the scrapes running, a second crashwatch (\`--no-journal-history\`) is started $RUNS times by \`benchtool start-up\`, which GETs its \`/metrics\` every 2 ms from exec until all of them are listed, reads the process's CPU time from schedstat at that moment and stops it; systemd's and dbus-daemon's CPU time is taken from schedstat before and after each start. The D-Bus messages are counted with \`dbus-monitor --profile\` over $RUNS more starts: those sent or received by each start's connection, known by its \`ListUnits\` call."
 md ""
 
 md "## Missed restarts"

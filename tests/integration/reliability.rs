@@ -5,6 +5,7 @@
 //! stopping it: the unit stays loaded and `NRestarts` stays readable, so the final comparison is
 //! against systemd's own count.
 
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::Duration;
 
@@ -390,4 +391,239 @@ fn a_restarted_crashwatch_raises_no_false_loop_from_old_history() {
         "restarts_total {counted}, systemd's NRestarts {before} → {after} at start-up, {end} at the end\n{}",
         cw.diag(CRASHY)
     );
+}
+
+/// Running units the start-up test starts: reading each at start-up would cost over a thousand
+/// messages.
+const RUNNING_UNITS: usize = 300;
+
+/// Messages of crashwatch's start-up beyond those per unit read (Hello, the match rules, the
+/// owner of systemd's name, Subscribe, ListUnits, replies): a bound that does not grow with the
+/// units that are simply up or down.
+const START_UP_MESSAGES: usize = 60;
+
+/// A service that logs each run to `<dir>/<name>.runs` and exits 3 when `<dir>/<name>.crash`
+/// appears (which it removes), so every crash is asked for and counted by the unit itself.
+fn crash_on_demand_unit(dir: &std::path::Path, name: &str, extra: &str) -> String {
+    let runs = dir.join(format!("{name}.runs"));
+    let crash = dir.join(format!("{name}.crash"));
+    let (runs, crash) = (runs.display(), crash.display());
+    format!(
+        "[Unit]\n\
+         # Each crash is asked for by the test, several within the default 10 s start limit.\n\
+         StartLimitIntervalSec=0\n\
+         \n\
+         [Service]\n\
+         ExecStart=/bin/sh -c 'echo run >>{runs}; while [ ! -e {crash} ]; do sleep 0.05; done; rm -f {crash}; exit 3'\n\
+         Restart=on-failure\n\
+         {extra}"
+    )
+}
+
+/// How many runs a unit of [`crash_on_demand_unit`] (or another writing `<name>.runs`) logged.
+fn runs(sb: &Sandbox, name: &str) -> usize {
+    std::fs::read_to_string(sb.dir().join(format!("{name}.runs")))
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+}
+
+/// Crashes a unit of [`crash_on_demand_unit`] once and waits until systemd has it up again.
+fn crash_and_wait_up(sb: &Sandbox, name: &str) {
+    let unit = format!("{name}.service");
+    let (n, r) = (sb.n_restarts(&unit), runs(sb, name));
+    std::fs::write(sb.dir().join(format!("{name}.crash")), "").expect("writing the crash file");
+    let up = wait_until(Duration::from_secs(20), || {
+        sb.n_restarts(&unit) == n + 1
+            && runs(sb, name) == r + 1
+            && sb.active_state(&unit) == "active"
+    });
+    assert!(
+        up,
+        "{unit} did not crash and come back\n{}",
+        sb.log_tail(30)
+    );
+}
+
+/// Lines of a `dbus-monitor --profile` record sent by or to crashwatch's connection, known as
+/// the sender of `ListUnits` (no other client lists units while it starts).
+fn messages_of_crashwatch(record: &str) -> Result<usize, String> {
+    let fields = |line: &str| line.split('\t').map(str::to_owned).collect::<Vec<_>>();
+    let name = record
+        .lines()
+        .map(fields)
+        .find(|f| {
+            f.first().map(String::as_str) == Some("mc")
+                && f.get(7).map(String::as_str) == Some("ListUnits")
+        })
+        .and_then(|f| f.get(3).cloned())
+        .ok_or_else(|| format!("no ListUnits call in the record:\n{record}"))?;
+    Ok(record
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .map(fields)
+        .filter(|f| f.get(3) == Some(&name) || f.get(4) == Some(&name))
+        .count())
+}
+
+#[test]
+fn start_up_reads_few_units_and_still_counts_those_that_crashed_before() {
+    require_sandbox!();
+    let sb = Sandbox::start().unwrap_or_else(|e| panic!("{e}"));
+    let dir = sb.dir().to_path_buf();
+    sb.write_unit(
+        "idle@.service",
+        "[Service]\nExecStart=/bin/sleep infinity\n",
+    );
+    // Crash-looping before crashwatch starts, and up (no job) when it does.
+    sb.write_unit(
+        "looping.service",
+        &crash_on_demand_unit(&dir, "looping", ""),
+    );
+    // Crashed just before crashwatch starts, and waiting to be restarted while it does.
+    sb.write_unit(
+        "waiting.service",
+        &crash_on_demand_unit(&dir, "waiting", "RestartSec=5s\n"),
+    );
+    // Failed before crashwatch starts; nothing restarts it by itself.
+    let failed_runs = dir.join("failed.runs");
+    sb.write_unit(
+        "failed.service",
+        &format!(
+            "[Service]\nExecStart=/bin/sh -c 'echo run >>{}; exit 3'\n",
+            failed_runs.display()
+        ),
+    );
+    sb.pin_loaded(&["looping.service", "waiting.service", "failed.service"]);
+    let idle: Vec<String> = (1..=RUNNING_UNITS)
+        .map(|i| format!("idle@{i}.service"))
+        .collect();
+    for batch in idle.chunks(100) {
+        let mut start = vec!["start"];
+        start.extend(batch.iter().map(String::as_str));
+        sb.systemctl_ok(&start);
+    }
+    sb.systemctl_ok(&[
+        "start",
+        "looping.service",
+        "waiting.service",
+        "failed.service",
+    ]);
+    for _ in 0..3 {
+        crash_and_wait_up(&sb, "looping");
+    }
+    let failed = wait_until(Duration::from_secs(10), || {
+        sb.active_state("failed.service") == "failed"
+    });
+    assert!(failed, "failed.service did not fail\n{}", sb.log_tail(30));
+    assert!(wait_until(Duration::from_secs(10), || runs(&sb, "waiting") == 1));
+    std::fs::write(dir.join("waiting.crash"), "").expect("writing the crash file");
+    let waiting = wait_until(Duration::from_secs(10), || {
+        sb.property(
+            "waiting.service",
+            "org.freedesktop.systemd1.Unit",
+            "SubState",
+        )
+        .contains("auto-restart")
+    });
+    assert!(
+        waiting,
+        "waiting.service is not waiting to restart\n{}",
+        sb.log_tail(30)
+    );
+
+    let record_path = dir.join("monitor.txt");
+    let record_file = std::fs::File::create(&record_path).expect("creating the monitor record");
+    let mut monitor = Command::new("dbus-monitor")
+        .args(["--address", sb.bus_address(), "--profile"])
+        .stdout(record_file)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("running dbus-monitor");
+    let monitoring = wait_until(Duration::from_secs(10), || {
+        std::fs::metadata(&record_path).is_ok_and(|m| m.len() > 0)
+    });
+    assert!(monitoring, "dbus-monitor wrote nothing");
+    let cw = Crashwatch::spawn(&sb, &[]);
+    thread::sleep(Duration::from_millis(500));
+    terminate(&mut monitor, Duration::from_secs(5));
+    let record = std::fs::read_to_string(&record_path).expect("reading the monitor record");
+    let messages = messages_of_crashwatch(&record).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        messages <= START_UP_MESSAGES,
+        "crashwatch's start-up took {messages} D-Bus messages with {RUNNING_UNITS} units running, more than {START_UP_MESSAGES}:\n{record}"
+    );
+
+    // Taken once crashwatch watches: the looping unit crashes only when asked, and the waiting
+    // one counts its restart in NRestarts only when systemd starts it again.
+    let sub = sb.property(
+        "waiting.service",
+        "org.freedesktop.systemd1.Unit",
+        "SubState",
+    );
+    assert!(
+        sub.contains("auto-restart"),
+        "waiting.service was restarted before crashwatch watched ({sub}); nothing was tested"
+    );
+    let looping_before = sb.n_restarts("looping.service");
+    let waiting_before = sb.n_restarts("waiting.service");
+    assert_eq!(looping_before, 3, "looping.service before crashwatch");
+
+    for _ in 0..3 {
+        crash_and_wait_up(&sb, "looping");
+    }
+    let restarted = wait_until(Duration::from_secs(20), || {
+        sb.n_restarts("waiting.service") == waiting_before + 1
+            && sb.active_state("waiting.service") == "active"
+    });
+    assert!(
+        restarted,
+        "waiting.service was not restarted\n{}",
+        sb.log_tail(30)
+    );
+    sb.systemctl_ok(&["start", "failed.service"]);
+    let failed_again = wait_until(Duration::from_secs(10), || {
+        runs(&sb, "failed") == 2 && sb.active_state("failed.service") == "failed"
+    });
+    assert!(
+        failed_again,
+        "failed.service did not run and fail again\n{}",
+        sb.log_tail(30)
+    );
+
+    // Truth: systemd's NRestarts since crashwatch started, and the units' own runs.
+    let expected = [
+        (
+            "looping.service",
+            sb.n_restarts("looping.service") - looping_before,
+            3,
+        ),
+        (
+            "waiting.service",
+            sb.n_restarts("waiting.service") - waiting_before,
+            0,
+        ),
+        // Its second run followed a failed one: a restart, whoever started it; then it failed.
+        ("failed.service", (runs(&sb, "failed") - 1) as u64, 1),
+    ];
+    for (unit, restarts, crashes) in expected {
+        let counted = wait_until(Duration::from_secs(5), || {
+            cw.unit_metric("crashwatch_unit_restarts_total", unit) == restarts as f64
+                && cw.unit_metric("crashwatch_unit_crashes_total", unit) == crashes as f64
+        });
+        assert!(
+            counted,
+            "{unit}: crashwatch counted {} restarts and {} crashes, systemd {restarts} and {crashes}\n{}",
+            cw.unit_metric("crashwatch_unit_restarts_total", unit),
+            cw.unit_metric("crashwatch_unit_crashes_total", unit),
+            cw.diag(unit)
+        );
+    }
+    // And the units that are simply up are all watched: each has this series, crashing or not.
+    let watched = parse_samples(&cw.scrape())
+        .unwrap_or_else(|e| panic!("{e}"))
+        .iter()
+        .filter(|s| s.name == "crashwatch_unit_crashlooping")
+        .filter(|s| s.label("unit").is_some_and(|u| u.starts_with("idle@")))
+        .count();
+    assert_eq!(watched, RUNNING_UNITS, "idle units with a series");
 }

@@ -2,10 +2,17 @@
 //!
 //! It owns its connection. On connect it adds match rules for the unit PropertiesChanged signals
 //! and the Manager signals, calls `Subscribe()` (without a subscriber systemd sends no unit
-//! signals at all), then takes a snapshot (`ListUnits`, then `NRestarts` and `InvocationID` of
-//! each watched unit) so that what happened before is not counted. Signals that arrive during the
-//! snapshot wait in a queue and are applied after it; the [`tracker`] is idempotent on absolute
-//! values, so a change seen both ways counts once.
+//! signals at all), then takes a snapshot so that what happened before is not counted. Signals
+//! that arrive during the snapshot wait in a queue and are applied after it; the [`tracker`] is
+//! idempotent on absolute values, so a change seen both ways counts once.
+//!
+//! The start-up snapshot is `ListUnits` plus `NRestarts` and `InvocationID` of only the units it
+//! shows neither `active` nor `inactive/dead`, or with a job: those are where a crash, a restart
+//! or a stop is under way or has just happened. A unit up or down with no job is taken from the
+//! listing, and its first signal completes it (see the [`tracker`]); on a node of thousands of
+//! running services that is a few messages instead of four per unit, and a start in milliseconds. After a gap (reconnect, a queue
+//! that overflowed, systemd changing hands, a new filter) every watched unit is read, since only
+//! its NRestarts and InvocationID say what happened to it meanwhile.
 //!
 //! zbus stalls the whole connection when a message stream is not read, so one task does nothing
 //! but move messages from the stream into a bounded queue. If that queue ever overflows the
@@ -39,8 +46,8 @@ use crate::internal_events::{
     SnapshotCallError,
 };
 use crate::source::bus::{self, call, decode, CALL_TIMEOUT, DBUS_NAME, PROPERTIES_IFACE};
-use crate::time::now_micros;
-use tracker::{ServiceProps, Snapshot, Tracker};
+use crate::time::{monotonic_micros, now_micros};
+use tracker::{Listing, RunStamps, ServiceProps, Snapshot, Tracker};
 
 const SOURCE: &str = "systemd";
 const SYSTEMD_NAME: &str = "org.freedesktop.systemd1";
@@ -160,12 +167,43 @@ impl Drop for Link {
     }
 }
 
-/// What a snapshot says of a unit, for the unit table.
-fn presence(snapshot: &Snapshot) -> SourceEvent {
-    SourceEvent::Present {
-        unit: snapshot.name.clone(),
-        source: SourceKind::Systemd,
-        state: UnitState::new(snapshot.active_state.as_str(), snapshot.sub_state.as_str()),
+/// Which units a snapshot reads one by one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Depth {
+    /// Only the units listed neither `active` nor `inactive/dead`, or with a job; the rest are
+    /// taken from the listing.
+    Unsettled,
+    /// Every unit: after a gap only each one's NRestarts and InvocationID say what happened.
+    Every,
+}
+
+/// What a snapshot found of one unit.
+enum Found {
+    /// Read one by one, with its stamps.
+    Read(Snapshot, RunStamps),
+    /// Taken from the listing: `active` or `inactive/dead`, no job.
+    Listed(Listing),
+}
+
+impl Found {
+    fn name(&self) -> &str {
+        match self {
+            Found::Read(snapshot, _) => &snapshot.name,
+            Found::Listed(listing) => &listing.name,
+        }
+    }
+
+    /// What the snapshot says of the unit, for the unit table.
+    fn presence(&self) -> SourceEvent {
+        let (active, sub) = match self {
+            Found::Read(s, _) => (&s.active_state, &s.sub_state),
+            Found::Listed(l) => (&l.active_state, &l.sub_state),
+        };
+        SourceEvent::Present {
+            unit: self.name().to_owned(),
+            source: SourceKind::Systemd,
+            state: UnitState::new(active.as_str(), sub.as_str()),
+        }
     }
 }
 
@@ -179,10 +217,13 @@ impl SystemdSource {
         let mut tracker = Tracker::new();
         let mut snapshot_positions = HashMap::new();
         let mut present = Vec::new();
-        for (snapshot, position) in link.snapshot(&settings.filter).await? {
-            snapshot_positions.insert(snapshot.name.clone(), position);
-            present.push(presence(&snapshot));
-            tracker.baseline(snapshot);
+        for (found, position) in link.snapshot(&settings.filter, Depth::Unsettled).await? {
+            snapshot_positions.insert(found.name().to_owned(), position);
+            present.push(found.presence());
+            match found {
+                Found::Read(snapshot, _) => tracker.baseline(snapshot),
+                Found::Listed(listing) => tracker.listed(listing),
+            }
         }
         gauge!("crashwatch_source_up", "source" => SOURCE).set(1.0);
         Ok(SystemdSource {
@@ -257,13 +298,24 @@ impl SystemdSource {
         // Positions belong to one connection; a reopened link starts a new sequence.
         self.snapshot_positions.clear();
         self.link.pending_service.clear();
-        for (snapshot, position) in self.link.snapshot(&self.settings.filter).await? {
+        for (found, position) in self
+            .link
+            .snapshot(&self.settings.filter, Depth::Every)
+            .await?
+        {
             self.snapshot_positions
-                .insert(snapshot.name.clone(), position);
-            if out.send(presence(&snapshot)).await.is_err() {
+                .insert(found.name().to_owned(), position);
+            if out.send(found.presence()).await.is_err() {
                 break;
             }
-            for t in self.tracker.reconcile(snapshot, now) {
+            let transitions = match found {
+                Found::Read(snapshot, stamps) => {
+                    self.tracker.reconcile_stamped(snapshot, stamps, now)
+                }
+                // Only the start-up snapshot takes units from the listing.
+                Found::Listed(_) => Vec::new(),
+            };
+            for t in transitions {
                 if out.send(t.into()).await.is_err() {
                     break;
                 }
@@ -456,7 +508,12 @@ impl SystemdSource {
             UNIT_IFACE => {
                 let unit = props::unit_props(&changed, &mut wrong);
                 let service = self.link.pending_service.remove(&name);
-                self.tracker.apply(&name, service, Some(unit), now)
+                let stamps = match self.tracker.awaits_reading(&name) {
+                    true => props::run_stamps(&changed, &mut wrong),
+                    false => RunStamps::default(),
+                };
+                self.tracker
+                    .apply_stamped(&name, service, Some(unit), stamps, now)
             }
             _ => Vec::new(),
         };
@@ -528,12 +585,14 @@ impl Link {
         })
     }
 
-    /// Reads every watched unit's state, `SNAPSHOT_CONCURRENCY` calls at a time. Each reading
-    /// comes with the receive position of the reply that carried its state and InvocationID.
+    /// Lists the watched units and reads those `depth` asks for, `SNAPSHOT_CONCURRENCY` calls at
+    /// a time. Each unit comes with the receive position of the reply that carried its state (and
+    /// InvocationID): the listing's, or its own reading's.
     async fn snapshot(
         &self,
         filter: &UnitFilter,
-    ) -> Result<Vec<(Snapshot, Sequence)>, SystemdError> {
+        depth: Depth,
+    ) -> Result<Vec<(Found, Sequence)>, SystemdError> {
         type ListedUnit<'a> = (
             &'a str,
             &'a str,
@@ -556,21 +615,38 @@ impl Link {
             "ListUnits",
         )
         .await?;
+        // systemd's monotonic timestamps are CLOCK_MONOTONIC too; taken after the reply, so a
+        // unit that entered `active` or left `inactive` before the listing is never taken for a
+        // later run.
+        let listed_at = monotonic_micros();
+        let listing_position = reply.recv_position();
         let body = reply.body();
         let listed: Vec<ListedUnit<'_>> =
             body.deserialize().map_err(|source| SystemdError::Call {
                 call: "ListUnits",
                 source,
             })?;
-        let names: Vec<String> = listed
-            .iter()
-            .map(|u| u.0)
-            .filter(|name| filter.allows(name))
-            .map(str::to_owned)
-            .collect();
-        drop(listed);
+        let mut found = Vec::with_capacity(listed.len());
+        let mut names = Vec::new();
+        for (name, _, _, active_state, sub_state, _, _, job_id, _, _) in listed {
+            if !filter.allows(name) {
+                continue;
+            }
+            let settled =
+                active_state == "active" || (active_state, sub_state) == ("inactive", "dead");
+            if depth == Depth::Unsettled && settled && job_id == 0 {
+                let listing = Listing {
+                    name: name.to_owned(),
+                    active_state: active_state.to_owned(),
+                    sub_state: sub_state.to_owned(),
+                    listed_at,
+                };
+                found.push((Found::Listed(listing), listing_position));
+            } else {
+                names.push(name.to_owned());
+            }
+        }
 
-        let mut readings = Vec::with_capacity(names.len());
         let mut tasks = tokio::task::JoinSet::new();
         let mut pending = names.into_iter();
         loop {
@@ -589,7 +665,9 @@ impl Link {
                 continue;
             };
             match reading {
-                Ok(reading) => readings.push(reading),
+                Ok((snapshot, stamps, position)) => {
+                    found.push((Found::Read(snapshot, stamps), position))
+                }
                 Err(error) => SnapshotCallError {
                     source: SOURCE,
                     unit: &name,
@@ -598,14 +676,17 @@ impl Link {
                 .emit(),
             }
         }
-        Ok(readings)
+        Ok(found)
     }
 }
 
 /// Reads one unit: NRestarts first, then its state and InvocationID in one `GetAll`, so state
 /// and run are consistent with each other and the reply's position marks what is older.
 /// NRestarts may lag the state by a signal; it is absolute, so the next signal corrects it.
-async fn read_unit(conn: &Connection, unit: &str) -> Result<(Snapshot, Sequence), SystemdError> {
+async fn read_unit(
+    conn: &Connection,
+    unit: &str,
+) -> Result<(Snapshot, RunStamps, Sequence), SystemdError> {
     let path = props::unit_path(unit);
     let n_restarts = if unit.ends_with(".service") {
         let reply = call(
@@ -643,6 +724,7 @@ async fn read_unit(conn: &Connection, unit: &str) -> Result<(Snapshot, Sequence)
             source,
         })?;
     let unit_props = props::unit_props(&map, &mut Vec::new());
+    let stamps = props::run_stamps(&map, &mut Vec::new());
     let snapshot = Snapshot {
         name: unit.to_owned(),
         active_state: unit_props.active_state.unwrap_or_default(),
@@ -650,7 +732,7 @@ async fn read_unit(conn: &Connection, unit: &str) -> Result<(Snapshot, Sequence)
         invocation_id: unit_props.invocation_id.unwrap_or_default(),
         n_restarts,
     };
-    Ok((snapshot, reply.recv_position()))
+    Ok((snapshot, stamps, reply.recv_position()))
 }
 
 async fn subscribe(conn: &Connection) -> Result<(), SystemdError> {

@@ -15,7 +15,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use zbus::Variant;
 
-use super::tracker::{ServiceProps, UnitProps};
+use super::tracker::{RunStamps, ServiceProps, UnitProps};
 
 /// A property whose value did not have the type systemd documents.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,11 +24,12 @@ pub struct WrongType {
     pub property: String,
 }
 
-/// Every property [`service_props`] and [`unit_props`] read; [`PropertiesChanged`] keeps these.
+/// Every property [`service_props`], [`unit_props`] and [`run_stamps`] read;
+/// [`PropertiesChanged`] keeps these.
 /// A property read below but missing here is never seen: add it to both (the test
 /// `keeping_only_read_properties_reads_the_same` fails otherwise for any property systemd 252
 /// signals).
-const READ: [&str; 12] = [
+const READ: [&str; 14] = [
     "NRestarts",
     "Result",
     "ExecMainCode",
@@ -41,6 +42,8 @@ const READ: [&str; 12] = [
     "Job",
     "StateChangeTimestamp",
     "InactiveExitTimestamp",
+    "ActiveEnterTimestampMonotonic",
+    "InactiveExitTimestampMonotonic",
 ];
 
 /// A `PropertiesChanged(s interface, a{sv} changed, as invalidated)` body, borrowed from its
@@ -138,6 +141,16 @@ pub fn unit_props(map: &HashMap<&str, Variant<'_>>, wrong: &mut Vec<WrongType>) 
         job_id: reader.job_id("Job"),
         state_change_timestamp: reader.u64("StateChangeTimestamp"),
         inactive_exit_timestamp: reader.u64("InactiveExitTimestamp"),
+    }
+}
+
+/// Reads the monotonic timestamps of `org.freedesktop.systemd1.Unit` that a unit taken from the
+/// listing needs for its first reading (see the tracker).
+pub fn run_stamps(map: &HashMap<&str, Variant<'_>>, wrong: &mut Vec<WrongType>) -> RunStamps {
+    let mut reader = Reader { map, wrong };
+    RunStamps {
+        active_enter: reader.u64("ActiveEnterTimestampMonotonic"),
+        inactive_exit: reader.u64("InactiveExitTimestampMonotonic"),
     }
 }
 
@@ -373,6 +386,10 @@ mod tests {
             assert_eq!(
                 unit_props(&all, &mut wrong_all),
                 unit_props(&kept.changed, &mut wrong_kept)
+            );
+            assert_eq!(
+                run_stamps(&all, &mut wrong_all),
+                run_stamps(&kept.changed, &mut wrong_kept)
             );
             assert_eq!(wrong_all, wrong_kept);
         }

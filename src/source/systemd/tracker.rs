@@ -14,6 +14,22 @@
 //! start that follows a crash, whoever started it: that is how a loop driven by a cron job, with
 //! `Restart=no` and `NRestarts` stuck at zero, is still caught.
 //!
+//! At start-up most units are simply up, or simply down, and reading each one's `InvocationID`
+//! and `NRestarts` costs two calls per unit. A unit listed `active`, or `inactive/dead`, with no
+//! job is taken from the listing alone ([`Tracker::listed`]); its first reading (the first signal
+//! pair, or a resync) completes its baseline. The first signal after the listing normally says
+//! what changed first, so its `InvocationID` and `NRestarts` are the listed run's: what a read at
+//! start-up would have found. Only when systemd merged a whole cycle into that signal (its bus was
+//! congested), or crashwatch was away before it, is the run in it a later one, and then the
+//! reading's [`RunStamps`] show it: a unit listed `active` has entered `active` again since the
+//! listing (leaving and coming back is the only way to move `ActiveEnterTimestamp`; a reload does
+//! not), a unit listed `inactive` has left `inactive` (only a start does that). Such a reading
+//! counts the least it proves: a start, and one crash and restart when `NRestarts` is above 0 (an
+//! automatic restart began that run). A later run of a unit listed `active` that has not reached
+//! `active` at its first reading is taken for the listed one: that cycle is missed.
+//! `ExecMainStartTimestamp` is no help there, since it also moves when a running service names a
+//! new main process (`MAINPID=`).
+//!
 //! The tracker is pure: values in, transitions out, time passed in, so it is tested without a bus.
 
 use std::collections::{HashMap, VecDeque};
@@ -89,6 +105,32 @@ pub struct Snapshot {
     pub n_restarts: Option<u32>,
 }
 
+/// A unit `ListUnits` showed `active` or `inactive/dead` with no job, taken without reading its
+/// run and NRestarts: its first reading completes it (see the module documentation).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Listing {
+    /// The unit's name.
+    pub name: String,
+    /// ActiveState, `active` or `inactive`.
+    pub active_state: String,
+    /// SubState.
+    pub sub_state: String,
+    /// When the listing was received, on `CLOCK_MONOTONIC` (µs): systemd's monotonic timestamps
+    /// are on the same clock.
+    pub listed_at: u64,
+}
+
+/// When, on `CLOCK_MONOTONIC` (µs), a reading says the unit last entered `active` and last left
+/// `inactive`: what tells a listed unit's first reading from a later run's. `None`: not in the
+/// reading.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunStamps {
+    /// ActiveEnterTimestampMonotonic.
+    pub active_enter: Option<u64>,
+    /// InactiveExitTimestampMonotonic.
+    pub inactive_exit: Option<u64>,
+}
+
 /// What the tracker remembers of one unit between signals.
 #[derive(Clone, Debug)]
 struct TrackedUnit {
@@ -128,6 +170,11 @@ struct TrackedUnit {
     /// Giving up was reported for the current run: a refused start and the `failed` state it
     /// leads to are one give-up.
     gave_up_reported: bool,
+    /// For a unit taken from the listing, not read: when it was listed (`CLOCK_MONOTONIC`, µs),
+    /// until a reading with its InvocationID completes it. The listed state is `state`.
+    listed_at: Option<u64>,
+    /// NRestarts was not read: the next value is the baseline, not restarts.
+    n_restarts_unread: bool,
 }
 
 /// How long an end waits for the signal that says what it meant. systemd sends that signal in
@@ -179,6 +226,8 @@ impl TrackedUnit {
             heard_at: 0,
             job_queued_in: None,
             gave_up_reported: false,
+            listed_at: None,
+            n_restarts_unread: false,
         }
     }
 }
@@ -250,9 +299,35 @@ impl Tracker {
         self.units.insert(snapshot.name, unit);
     }
 
+    /// Takes a unit listed `active` or `inactive/dead` with no job, without its run and
+    /// NRestarts: its first reading completes it, and nothing is reported until then.
+    pub fn listed(&mut self, listing: Listing) {
+        let mut unit = TrackedUnit::new(listing.name.clone());
+        unit.state = UnitState::new(listing.active_state, listing.sub_state);
+        unit.listed_at = Some(listing.listed_at);
+        unit.n_restarts_unread = true;
+        self.units.insert(listing.name, unit);
+    }
+
+    /// Whether `unit` was taken from the listing and awaits the reading that completes it; only
+    /// then are its [`RunStamps`] needed.
+    pub fn awaits_reading(&self, unit: &str) -> bool {
+        self.units.get(unit).is_some_and(|u| u.listed_at.is_some())
+    }
+
     /// Compares a fresh reading with what the tracker believed, after a gap (a reconnect, or a
     /// queue that overflowed), and reports what must have happened in between.
     pub fn reconcile(&mut self, snapshot: Snapshot, now: Micros) -> Vec<Transition> {
+        self.reconcile_stamped(snapshot, RunStamps::default(), now)
+    }
+
+    /// [`Tracker::reconcile`], with the reading's [`RunStamps`] for a unit not read before.
+    pub fn reconcile_stamped(
+        &mut self,
+        snapshot: Snapshot,
+        stamps: RunStamps,
+        now: Micros,
+    ) -> Vec<Transition> {
         if !self.units.contains_key(&snapshot.name) {
             self.baseline(snapshot);
             return Vec::new();
@@ -267,7 +342,7 @@ impl Tracker {
             invocation_id: Some(snapshot.invocation_id),
             ..UnitProps::default()
         };
-        self.apply(&snapshot.name, Some(service), Some(unit), now)
+        self.apply_stamped(&snapshot.name, Some(service), Some(unit), stamps, now)
     }
 
     /// Forgets every unit `keep` refuses (no longer watched), without reporting anything.
@@ -357,6 +432,20 @@ impl Tracker {
         unit_props: Option<UnitProps>,
         now: Micros,
     ) -> Vec<Transition> {
+        self.apply_stamped(name, service, unit_props, RunStamps::default(), now)
+    }
+
+    /// [`Tracker::apply`], with the change's [`RunStamps`] for a unit that
+    /// [awaits its reading](Tracker::awaits_reading). Without them, the reading is taken to be of
+    /// the listed run.
+    pub fn apply_stamped(
+        &mut self,
+        name: &str,
+        service: Option<ServiceProps>,
+        unit_props: Option<UnitProps>,
+        stamps: RunStamps,
+        now: Micros,
+    ) -> Vec<Transition> {
         let unit = self
             .units
             .entry(name.to_owned())
@@ -364,11 +453,24 @@ impl Tracker {
         let mut out = Vec::new();
         unit.heard_at = now;
 
+        if let Some(listed_at) = unit.listed_at {
+            complete_listing(
+                unit,
+                listed_at,
+                service.as_ref(),
+                unit_props.as_ref(),
+                stamps,
+            );
+        }
         if let Some(service) = service {
             if let Some(n) = service.n_restarts {
-                unit.unstarted_auto_restarts = unit
-                    .unstarted_auto_restarts
-                    .saturating_add(restarts_scheduled(unit.n_restarts.unwrap_or(0), n));
+                if !unit.n_restarts_unread {
+                    unit.unstarted_auto_restarts = unit
+                        .unstarted_auto_restarts
+                        .saturating_add(restarts_scheduled(unit.n_restarts.unwrap_or(0), n));
+                } else if unit.listed_at.is_none() {
+                    unit.n_restarts_unread = false;
+                }
                 unit.n_restarts = Some(n);
             }
             unit.service.merge(service);
@@ -451,6 +553,37 @@ impl Tracker {
             step(unit, &mut out, &old_state, &new_state, state_time);
         }
         out
+    }
+}
+
+/// Completes a unit taken from the listing with its first reading that carries an InvocationID.
+/// A reading of the listed run (not `active` again since listed `active`, not out of `inactive`
+/// since listed `inactive`) gives the run and NRestarts a read at start-up would have given. A reading of a later run leaves the listed run unknown,
+/// so the reading's run counts as new, with NRestarts one below the reading's when it is above 0:
+/// an automatic restart began that run, after a crash.
+fn complete_listing(
+    unit: &mut TrackedUnit,
+    listed_at: u64,
+    service: Option<&ServiceProps>,
+    props: Option<&UnitProps>,
+    stamps: RunStamps,
+) {
+    let Some(invocation) = props.and_then(|p| p.invocation_id.as_ref()) else {
+        return;
+    };
+    unit.listed_at = None;
+    let n_restarts = service.and_then(|s| s.n_restarts).or(unit.n_restarts);
+    let moved = match unit.state.active.as_str() {
+        "active" => stamps.active_enter,
+        _ => stamps.inactive_exit,
+    };
+    if moved.is_some_and(|t| t > listed_at) {
+        if let Some(n) = n_restarts {
+            unit.n_restarts = Some(n.saturating_sub(1));
+            unit.n_restarts_unread = false;
+        }
+    } else {
+        unit.invocation = invocation.clone();
     }
 }
 
@@ -1129,6 +1262,196 @@ mod tests {
         out.extend(tracker.apply(UNIT, None, Some(unit("active", "running", 2, 8, 5)), 5));
         assert_eq!(crashes(&out), 0);
         assert_eq!(kinds(&out), ["restart", "starting", "started"]);
+    }
+
+    /// A tracker that took the unit from the listing at 1,000 µs (monotonic), running, not read.
+    fn listed() -> Tracker {
+        let mut tracker = Tracker::new();
+        tracker.listed(Listing {
+            name: UNIT.into(),
+            active_state: "active".into(),
+            sub_state: "running".into(),
+            listed_at: 1_000,
+        });
+        tracker
+    }
+
+    #[test]
+    fn a_listed_unit_takes_its_first_signal_as_its_baseline() {
+        let mut tracker = listed();
+        assert!(tracker.awaits_reading(UNIT));
+        // Five restarts before the listing: only the cycles after it count.
+        let mut out = cycle(&mut tracker, 1, 6, 100);
+        assert!(!tracker.awaits_reading(UNIT));
+        assert_eq!(
+            kinds(&out),
+            ["crash-failed", "restart", "starting", "started"]
+        );
+        assert_eq!(out[1].n_restarts, Some(6));
+        out = cycle(&mut tracker, 2, 7, 200);
+        assert_eq!(count(&out, TransitionKind::Restart), 1);
+        assert_eq!(crashes(&out), 1);
+    }
+
+    #[test]
+    fn a_listed_unit_whose_first_signal_comes_from_a_later_run_counts_one_cycle() {
+        let mut tracker = listed();
+        // Crash and restart merged into one signal: active again since the listing.
+        let out = tracker.apply_stamped(
+            UNIT,
+            Some(service(6, "success")),
+            Some(unit("active", "running", 2, 0, 100)),
+            RunStamps {
+                active_enter: Some(2_000),
+                inactive_exit: Some(1_900),
+            },
+            100,
+        );
+        assert_eq!(
+            kinds(&out),
+            ["crash-failed", "restart", "starting", "started"]
+        );
+        assert!(out[0].inferred, "{:?}", out[0]);
+        assert!(!out[1].inferred);
+        let out = cycle(&mut tracker, 2, 7, 200);
+        assert_eq!(count(&out, TransitionKind::Restart), 1);
+        assert_eq!(crashes(&out), 1);
+    }
+
+    #[test]
+    fn a_listed_unit_started_again_by_hand_behind_a_merged_signal_is_a_start() {
+        let mut tracker = listed();
+        // NRestarts 0: the new run was started by hand, so no crash is proven.
+        let out = tracker.apply_stamped(
+            UNIT,
+            Some(service(0, "success")),
+            Some(unit("active", "running", 2, 0, 100)),
+            RunStamps {
+                active_enter: Some(2_000),
+                inactive_exit: Some(1_900),
+            },
+            100,
+        );
+        assert_eq!(kinds(&out), ["starting", "started"]);
+    }
+
+    #[test]
+    fn a_listed_unit_up_since_before_the_listing_changes_nothing_on_a_resync() {
+        let mut tracker = listed();
+        let reading = Snapshot {
+            name: UNIT.into(),
+            active_state: "active".into(),
+            sub_state: "running".into(),
+            invocation_id: inv(1),
+            n_restarts: Some(5),
+        };
+        assert!(tracker
+            .reconcile_stamped(
+                reading.clone(),
+                RunStamps {
+                    active_enter: Some(500),
+                    inactive_exit: Some(400),
+                },
+                50,
+            )
+            .is_empty());
+        assert!(tracker.reconcile(reading, 60).is_empty());
+        let out = cycle(&mut tracker, 1, 6, 100);
+        assert_eq!(count(&out, TransitionKind::Restart), 1);
+    }
+
+    #[test]
+    fn a_listed_unit_found_in_a_later_run_on_a_resync_counts_one_cycle() {
+        let mut tracker = listed();
+        let out = tracker.reconcile_stamped(
+            Snapshot {
+                name: UNIT.into(),
+                active_state: "active".into(),
+                sub_state: "running".into(),
+                invocation_id: inv(3),
+                n_restarts: Some(9),
+            },
+            RunStamps {
+                active_enter: Some(5_000),
+                inactive_exit: Some(400),
+            },
+            50,
+        );
+        assert_eq!(count(&out, TransitionKind::Restart), 1);
+        assert_eq!(crashes(&out), 1);
+    }
+
+    #[test]
+    fn a_listed_unit_that_crashes_counts_its_next_start_as_a_restart() {
+        let mut tracker = listed();
+        // A unit without Restart=: it fails, and is started again from outside.
+        let out = tracker.apply(
+            UNIT,
+            Some(service(0, "exit-code")),
+            Some(unit("failed", "failed", 1, 0, 100)),
+            100,
+        );
+        assert_eq!(kinds(&out), ["crash-failed"]);
+        let out = tracker.apply(
+            UNIT,
+            Some(service(0, "success")),
+            Some(unit("active", "running", 2, 0, 200)),
+            200,
+        );
+        assert_eq!(kinds(&out), ["restart", "starting", "started"]);
+    }
+
+    /// A tracker that took the unit from the listing at 1,000 µs, down, not read.
+    fn listed_down() -> Tracker {
+        let mut tracker = Tracker::new();
+        tracker.listed(Listing {
+            name: UNIT.into(),
+            active_state: "inactive".into(),
+            sub_state: "dead".into(),
+            listed_at: 1_000,
+        });
+        tracker
+    }
+
+    #[test]
+    fn a_unit_listed_down_counts_its_start_once() {
+        let mut tracker = listed_down();
+        let old = RunStamps {
+            active_enter: Some(300),
+            inactive_exit: Some(200),
+        };
+        // The start job shows first, with the previous run's InvocationID.
+        let mut out = tracker.apply_stamped(
+            UNIT,
+            Some(service(2, "success")),
+            Some(unit("inactive", "dead", 1, 5, 100)),
+            old,
+            100,
+        );
+        out.extend(tracker.apply(
+            UNIT,
+            Some(service(0, "success")),
+            Some(unit("inactive", "dead", 2, 5, 110)),
+            110,
+        ));
+        out.extend(tracker.apply(UNIT, None, Some(unit("active", "running", 2, 0, 120)), 120));
+        assert_eq!(kinds(&out), ["starting", "started"]);
+    }
+
+    #[test]
+    fn a_unit_listed_down_whose_first_signal_comes_from_a_later_run_counts_its_start() {
+        let mut tracker = listed_down();
+        let out = tracker.apply_stamped(
+            UNIT,
+            Some(service(0, "success")),
+            Some(unit("active", "running", 2, 0, 100)),
+            RunStamps {
+                active_enter: Some(2_100),
+                inactive_exit: Some(2_000),
+            },
+            100,
+        );
+        assert_eq!(kinds(&out), ["starting", "started"]);
     }
 
     #[test]
