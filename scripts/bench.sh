@@ -595,7 +595,7 @@ start_sandbox cwchurn
 CW_PORT=$("$BT" free-port)
 CW_URL=http://127.0.0.1:$CW_PORT/metrics
 DBUS_SYSTEM_BUS_ADDRESS=$ADDR "$CW_BIN" run --listen "127.0.0.1:$CW_PORT" \
-  --events "$WORK/churn-events.jsonl" --unloaded-retention "${CHURN_RETENTION_S}s" \
+  --events "$WORK/churn-events.jsonl" --events-max-size 0 --unloaded-retention "${CHURN_RETENTION_S}s" \
   2>"$WORK/churn-crashwatch.log" &
 CWP=$!
 PIDS+=("$CWP")
@@ -608,7 +608,8 @@ CHURN_UNITS0=$(cwm --name crashwatch_units)
   --sample-at "$(seq -s, "$((CHURN_UNITS / 10))" "$((CHURN_UNITS / 10))" "$CHURN_UNITS")" --metrics "$CW_URL" \
   >"$WORK/churn.txt" || die "the churn failed: $(tail -3 "$WORK/churn.txt")"
 # Starts crashwatch heard: one `starting` record each in the event record (the per-unit counters
-# leave with the units, so their sum cannot say). Wait until the record stops growing.
+# leave with the units, so their sum cannot say), kept whole: rotation is off for this run, or the
+# files rotated away would take their records with them. Wait until the record stops growing.
 heard_starts() { grep -cF '"transition":"starting","unit":"churn-' "$WORK/churn-events.jsonl" || true; }
 heard=$(heard_starts) still=0
 while [ "$heard" -lt "$CHURN_UNITS" ] && [ "$still" -lt 10 ]; do

@@ -8,7 +8,8 @@
 //! A bad rollout makes one service loop on 4 of the 12 nodes while another service loops on one
 //! node: exactly one fleet notification reaches Alertmanager's fleet receiver for the rollout
 //! (the per-node alerts of that unit are inhibited) and one per-node notification for the other;
-//! once both are fixed, both resolve.
+//! once both are fixed, both resolve. The first loop after crashwatch started is whole in the
+//! central store, as the rules' increase() needs it.
 //!
 //! Only the two crash-loop alerts get a shorter `for:` in the central Prometheus's copy of the
 //! rules; every other alert keeps its shipped duration, which is longer than the test, so
@@ -457,6 +458,35 @@ fn a_bad_rollout_pages_once_for_the_fleet_and_a_lone_loop_once_for_its_node() {
             i + 1
         );
     }
+    // The first loop after crashwatch started is whole in the central store: the restart
+    // counter was there at 0 before the loop, so increase() and rate() see its first restart
+    // (a series that appeared at 1 would lose it). Compared with systemd's NRestarts, which may
+    // move on between the two reads; the shipped CrashwatchUnitHighRestartRate's first condition
+    // holds on the same series.
+    let lone = &nodes[NODES - 1].sandbox;
+    let series = format!(
+        "crashwatch_unit_restarts_total{{unit=\"{OTHER}\",instance=\"{}:{CRASHWATCH_PORT}\"}}",
+        node_address(NODES)
+    );
+    let mut seen = (None, 0);
+    let whole = wait_until(Duration::from_secs(30), || {
+        let counted = query(
+            central_port,
+            &format!("max_over_time({series}[1h]) - min_over_time({series}[1h])"),
+        );
+        seen = (counted, lone.n_restarts(OTHER));
+        counted == Some(seen.1 as f64)
+    });
+    assert!(
+        whole,
+        "restarts of {OTHER} in the central store, and systemd's NRestarts: {seen:?}"
+    );
+    let high_rate = format!("increase({series}[1h]) >= 4");
+    assert!(
+        wait_until(Duration::from_secs(30), || query(central_port, &high_rate)
+            .is_some()),
+        "{high_rate} never held"
+    );
     // Long enough for any further notification of either group (group_interval 2s) and for the
     // per-node alerts of the rollout's nodes, had they not been inhibited (group_wait 10s).
     thread::sleep(Duration::from_secs(15));
