@@ -3,9 +3,9 @@
 //! A scrape costs crashwatch one rendering of the unit table (plus crashwatch's few own metrics
 //! through the `metrics` exporter) and no D-Bus traffic, so this is the whole CPU cost of a scrape
 //! apart from the HTTP exchange. Units get their series through the same calls the detector
-//! task makes, in two shapes: `running`, started once (8 series, what most units of a node
-//! have), and `looping`, which also crashed, restarted and began a crash loop (13 series, the
-//! worst case per unit).
+//! task makes, in two shapes: `running`, started once (2 series under the default series budget,
+//! what most units of a node have), and `looping`, which also crashed, restarted and began a
+//! crash loop (its full set, 13 series, the worst case per unit).
 //!
 //!     cargo bench --bench render [-- FILTER]
 
