@@ -457,19 +457,30 @@ WEB
 # bytes per scrape, at 300 and 1,000 running units, crashwatch with its default series budget. A
 # fresh crashwatch, as for the scrapes below: the loops above crashed units whose series it
 # would keep for an hour. The units are stopped again at the end, so the scrapes start from none.
+# Sink events crashwatch dropped, summed over the instances a restart ends.
+DROPPED_BEFORE=0
+restart_crashwatch() {
+  DROPPED_BEFORE=$((DROPPED_BEFORE + $(cwm --name crashwatch_sink_events_dropped_total)))
+  stop_pid "$CWP"
+  start_crashwatch
+}
+# start_bench_units FROM TO: starts bench@FROM..TO and waits until crashwatch has the series of
+# TO of them (the loop flag, which every unit has).
+start_bench_units() {
+  seq -f 'bench@%g.service' "$1" "$2" |
+    xargs -n 500 nsenter -t "$PID1" -p -m -- timeout 300 systemctl start
+  cw_units() { [ "$(cwm --name crashwatch_unit_crashlooping --label-prefix unit=bench@ --series)" -ge "$1" ]; }
+  wait_until 120 cw_units "$2" || die "crashwatch did not hear $2 starts"
+  sleep 1
+}
 SERIES_SIZES=(300 1000)
 declare -A SER
-stop_pid "$CWP"
-start_crashwatch
+restart_crashwatch
 prev=0
 for n in "${SERIES_SIZES[@]}"; do
   say "series per node at $n running units"
-  seq -f 'bench@%g.service' $((prev + 1)) "$n" |
-    xargs -n 500 nsenter -t "$PID1" -p -m -- timeout 300 systemctl start
+  start_bench_units $((prev + 1)) "$n"
   prev=$n
-  heard() { [ "$(cwm --name crashwatch_unit_crashlooping --label-prefix unit=bench@ --series)" -ge "$1" ]; }
-  wait_until 120 heard "$n" || die "crashwatch did not hear $n starts"
-  sleep 1
   for who in cw ne; do
     case $who in cw) url=$CW_URL ;; ne) url=$NE_URL ;; esac
     curl -sf -o "$WORK/series-$n-$who.txt" "$url" || die "GET $url failed"
@@ -483,19 +494,13 @@ seq -f 'bench@%g.service' 1 "$prev" | xargs -n 500 nsenter -t "$PID1" -p -m -- t
 # A fresh crashwatch for the scrapes, as after an upgrade: the loops above stopped their units and
 # systemd unloaded them, so node_exporter no longer lists them, while crashwatch would keep their
 # series for --unloaded-retention (15 min). Restarted, both exporters list the same units.
-DROPPED_BEFORE_SCRAPES=$(cwm --name crashwatch_sink_events_dropped_total)
-stop_pid "$CWP"
-start_crashwatch
+restart_crashwatch
 declare -A SCR
 prev=0
 for n in "${SIZES[@]}"; do
   say "scrapes at $n running units: starting units"
-  seq -f 'bench@%g.service' $((prev + 1)) "$n" |
-    xargs -n 500 nsenter -t "$PID1" -p -m -- timeout 300 systemctl start
+  start_bench_units $((prev + 1)) "$n"
   prev=$n
-  cw_units() { [ "$(cwm --name crashwatch_unit_crashlooping --label-prefix unit=bench@ --series)" -ge "$1" ]; }
-  wait_until 120 cw_units "$n" || die "crashwatch did not hear $n starts"
-  sleep 1
   say "scrapes at $n running units: $RUNS runs"
   if [ "$n" -ge 3000 ]; then ne_count=2; elif [ "$n" -ge 1000 ]; then ne_count=3; else ne_count=10; fi
   for run in $(seq "$RUNS"); do
@@ -581,7 +586,7 @@ sleep 2
 "$BT" proc --pids "$CWP" --seconds "$IDLE_S" >"$WORK/idle10k.txt"
 RSS10K=$(kv rss_kib <"$WORK/idle10k.txt")
 CW_BYTES_10K=$("$BT" scrape --url "$CW_URL" --count 1 --pids "$CWP" | kv bytes)
-DROPPED_A=$(($(cwm --name crashwatch_sink_events_dropped_total) + DROPPED_BEFORE_SCRAPES))
+DROPPED_A=$(($(cwm --name crashwatch_sink_events_dropped_total) + DROPPED_BEFORE))
 
 stop_pid "$NEP"
 stop_pid "$CWP"
