@@ -264,6 +264,15 @@ impl Notifications {
             .collect()
     }
 
+    /// No notification about `alertname` for `unit` reached `receiver` (it was inhibited).
+    fn assert_none_about(&self, receiver: &str, alertname: &str, unit: &str) {
+        assert!(
+            self.about(receiver, alertname, unit).is_empty(),
+            "{receiver} was notified of {alertname} for {unit}, which is inhibited:\n{}",
+            self.all()
+        );
+    }
+
     fn all(&self) -> String {
         serde_json::to_string_pretty(
             &self
@@ -510,13 +519,7 @@ fn a_bad_rollout_pages_once_for_the_fleet_and_a_lone_loop_once_for_its_node() {
         "the rollout loops on {BROKEN_BY_ROLLOUT} nodes: {body:#}"
     );
     assert_eq!(alerts[0]["annotations"]["nodes_running"], NODES.to_string());
-    assert!(
-        notifications
-            .about("crashwatch-node", NODE_ALERT, ROLLOUT)
-            .is_empty(),
-        "the rollout's per-node alerts are inhibited:\n{}",
-        notifications.all()
-    );
+    notifications.assert_none_about("crashwatch-node", NODE_ALERT, ROLLOUT);
     let other = notifications.about("crashwatch-node", NODE_ALERT, OTHER);
     assert_eq!(
         other.len(),
@@ -544,13 +547,7 @@ fn a_bad_rollout_pages_once_for_the_fleet_and_a_lone_loop_once_for_its_node() {
             && resolved("crashwatch-node", NODE_ALERT, OTHER)
     });
     assert!(both, "not both resolved:\n{}", notifications.all());
-    assert!(
-        notifications
-            .about("crashwatch-node", NODE_ALERT, ROLLOUT)
-            .is_empty(),
-        "{}",
-        notifications.all()
-    );
+    notifications.assert_none_about("crashwatch-node", NODE_ALERT, ROLLOUT);
     assert_eq!(
         notifications
             .about("crashwatch-fleet", FLEET_ALERT, ROLLOUT)

@@ -46,11 +46,7 @@ pub async fn core_dump(
     request: &ContextRequest,
 ) -> Result<Option<CoreDump>, JournalError> {
     // The kernel dates the dump in whole seconds, at or before the run's end.
-    let since = request
-        .run_started
-        .unwrap_or(request.ended.saturating_sub(60_000_000))
-        / 1_000_000
-        * 1_000_000;
+    let since = run_start(request) / 1_000_000 * 1_000_000;
     let until = request.ended + 1_000_000;
     let looks = if kernel_pipes_to_systemd_coredump() {
         &CORE_DUMP_LOOKS[..]
@@ -87,9 +83,7 @@ pub async fn oom_kill(
     settings: &JournalLookup,
     request: &ContextRequest,
 ) -> Result<Option<OomKill>, JournalError> {
-    let since = request
-        .run_started
-        .unwrap_or(request.ended.saturating_sub(60_000_000));
+    let since = run_start(request);
     let args = vec![
         "--output-fields=MESSAGE".to_owned(),
         "--lines=500".to_owned(),
@@ -104,6 +98,13 @@ pub async fn oom_kill(
         .collect();
     let kernel_lines = oom_lines(&messages, &request.unit);
     Ok((!kernel_lines.is_empty()).then_some(OomKill { kernel_lines }))
+}
+
+/// When the run started; a minute before its end where the init system did not say.
+fn run_start(request: &ContextRequest) -> Micros {
+    request
+        .run_started
+        .unwrap_or(request.ended.saturating_sub(60_000_000))
 }
 
 /// Counts a lookup of `kind` (`core_dump`, `oom_kill`) by what it found.
