@@ -10,9 +10,10 @@
 //! shows neither `active` nor `inactive/dead`, or with a job: those are where a crash, a restart
 //! or a stop is under way or has just happened. A unit up or down with no job is taken from the
 //! listing, and its first signal completes it (see the [`tracker`]); on a node of thousands of
-//! running services that is a few messages instead of four per unit, and a start in milliseconds. After a gap (reconnect, a queue
-//! that overflowed, systemd changing hands, a new filter) every watched unit is read, since only
-//! its NRestarts and InvocationID say what happened to it meanwhile.
+//! running services that is a few messages instead of four per unit, and a start in
+//! milliseconds. After a gap (reconnect, a queue that overflowed, systemd changing hands, a new
+//! filter) every watched unit is read, since only its NRestarts and InvocationID say what
+//! happened to it meanwhile.
 //!
 //! zbus stalls the whole connection when a message stream is not read, so one task does nothing
 //! but move messages from the stream into a bounded queue. If that queue ever overflows the
@@ -508,9 +509,10 @@ impl SystemdSource {
             UNIT_IFACE => {
                 let unit = props::unit_props(&changed, &mut wrong);
                 let service = self.link.pending_service.remove(&name);
-                let stamps = match self.tracker.awaits_reading(&name) {
-                    true => props::run_stamps(&changed, &mut wrong),
-                    false => RunStamps::default(),
+                let stamps = if self.tracker.awaits_reading(&name) {
+                    props::run_stamps(&changed, &mut wrong)
+                } else {
+                    RunStamps::default()
                 };
                 self.tracker
                     .apply_stamped(&name, service, Some(unit), stamps, now)

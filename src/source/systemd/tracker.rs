@@ -558,9 +558,10 @@ impl Tracker {
 
 /// Completes a unit taken from the listing with its first reading that carries an InvocationID.
 /// A reading of the listed run (not `active` again since listed `active`, not out of `inactive`
-/// since listed `inactive`) gives the run and NRestarts a read at start-up would have given. A reading of a later run leaves the listed run unknown,
-/// so the reading's run counts as new, with NRestarts one below the reading's when it is above 0:
-/// an automatic restart began that run, after a crash.
+/// since listed `inactive`) gives the run and NRestarts a read at start-up would have given. A
+/// reading of a later run leaves the listed run unknown, so the reading's run counts as new,
+/// with NRestarts one below the reading's when it is above 0: an automatic restart began that
+/// run, after a crash.
 fn complete_listing(
     unit: &mut TrackedUnit,
     listed_at: u64,
