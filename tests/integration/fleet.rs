@@ -16,15 +16,13 @@
 //! nothing else fires. The Alertmanager's copy of the example changes only the receivers' URL and
 //! its group timings. crashwatch runs with a 20 s window so a fixed unit leaves its loop soon.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::support::receiver::HookReceiver;
 use crate::support::servers::*;
 use crate::support::*;
 
@@ -139,7 +137,8 @@ impl Node {
         let address = node_address(n);
         let crashwatch =
             ServerProcess::spawn("crashwatch", TempDir::new("cw-node"), command, || {
-                get(&address, CRASHWATCH_PORT, "/metrics").is_ok_and(|text| text.contains(ROLLOUT))
+                http_get_from(&address, CRASHWATCH_PORT, "/metrics")
+                    .is_ok_and(|text| text.contains(ROLLOUT))
             })
             .unwrap_or_else(|e| panic!("node {n}: {}", e.message));
         Node {
@@ -168,97 +167,31 @@ impl Node {
     }
 }
 
-/// `GET path` from `address:port`: the body of a 200 answer.
-fn get(address: &str, port: u16, path: &str) -> Result<String, String> {
-    let mut stream = TcpStream::connect((address, port)).map_err(|e| e.to_string())?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| e.to_string())?;
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).map_err(|e| e.to_string())?;
-    let (head, body) = raw.split_once("\r\n\r\n").ok_or("no end of head")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return Err(head.lines().next().unwrap_or_default().to_owned());
-    }
-    Ok(body.to_owned())
-}
-
-/// What Alertmanager's webhooks posted: the receiver's path and the JSON body, in order.
-#[derive(Clone, Default)]
-struct Notifications(Arc<Mutex<Vec<(String, Value)>>>);
+/// What Alertmanager's webhooks posted, each to its receiver's path.
+struct Notifications(HookReceiver);
 
 impl Notifications {
     /// Listens on a loopback port; every POST is recorded and answered 200.
     fn listen() -> (Notifications, u16) {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("binding the webhook receiver");
-        let port = listener.local_addr().expect("an address").port();
-        let notifications = Notifications::default();
-        let recorded = notifications.clone();
-        thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let recorded = recorded.clone();
-                thread::spawn(move || recorded.take(stream));
-            }
-        });
-        (notifications, port)
-    }
-
-    fn take(&self, stream: TcpStream) {
-        let mut reader = BufReader::new(stream);
-        let mut request_line = String::new();
-        if reader.read_line(&mut request_line).is_err() {
-            return;
-        }
-        let path = request_line
-            .split_whitespace()
-            .nth(1)
-            .unwrap_or_default()
-            .to_owned();
-        let mut length = 0;
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = line.split_once(':') {
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = value.trim().parse().unwrap_or(0);
-                }
-            }
-        }
-        let mut body = vec![0; length];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        let value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        self.0.lock().unwrap().push((path, value));
-        let _ = reader
-            .get_mut()
-            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        let receiver = HookReceiver::start(0);
+        let port = receiver.port();
+        (Notifications(receiver), port)
     }
 
     /// The notifications posted to `receiver` about `alertname` for `unit`, as (status, body).
     fn about(&self, receiver: &str, alertname: &str, unit: &str) -> Vec<(String, Value)> {
         self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(path, body)| {
-                path.ends_with(&format!("/{receiver}"))
-                    && body["commonLabels"]["alertname"] == alertname
-                    && body["commonLabels"]["unit"] == unit
+            .received()
+            .into_iter()
+            .filter(|r| {
+                r.path.ends_with(&format!("/{receiver}"))
+                    && r.body["commonLabels"]["alertname"] == alertname
+                    && r.body["commonLabels"]["unit"] == unit
             })
-            .map(|(_, body)| {
+            .map(|r| {
                 (
-                    body["status"].as_str().unwrap_or_default().to_owned(),
-                    body.clone(),
+                    r.body["status"].as_str().unwrap_or_default().to_owned(),
+                    r.body,
                 )
             })
             .collect()
@@ -274,16 +207,13 @@ impl Notifications {
     }
 
     fn all(&self) -> String {
-        serde_json::to_string_pretty(
-            &self
-                .0
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|(p, b)| (p, b))
-                .collect::<Vec<_>>(),
-        )
-        .unwrap_or_default()
+        let posted: Vec<(String, Value)> = self
+            .0
+            .received()
+            .into_iter()
+            .map(|r| (r.path, r.body))
+            .collect();
+        serde_json::to_string_pretty(&posted).unwrap_or_default()
     }
 }
 

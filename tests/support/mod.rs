@@ -37,6 +37,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 pub mod journal;
+pub mod receiver;
 pub mod servers;
 pub mod tls;
 pub mod upstart;
@@ -1132,11 +1133,16 @@ pub fn assert_counts_match(sb: &Sandbox, cw: &Crashwatch, unit: &str) -> u64 {
 /// GET a path from 127.0.0.1:<port> and return the body of a 200 response. HTTP/1.1 with
 /// `Connection: close`; chunked bodies are decoded.
 pub fn http_get(port: u16, path: &str) -> Result<String, String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    http_get_from("127.0.0.1", port, path)
+}
+
+/// [`http_get`] from `host:port`.
+pub fn http_get_from(host: &str, port: u16, path: &str) -> Result<String, String> {
+    let mut s = TcpStream::connect((host, port)).map_err(|e| format!("connect: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n"
     )
     .map_err(|e| format!("send: {e}"))?;
     let mut raw = Vec::new();
