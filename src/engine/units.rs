@@ -313,6 +313,13 @@ impl UnitRecord {
             && self.gave_up_at.is_none()
     }
 
+    /// A unit seen up is no longer down since its last crash.
+    fn clear_down_since_crash_if_up(&mut self) {
+        if self.active == Some(true) {
+            self.down_since_crash = false;
+        }
+    }
+
     /// Brings the full set while the unit is not healthy; once it is healthy again, keeps it
     /// until [`FULL_SET_RETENTION`] after `now`. Returns when it goes, when that was just set.
     fn settle(&mut self, now: Micros) -> Option<Micros> {
@@ -373,9 +380,7 @@ impl UnitRecord {
             _ if t.up_unknown => self.active = None,
             _ => {}
         }
-        if self.active == Some(true) {
-            self.down_since_crash = false;
-        }
+        self.clear_down_since_crash_if_up();
         if let Some(crash) = LastCrash::of(t) {
             self.crashes[crash_reason_index(crash.reason)] += 1;
             self.last_crash = Some(crash);
@@ -534,9 +539,7 @@ impl UnitTable {
                 _ if state.sub == "waiting" => Some(false),
                 _ => None,
             };
-            if record.active == Some(true) {
-                record.down_since_crash = false;
-            }
+            record.clear_down_since_crash_if_up();
         }
         self.settle(unit, now_micros());
         self.bump();
